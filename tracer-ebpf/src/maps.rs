@@ -1,0 +1,186 @@
+//! Maps and the load-time configuration. Every map is bounded; the per-flow
+//! ones are LRU so a flood of flows evicts old ones instead of failing.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{Config, Event, FlowCounters, STAT_COUNT, Tuple};
+
+/// Written by userspace before load (frozen, so the verifier sees constants).
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config {
+    lb_addr: [0; 16],
+    lb_family: 0,
+    proto: 0,
+    port: 0,
+    node_netns: 0,
+    trace_packets: 0,
+    drop_events: 0,
+    window_ns: 0,
+    nf_last_pos: [0xff; 8],
+    flags: 0,
+    _pad: 0,
+    layout: tracer_common::Layout {
+        skb_head: 0,
+        skb_data: 0,
+        skb_len: 0,
+        skb_network_header: 0,
+        skb_transport_header: 0,
+        skb_mac_header: 0,
+        skb_dev: 0,
+        skb_nfct: 0,
+        skb_protocol: 0,
+        dev_ifindex: 0,
+        dev_name: 0,
+        dev_nd_net: 0,
+        dev_mtu: 0,
+        net_inum: 0,
+        ct_tuple_orig: 0,
+        ct_tuple_reply: 0,
+        ct_status: 0,
+        tuple_src_u3: 0,
+        tuple_src_u: 0,
+        tuple_dst_u3: 0,
+        tuple_dst_u: 0,
+        tuple_dst_protonum: 0,
+        state_hook: 0,
+        state_in: 0,
+        state_out: 0,
+        fl4_oif: 0,
+        fl4_iif: 0,
+        fl4_saddr: 0,
+        fl4_daddr: 0,
+        fl4_proto: 0,
+        nhc_dev: 0,
+        nhc_gw: 0,
+        nhc_gw_family: 0,
+        _pad: 0,
+    },
+};
+
+/// Reads one configuration field. Volatile so the compiler does not fold the
+/// zero initializer; the verifier then sees the value userspace wrote.
+macro_rules! conf {
+    ($($f:ident).+) => {
+        {
+            #[allow(unused_unsafe)]
+            let v = unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.$($f).+) };
+            v
+        }
+    };
+}
+pub(crate) use conf;
+
+/// Offset of a kernel struct field (from BTF), as u64 for address arithmetic.
+macro_rules! off {
+    ($f:ident) => {
+        {
+            #[allow(unused_unsafe)]
+            let v = unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.layout.$f) };
+            v as u64
+        }
+    };
+}
+pub(crate) use off;
+
+/// Path events, ARP and BGP records for userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Counters (`STAT_*`), per CPU: no atomics on this target.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Per-flow state, keyed by the flow's first tuple (client → LB IP).
+#[map]
+pub static FLOWS: LruHashMap<Tuple, FlowState> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-flow totals, the cheap path for packets past the trace budget.
+#[map]
+pub static COUNTERS: LruPerCpuHashMap<Tuple, FlowCounters> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);
+
+/// Packets being traced, keyed by `struct sk_buff` address.
+#[map]
+pub static TRACKED: LruHashMap<u64, Track> = LruHashMap::with_max_entries(16384, 0);
+
+/// Conntrack entry (`struct nf_conn` address) → flow: finds replies and
+/// packets the kernel re-allocated.
+#[map]
+pub static CT_FLOWS: LruHashMap<u64, Tuple> = LruHashMap::with_max_entries(16384, 0);
+
+/// Tuple a reply will carry when it reaches the node → flow.
+#[map]
+pub static REPLIES: LruHashMap<Tuple, Tuple> = LruHashMap::with_max_entries(16384, 0);
+
+/// [0]: time of the last traced packet. Hooks that only follow packets skip
+/// all lookups when it is older than `window_ns`: unrelated traffic pays one
+/// array read.
+#[map]
+pub static WINDOW: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The traced packet this CPU is handling now, so routing lookups (which
+/// carry no skb) can be tied to it.
+#[map]
+pub static CURRENT: PerCpuArray<Current> = PerCpuArray::with_max_entries(1, 0);
+
+/// Node-namespace interfaces that lead to pods (ifindex → 1), kept by
+/// userspace: a request sent there is followed into the pod's namespace.
+#[map]
+pub static POD_IFS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Scratch for building events off the 512-byte stack.
+#[map]
+pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowState {
+    pub first_ts: u64,
+    pub req_traced: u16,
+    pub rep_traced: u16,
+    pub drop_events: u16,
+    pub _pad: u16,
+}
+
+/// Track flags.
+/// The packet was sent towards a pod: follow it into the pod's namespace.
+pub const T_FOLLOW: u8 = 0x01;
+/// Its conntrack entry is already recorded in CT_FLOWS.
+pub const T_CT_SEEN: u8 = 0x02;
+
+/// A traced packet. Its skb address may be reused after a free the kernel
+/// does not trace (TCP's `__kfree_skb`), so an entry only counts while the
+/// packet still has the same data buffer (`head`) or the same signature.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Track {
+    pub flow: Tuple,
+    /// First seen (ns).
+    pub ts: u64,
+    /// `skb->head` when last verified.
+    pub head: u64,
+    /// [`crate::skb::Parsed::sig`] of the packet.
+    pub sig: u32,
+    /// Namespace the packet was last seen in.
+    pub netns: u32,
+    pub seq: u16,
+    pub dir: u8,
+    pub flags: u8,
+    pub last_hook: u8,
+    pub last_pos: u8,
+    pub last_ct: u8,
+    pub _pad: u8,
+    /// Digest of the packet tuple at the last netfilter point (detects NAT).
+    pub last_sum: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Current {
+    pub skb: u64,
+    pub ts: u64,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
