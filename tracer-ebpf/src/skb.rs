@@ -407,7 +407,11 @@ pub fn ct_seen(skb: u64, nfct: u64, p: &Parsed) -> bool {
         return false;
     }
     // enum ip_conntrack_info: IP_CT_IS_REPLY = 3 marks the reply direction.
+    // RELATED (1, 4) packets are ICMP errors about the flow, not its packets.
     let ctinfo = nfct & 7;
+    if ctinfo == 1 || ctinfo == 4 {
+        return false;
+    }
     let dir = if ctinfo >= 3 && ctinfo != 7 {
         DIR_REPLY
     } else {

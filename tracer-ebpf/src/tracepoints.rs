@@ -118,13 +118,18 @@ fn on_xmit(skb: u64, dev: u64) {
             if !in_scope(tr, netns) {
                 return;
             }
-            if netns == conf!(node_netns) && unsafe { (*tr).dir } == DIR_REQUEST {
-                let ifindex = dev_ifindex(dev);
-                if unsafe { POD_IFS.get(&ifindex) }.is_some() {
-                    unsafe { (*tr).flags |= T_FOLLOW };
-                }
-                if parsed {
-                    expect_reply(tr, &p);
+            if netns == conf!(node_netns) {
+                if unsafe { (*tr).dir } == DIR_REQUEST {
+                    let ifindex = dev_ifindex(dev);
+                    if unsafe { POD_IFS.get(&ifindex) }.is_some() {
+                        unsafe { (*tr).flags |= T_FOLLOW };
+                    }
+                    if parsed {
+                        expect_reply(tr, &p);
+                    }
+                } else if parsed && is_lb(&p.t.saddr) {
+                    // Traced answers count like the others.
+                    count_reply(skb, &p);
                 }
             }
             emit(Kind::Xmit as u8, skb, tr, pp, &x);
@@ -256,11 +261,16 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
         if ct == 0 {
             return;
         }
+        let ctinfo = nfct & 7;
+        if ctinfo == 1 || ctinfo == 4 {
+            // RELATED: an ICMP error about the flow, not one of its packets.
+            return;
+        }
         match unsafe { CT_FLOWS.get(&ct) } {
             Some(f) => tr.flow = *f,
             None => return,
         }
-        if (nfct & 7) >= 3 {
+        if ctinfo >= 3 {
             tr.dir = DIR_REPLY;
         }
     }

@@ -4,12 +4,32 @@
 //! - `btf`: kernel struct offsets and enum names from the running kernel;
 //! - `loader`: loading and attaching the kernel programs (tp_btf, netfilter);
 //! - `nfplan`: where to observe each netfilter hook;
-//! - `events`: ring-buffer records.
+//! - `events`: ring-buffer records;
+//! - `assembler` + `path`: flows from events, hops and verdicts (pure);
+//! - `kubeproxy`: the node's kube-proxy rules (iptables, nftables), read-only;
+//! - `netinfo`: interfaces, routes, sysctls;
+//! - `arp`, `bgp`, `wire`: the MetalLB layers (L2 ARP, BGP sessions);
+//! - `render`: text and JSON from one model;
+//! - `engine`, `watch`, `diagnose`, `checks`, `cli`: the commands.
 
+pub mod arp;
+pub mod assembler;
+pub mod bgp;
 pub mod btf;
+pub mod checks;
+pub mod cli;
+pub mod diagnose;
+pub mod engine;
 pub mod events;
+pub mod kubeproxy;
 pub mod loader;
+pub mod model;
+pub mod netinfo;
 pub mod nfplan;
+pub mod path;
+pub mod render;
+pub mod watch;
+pub mod wire;
 
 use std::fmt;
 

@@ -1,1 +1,182 @@
-fn main() {}
+//! `cargo xtask`: set a machine up for lbpath, then build, test, demo or
+//! benchmark it.
+//!
+//! Every subcommand starts with `bootstrap`, which installs only what is
+//! missing and costs well under a second when nothing is, so the one command
+//! the README gives is enough on a fresh machine, and CI runs exactly that.
+
+mod bootstrap;
+mod linker;
+mod packages;
+mod run;
+#[cfg(test)]
+mod scratch;
+mod tasks;
+mod toolchain;
+mod workspace;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::{bootstrap::Packages, workspace::Workspace};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, test, demo and benchmark lbpath",
+    after_help = "Every subcommand runs `bootstrap` first; it does nothing when all is in place."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing lbpath needs (idempotent).
+    ///
+    /// The nightly toolchain with rust-src; bpf-linker built against nightly's
+    /// LLVM into target/lbpath-tools (or $LBPATH_TOOLS_DIR); and, as root with
+    /// apt-get, the host packages the tests and the demo use: iproute2,
+    /// iptables, nftables, frr, conntrack, curl.
+    Bootstrap,
+    /// Build the release `lbpath` binary (target/release/lbpath).
+    Build,
+    /// Run the unit tests, then the integration tests. Needs root.
+    ///
+    /// Runs `cargo test` on the workspace but lbpath-tests, builds the release
+    /// `lbpath`, then runs lbpath-tests with LBPATH_BIN set to it.
+    Test {
+        /// How many integration tests run at once (libtest's --test-threads).
+        #[arg(long, short = 'j', default_value_t = 2,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: u16,
+        /// Passed on to the integration test binaries, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build `lbpath` and run it in the built-in network-namespace lab. Needs root.
+    Demo {
+        /// Passed on to lbpath-demo.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build `lbpath` and measure it in the lab (lbpath-bench). Needs root.
+    Bench {
+        /// Passed on to lbpath-bench.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` keeps the whole cause chain on one line.
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    let ws = Workspace::discover()?;
+    // Root is checked before bootstrapping so that a run which cannot finish
+    // fails at once instead of after minutes of building.
+    match task {
+        Task::Bootstrap => bootstrap::run(&ws, Packages::Require),
+        Task::Build => {
+            // Building needs no host packages: a non-root developer gets a
+            // warning about them, not a failure.
+            bootstrap::run(&ws, Packages::WarnIfMissing)?;
+            tasks::build(&ws).map(drop)
+        }
+        Task::Test { jobs, args } => {
+            run::require_root(
+                "cargo xtask test",
+                "the integration tests create network namespaces and load eBPF programs",
+            )?;
+            bootstrap::run(&ws, Packages::Require)?;
+            tasks::test(&ws, jobs, &args)
+        }
+        Task::Demo { args } => {
+            run::require_root(
+                "cargo xtask demo",
+                "the demo lab creates network namespaces and loads eBPF programs",
+            )?;
+            bootstrap::run(&ws, Packages::Require)?;
+            tasks::lab(&ws, tasks::DEMO_BIN, &args)
+        }
+        Task::Bench { args } => {
+            run::require_root(
+                "cargo xtask bench",
+                "the benchmark lab creates network namespaces and loads eBPF programs",
+            )?;
+            bootstrap::run(&ws, Packages::Require)?;
+            tasks::lab(&ws, tasks::BENCH_BIN, &args)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Task, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).map(|c| c.task)
+    }
+
+    #[test]
+    fn test_defaults_to_two_jobs_and_no_args() {
+        let Task::Test { jobs, args } = parse(&["test"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(jobs, 2);
+        assert!(args.is_empty());
+    }
+
+    #[test]
+    fn test_takes_jobs_and_passes_args_after_double_dash() {
+        let Task::Test { jobs, args } =
+            parse(&["test", "--jobs", "1", "--", "bgp", "--nocapture"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(jobs, 1);
+        assert_eq!(args, ["bgp", "--nocapture"]);
+        let Task::Test { jobs, .. } = parse(&["test", "-j", "4"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(jobs, 4);
+    }
+
+    #[test]
+    fn test_rejects_zero_jobs_and_stray_args() {
+        assert!(parse(&["test", "--jobs", "0"]).is_err());
+        // A filter must follow `--`, so a typo in a flag is not taken for one.
+        assert!(parse(&["test", "bgp"]).is_err());
+    }
+
+    #[test]
+    fn demo_and_bench_pass_args_on() {
+        let Task::Demo { args } = parse(&["demo", "--", "--keep"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args, ["--keep"]);
+        let Task::Bench { args } = parse(&["bench"]).unwrap() else {
+            panic!()
+        };
+        assert!(args.is_empty());
+    }
+
+    #[test]
+    fn bootstrap_and_build_take_no_args() {
+        assert!(matches!(parse(&["bootstrap"]).unwrap(), Task::Bootstrap));
+        assert!(matches!(parse(&["build"]).unwrap(), Task::Build));
+        assert!(parse(&["build", "--", "x"]).is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! Doing things inside a network namespace from this process: commands via
+//! `ip netns exec`, and threads that enter a namespace (setns only moves the
+//! calling thread) to run servers, clients and the ARP responder.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Runs a command, failing with its stderr when it fails.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    check(args, out)
+}
+
+fn check(args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command inside namespace `ns`.
+pub fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// Runs a command inside `ns` with `stdin` as its input.
+pub fn in_ns_stdin(ns: &str, args: &[&str], stdin: &str) -> Result<String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} in {ns}", args.join(" ")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    check(args, out)
+}
+
+/// Moves the calling thread into namespace `ns`.
+pub fn enter(ns: &str) -> Result<()> {
+    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+    // SAFETY: a valid namespace fd; only this thread changes namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {ns}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a fresh thread inside `ns` and returns its result.
+pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in {} panicked", "netns"))?
+}
+
+/// A background thread inside a namespace, stopped when dropped.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Work done (connections served, ARP replies sent ...).
+    pub count: Arc<AtomicU64>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn background(
+    ns: &str,
+    setup: impl FnOnce() -> Result<Box<dyn FnMut(&AtomicU64) + Send>> + Send + 'static,
+) -> Result<Background> {
+    let ns = ns.to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s2, c2) = (stop.clone(), count.clone());
+    let handle = std::thread::spawn(move || {
+        let step = enter(&ns).and_then(|_| setup());
+        match step {
+            Ok(mut step) => {
+                let _ = tx.send(Ok(()));
+                while !s2.load(Ordering::Relaxed) {
+                    step(&c2);
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    });
+    rx.recv().context("background thread died")??;
+    Ok(Background {
+        stop,
+        handle: Some(handle),
+        count,
+    })
+}
+
+/// A TCP server answering every connection with a short HTTP response.
+pub fn http_server(ns: &str, addr: SocketAddr, body: &str) -> Result<Background> {
+    let body = body.to_string();
+    background(ns, move || {
+        let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        l.set_nonblocking(true)?;
+        Ok(Box::new(move |n: &AtomicU64| match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let resp = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes());
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }))
+    })
+}
+
+/// A UDP server echoing datagrams (or silent, to play a pod that never answers).
+pub fn udp_server(ns: &str, addr: SocketAddr, answer: bool) -> Result<Background> {
+    background(ns, move || {
+        let s = UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(Box::new(move |n: &AtomicU64| {
+            let mut buf = [0u8; 2048];
+            if let Ok((len, from)) = s.recv_from(&mut buf) {
+                n.fetch_add(1, Ordering::Relaxed);
+                if answer {
+                    let _ = s.send_to(&buf[..len], from);
+                }
+            }
+        }))
+    })
+}
+
+/// An HTTP GET from inside `ns`; the response body, or the error.
+pub fn http_get(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String> {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+/// A TCP connection that sends `n` bytes (to test MTU on the data path).
+pub fn tcp_send(ns: &str, addr: SocketAddr, n: usize, timeout: Duration) -> Result<()> {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_write_timeout(Some(timeout))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(&vec![b'x'; n])?;
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+        Ok(())
+    })
+}
+
+/// Sends one UDP datagram from `ns` and waits for an answer.
+pub fn udp_ask(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<Vec<u8>> {
+    run_in(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(timeout))?;
+        s.send_to(b"ping", addr)?;
+        let mut buf = [0u8; 2048];
+        let (len, _) = s.recv_from(&mut buf)?;
+        Ok(buf[..len].to_vec())
+    })
+}
+
+fn ifindex(name: &str) -> Result<i32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(i as i32)
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// Answers ARP requests for `ips` on `iface` with `mac`, as a MetalLB speaker
+/// does in L2 mode (the IP is not configured on any interface).
+pub fn arp_responder(ns: &str, iface: &str, mac: [u8; 6], ips: Vec<Ipv4Addr>) -> Result<Background> {
+    let iface = iface.to_string();
+    background(ns, move || {
+        let idx = ifindex(&iface)?;
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32) };
+        if fd < 0 {
+            bail!("packet socket: {}", std::io::Error::last_os_error());
+        }
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_ARP.to_be();
+        sll.sll_ifindex = idx;
+        // SAFETY: sll is a valid sockaddr_ll.
+        if unsafe {
+            libc::bind(fd, &sll as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
+        } != 0
+        {
+            bail!("bind packet socket: {}", std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        // SAFETY: valid option pointer and length.
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, size_of::<libc::timeval>() as u32);
+        }
+        let fd = Fd(fd);
+        Ok(Box::new(move |n: &AtomicU64| {
+            let mut buf = [0u8; 128];
+            // SAFETY: buffer of the given length.
+            let len = unsafe { libc::recv(fd.raw(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            if len < 42 {
+                return;
+            }
+            let a = &buf[14..42];
+            let op = u16::from_be_bytes([a[6], a[7]]);
+            let tpa = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
+            if op != 1 || !ips.contains(&tpa) {
+                return;
+            }
+            let (sha, spa) = (&a[8..14], &a[14..18]);
+            let mut r = Vec::with_capacity(42);
+            r.extend_from_slice(sha); // to the requester
+            r.extend_from_slice(&mac);
+            r.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+            r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+            r.extend_from_slice(&mac);
+            r.extend_from_slice(&tpa.octets());
+            r.extend_from_slice(sha);
+            r.extend_from_slice(spa);
+            // SAFETY: buffer of the given length, socket bound to the interface.
+            unsafe { libc::send(fd.raw(), r.as_ptr() as *const libc::c_void, r.len(), 0) };
+            n.fetch_add(1, Ordering::Relaxed);
+        }))
+    })
+}
+
+/// Sends gratuitous ARP for `ip` from `mac` (a speaker taking over an IP).
+pub fn gratuitous_arp(ns: &str, iface: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+    let iface = iface.to_string();
+    run_in(ns, move || {
+        let idx = ifindex(&iface)?;
+        // SAFETY: plain socket call.
+        let fd = Fd(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32) });
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_ARP.to_be();
+        sll.sll_ifindex = idx;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let mut r = Vec::with_capacity(42);
+        r.extend_from_slice(&[0xff; 6]);
+        r.extend_from_slice(&mac);
+        r.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        r.extend_from_slice(&mac);
+        r.extend_from_slice(&ip.octets());
+        r.extend_from_slice(&[0xff; 6]);
+        r.extend_from_slice(&ip.octets());
+        // SAFETY: valid buffer and address.
+        let sent = unsafe {
+            libc::sendto(fd.0, r.as_ptr() as *const libc::c_void, r.len(), 0, &sll as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
+        };
+        if sent < 0 {
+            bail!("sending gratuitous ARP: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+struct Fd(i32);
+
+impl Fd {
+    /// Through a method, so closures capture the whole guard (not just the
+    /// integer, which would let the guard close the socket early).
+    fn raw(&self) -> i32 {
+        self.0
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

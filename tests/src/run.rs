@@ -1,0 +1,168 @@
+//! Running the real `lbpath` binary inside a lab namespace and reading what
+//! it prints.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The binary under test: `LBPATH_BIN` (set by `cargo xtask test`), else the
+/// workspace's release build.
+pub fn lbpath_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LBPATH_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/lbpath")
+}
+
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// JSON lines that are flow reports.
+    pub fn flows(&self) -> Vec<Value> {
+        json_lines(&self.stdout).into_iter().filter(|v| v.get("flow").is_some()).collect()
+    }
+}
+
+pub fn json_lines(s: &str) -> Vec<Value> {
+    s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Runs `lbpath args…` in `ns` to completion.
+pub fn run_once(ns: &str, args: &[&str], timeout: Duration) -> Result<Finished> {
+    let r = Running::start_raw(ns, args)?;
+    r.wait(timeout)
+}
+
+pub struct Running {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+fn pump(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            let mut b = buf.lock().expect("not poisoned");
+            b.push_str(&line);
+            b.push('\n');
+        }
+    })
+}
+
+impl Running {
+    fn start_raw(ns: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(lbpath_bin())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting lbpath")?;
+        let (o, e) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
+        let readers = vec![
+            pump(child.stdout.take().expect("piped"), o.clone()),
+            pump(child.stderr.take().expect("piped"), e.clone()),
+        ];
+        Ok(Self {
+            child,
+            stdout: o,
+            stderr: e,
+            readers,
+        })
+    }
+
+    /// Starts `lbpath watch …` and waits until it is attached.
+    pub fn watch(ns: &str, args: &[&str]) -> Result<Self> {
+        let mut full = vec!["watch"];
+        full.extend_from_slice(args);
+        let mut r = Self::start_raw(ns, &full)?;
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if r.stderr().contains("lbpath: watching") {
+                return Ok(r);
+            }
+            if let Some(status) = r.child.try_wait()? {
+                bail!("lbpath exited ({status}) before attaching: {}", r.stderr());
+            }
+            if Instant::now() > end {
+                bail!("lbpath did not attach in time: {}", r.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("not poisoned").clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until a flow report satisfying `pred` is printed (JSON mode).
+    pub fn wait_flow(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        crate::netns::wait_for(timeout, || {
+            json_lines(&self.stdout())
+                .into_iter()
+                .find(|v| v.get("flow").is_some() && pred(v))
+        })
+    }
+
+    /// Ctrl-C, then collect everything.
+    pub fn stop(mut self) -> Result<Finished> {
+        // SAFETY: signalling our own child (ip netns exec execs lbpath in place).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait_inner(Duration::from_secs(15))
+    }
+
+    pub fn wait(mut self, timeout: Duration) -> Result<Finished> {
+        self.wait_inner(timeout)
+    }
+
+    fn wait_inner(&mut self, timeout: Duration) -> Result<Finished> {
+        let end = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                break self.child.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Ok(Finished {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

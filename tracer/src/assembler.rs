@@ -1,0 +1,241 @@
+//! Groups live events by flow and decides when a flow has been seen enough to
+//! be reported: soon after it is answered or dropped, or once it goes quiet.
+//! Bounded: a flood of flows or events is cut and counted, never unbounded.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use tracer_common::{DIR_REPLY, EV_POD_NS, EV_UNTRACED, Event, Kind, Tuple};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Quiet time after an answer or a drop before reporting.
+    pub settle_ns: u64,
+    /// Quiet time after which a flow is reported whatever it looks like.
+    pub idle_ns: u64,
+    /// A flow is reported at the latest this long after its first event.
+    pub max_age_ns: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            settle_ns: 300_000_000,
+            idle_ns: 1_500_000_000,
+            max_age_ns: 6_000_000_000,
+        }
+    }
+}
+
+struct Pending {
+    events: Vec<Event>,
+    first: u64,
+    last: u64,
+    concluded: bool,
+}
+
+pub struct Assembler {
+    timing: Timing,
+    pending: HashMap<Tuple, Pending>,
+    /// Flows already reported, oldest first (bounded).
+    done: VecDeque<Tuple>,
+    done_set: HashSet<Tuple>,
+    max_flows: usize,
+    max_events: usize,
+    /// Events dropped by these bounds.
+    pub dropped_events: u64,
+    node_netns: u32,
+}
+
+impl Assembler {
+    pub fn new(timing: Timing, node_netns: u32) -> Self {
+        Self {
+            timing,
+            pending: HashMap::new(),
+            done: VecDeque::new(),
+            done_set: HashSet::new(),
+            max_flows: 4096,
+            max_events: 1024,
+            dropped_events: 0,
+            node_netns,
+        }
+    }
+
+    /// True when this event settles the flow's fate: the answer left the node,
+    /// or a packet was dropped or refused.
+    fn concludes(&self, e: &Event) -> bool {
+        let in_node = e.flags & EV_POD_NS == 0 && (e.netns == 0 || e.netns == self.node_netns);
+        match Kind::from_u8(e.kind) {
+            Some(Kind::Xmit) => e.dir == DIR_REPLY && in_node,
+            Some(Kind::Drop) => in_node || e.reason == 3,
+            Some(Kind::Reset) => true,
+            _ => false,
+        }
+    }
+
+    /// Adds an event (`now` and event times are CLOCK_MONOTONIC ns). Returns
+    /// flows that had to be cut short to stay within bounds.
+    pub fn push(&mut self, e: Event) -> Vec<Vec<Event>> {
+        let key = e.flow;
+        let mut out = Vec::new();
+        if self.done_set.contains(&key) && e.flags & EV_UNTRACED == 0 && e.kind != Kind::Drop as u8 {
+            // Stragglers of a reported flow (its last ACKs ...).
+            return out;
+        }
+        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_flows {
+            // Report the oldest early rather than grow without bound.
+            if let Some(oldest) = self.pending.iter().min_by_key(|(_, p)| p.first).map(|(k, _)| *k) {
+                out.extend(self.finish(&oldest));
+            }
+        }
+        let concludes = self.concludes(&e);
+        let p = self.pending.entry(key).or_insert_with(|| Pending {
+            events: Vec::new(),
+            first: e.ts,
+            last: e.ts,
+            concluded: false,
+        });
+        if p.events.len() >= self.max_events {
+            self.dropped_events += 1;
+            return out;
+        }
+        p.last = p.last.max(e.ts);
+        p.concluded |= concludes;
+        p.events.push(e);
+        out
+    }
+
+    fn finish(&mut self, key: &Tuple) -> Option<Vec<Event>> {
+        let p = self.pending.remove(key)?;
+        if self.done_set.insert(*key) {
+            self.done.push_back(*key);
+            if self.done.len() > 16384
+                && let Some(old) = self.done.pop_front()
+            {
+                self.done_set.remove(&old);
+            }
+        }
+        Some(p.events)
+    }
+
+    /// Flows ready to be reported at time `now`.
+    pub fn ready(&mut self, now: u64) -> Vec<Vec<Event>> {
+        let t = self.timing;
+        let keys: Vec<Tuple> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                let quiet = now.saturating_sub(p.last);
+                (p.concluded && quiet >= t.settle_ns)
+                    || quiet >= t.idle_ns
+                    || now.saturating_sub(p.first) >= t.max_age_ns
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out: Vec<Vec<Event>> = keys.iter().filter_map(|k| self.finish(k)).collect();
+        out.sort_by_key(|evs| evs.iter().map(|e| e.ts).min().unwrap_or(0));
+        out
+    }
+
+    /// Everything still pending (on exit).
+    pub fn drain(&mut self) -> Vec<Vec<Event>> {
+        self.ready(u64::MAX)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{Fib, NO_HOOK};
+
+    fn ev(kind: Kind, dir: u8, ts: u64, sport: u16) -> Event {
+        let mut flow = Tuple::default();
+        flow.sport = sport;
+        flow.family = 2;
+        Event {
+            kind: kind as u8,
+            dir,
+            hook: NO_HOOK,
+            pos: 0,
+            tcp_flags: 0,
+            ct: 0,
+            seq: 1,
+            netns: 7,
+            ifindex: 1,
+            ts,
+            skb: 1,
+            flow,
+            pkt: flow,
+            len: 0,
+            mtu: 0,
+            reason: 12,
+            ct_status: 0,
+            location: 0,
+            ifname: [0; 16],
+            ct_reply: Tuple::default(),
+            in_ifindex: 0,
+            out_ifindex: 0,
+            fib: Fib::default(),
+            mac_src: [0; 6],
+            flags: 0,
+            _pad: 0,
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn answered_flow_reported_after_settling() {
+        let mut a = Assembler::new(Timing::default(), 7);
+        a.push(ev(Kind::Arrive, 0, 10 * MS, 1));
+        a.push(ev(Kind::Xmit, 1, 11 * MS, 1));
+        assert!(a.ready(100 * MS).is_empty());
+        let r = a.ready(400 * MS);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].len(), 2);
+        // Stragglers of a reported flow are ignored, drops are not.
+        a.push(ev(Kind::Arrive, 0, 500 * MS, 1));
+        assert_eq!(a.pending(), 0);
+        a.push(ev(Kind::Drop, 0, 501 * MS, 1));
+        assert_eq!(a.pending(), 1);
+    }
+
+    #[test]
+    fn silent_flow_reported_when_idle_or_old() {
+        let mut a = Assembler::new(Timing::default(), 7);
+        a.push(ev(Kind::Arrive, 0, 0, 2));
+        assert!(a.ready(1_000 * MS).is_empty());
+        assert_eq!(a.ready(1_600 * MS).len(), 1);
+        // A flow that keeps talking is cut at max_age.
+        for i in 0..70 {
+            a.push(ev(Kind::Arrive, 0, i * 100 * MS, 3));
+        }
+        assert_eq!(a.ready(6_900 * MS).len(), 1);
+    }
+
+    #[test]
+    fn bounded() {
+        let mut a = Assembler::new(Timing::default(), 7);
+        a.max_flows = 2;
+        a.max_events = 3;
+        for i in 0..5 {
+            a.push(ev(Kind::Arrive, 0, i, 9));
+        }
+        assert_eq!(a.dropped_events, 2);
+        a.push(ev(Kind::Arrive, 0, 10, 10));
+        let cut = a.push(ev(Kind::Arrive, 0, 11, 11));
+        assert_eq!(cut.len(), 1);
+        assert_eq!(a.pending(), 2);
+    }
+}

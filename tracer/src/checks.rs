@@ -1,0 +1,313 @@
+//! diagnose's static checks: instant, read-only facts about the node that
+//! explain a broken LoadBalancer IP before any packet is seen.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{
+    netinfo::{IfRole, NetInfo, rp_filter_name},
+    path::{NoEndpointsView, ServiceView},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Ok,
+    Info,
+    Warn,
+    Problem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub check: String,
+    pub level: Level,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_step: Option<String>,
+}
+
+fn f(check: &str, level: Level, text: String, next: Option<String>) -> Finding {
+    Finding {
+        check: check.into(),
+        level,
+        text,
+        next_step: next,
+    }
+}
+
+/// Node facts read from /proc/sys (the caller's namespace), so the checks
+/// themselves stay pure.
+#[derive(Debug, Clone, Default)]
+pub struct Sysctls {
+    pub ip_forward: Option<i64>,
+    /// (interface, all, interface value) for interfaces that may receive LB traffic.
+    pub rp_filter: Vec<(String, i64, i64)>,
+    pub conntrack: Option<(u64, u64)>,
+}
+
+impl Sysctls {
+    pub fn read(net: &NetInfo) -> Self {
+        use crate::netinfo::sysctl;
+        let rp_filter = net
+            .ifaces
+            .values()
+            .filter(|i| matches!(net.role(i.index), IfRole::Uplink | IfRole::Overlay) && i.name != "lo")
+            .map(|i| {
+                let (all, dev, _) = crate::netinfo::rp_filter(&i.name);
+                (i.name.clone(), all, dev)
+            })
+            .collect();
+        let conntrack = match (
+            sysctl("netfilter/nf_conntrack_count"),
+            sysctl("netfilter/nf_conntrack_max"),
+        ) {
+            (Some(c), Some(m)) => Some((c as u64, m as u64)),
+            _ => None,
+        };
+        Self {
+            ip_forward: sysctl("ipv4/ip_forward"),
+            rp_filter,
+            conntrack,
+        }
+    }
+}
+
+pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bool, net: &NetInfo, sys: &Sysctls) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let svcs: Vec<&ServiceView> = services.iter().filter(|s| port == 0 || s.port == port).collect();
+
+    // kube-proxy's view of the IP.
+    if svcs.is_empty() {
+        let extra = if kube_proxy_found { "" } else { " (no kube-proxy ruleset found on this node at all: is kube-proxy running, or is a kube-proxy replacement in use?)" };
+        out.push(f(
+            "kube-proxy rules",
+            Level::Problem,
+            format!("no kube-proxy rule for {lb}{}{extra}", if port != 0 { format!(":{port}") } else { String::new() }),
+            Some(format!("is the Service there and does it have endpoints? `kubectl get svc -A -o wide | grep {lb}`")),
+        ));
+    }
+    for s in &svcs {
+        let local = s.endpoints.iter().filter(|e| e.local == Some(true)).count();
+        let locality = if s.endpoints.iter().any(|e| e.local.is_some()) {
+            format!(", {local} on this node")
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "{lb}:{} → {} ({}, chain {}): {} endpoint{}{locality}{}",
+            s.port,
+            s.service,
+            s.kind,
+            s.entry_chain,
+            s.endpoints.len(),
+            if s.endpoints.len() == 1 { "" } else { "s" },
+            if s.local_only { ", externalTrafficPolicy=Local" } else { "" }
+        );
+        match &s.no_endpoints {
+            Some(NoEndpointsView::Reject(rule)) => out.push(f(
+                "kube-proxy rules",
+                Level::Problem,
+                format!("{text}: kube-proxy REJECTs it, the Service has no endpoints ({rule})"),
+                Some(format!("check the Service's selector and the pods' readiness: `kubectl get endpointslices -A | grep {}`", s.service.split(['/', ':']).nth(1).unwrap_or(""))),
+            )),
+            Some(NoEndpointsView::DropNoLocal(rule)) => out.push(f(
+                "kube-proxy rules",
+                Level::Problem,
+                format!("{text}: externalTrafficPolicy=Local and no endpoint on this node, kube-proxy DROPs it ({rule})"),
+                Some("MetalLB should announce the IP only from nodes with a ready endpoint: check the speakers' logs, or use externalTrafficPolicy: Cluster".into()),
+            )),
+            None if s.local_only && local == 0 && s.endpoints.iter().any(|e| e.local.is_some()) => out.push(f(
+                "kube-proxy rules",
+                Level::Problem,
+                format!("{text}: none of them on this node"),
+                Some("externalTrafficPolicy=Local needs a local endpoint on the announcing node".into()),
+            )),
+            None => out.push(f("kube-proxy rules", Level::Ok, text, None)),
+        }
+    }
+
+    // Is the IP bound on this node (IPVS' kube-ipvs0, or someone added it)?
+    let holders: Vec<&str> = net
+        .ifaces
+        .values()
+        .filter(|i| i.addrs.iter().any(|(a, _)| *a == lb))
+        .map(|i| i.name.as_str())
+        .collect();
+    if holders.is_empty() {
+        out.push(f("address", Level::Info, format!("{lb} is not assigned to an interface here (normal for iptables/nftables kube-proxy with MetalLB)"), None));
+    } else {
+        let ipvs = holders.contains(&"kube-ipvs0");
+        out.push(f(
+            "address",
+            Level::Info,
+            format!("{lb} is assigned to {}{}", holders.join(", "), if ipvs { " (kube-proxy IPVS mode)" } else { "" }),
+            None,
+        ));
+    }
+
+    match sys.ip_forward {
+        Some(0) => out.push(f(
+            "ip_forward",
+            Level::Problem,
+            "net.ipv4.ip_forward=0: this node does not forward, DNATed traffic cannot reach pods".into(),
+            Some("sysctl -w net.ipv4.ip_forward=1".into()),
+        )),
+        Some(_) => out.push(f("ip_forward", Level::Ok, "net.ipv4.ip_forward=1".into(), None)),
+        None => {}
+    }
+
+    for (iface, all, dev) in &sys.rp_filter {
+        let eff = (*all).max(*dev);
+        let level = if eff == 1 { Level::Warn } else { Level::Ok };
+        let next = (eff == 1).then(|| {
+            "strict reverse-path filtering drops traffic whose return route uses another interface (clients behind another router, BGP with several uplinks); use rp_filter=2 or keep routes symmetric".to_string()
+        });
+        out.push(f(
+            "rp_filter",
+            level,
+            format!("{iface}: rp_filter {} (all={all}, {iface}={dev})", rp_filter_name(eff)),
+            next,
+        ));
+    }
+
+    // Pod path MTU against the uplink's.
+    let uplink_mtu = net
+        .default_route_ifaces()
+        .iter()
+        .filter_map(|i| net.ifaces.get(i))
+        .map(|i| i.mtu)
+        .min();
+    let pod_mtu = net
+        .ifaces
+        .values()
+        .filter(|i| matches!(net.role(i.index), IfRole::PodVeth | IfRole::Overlay))
+        .map(|i| (i.name.clone(), i.mtu))
+        .min_by_key(|(_, m)| *m);
+    if let (Some(up), Some((name, pm))) = (uplink_mtu, pod_mtu) {
+        if pm < up {
+            out.push(f(
+                "mtu",
+                Level::Warn,
+                format!("pod path MTU {pm} ({name}) is smaller than the uplink MTU {up}: full-size packets from outside need fragmentation or PMTU discovery"),
+                Some("make sure ICMP 'fragmentation needed' reaches clients, or clamp TCP MSS to the pod MTU".into()),
+            ));
+        } else {
+            out.push(f("mtu", Level::Ok, format!("pod path MTU {pm} ({name}), uplink MTU {up}"), None));
+        }
+    }
+
+    if let Some((count, max)) = sys.conntrack {
+        let pct = if max > 0 { count * 100 / max } else { 0 };
+        let level = if pct >= 90 { Level::Problem } else if pct >= 75 { Level::Warn } else { Level::Ok };
+        out.push(f(
+            "conntrack",
+            level,
+            format!("conntrack table {count}/{max} ({pct}%)"),
+            (pct >= 75).then(|| "a full conntrack table drops new flows: raise net.netfilter.nf_conntrack_max or find the flood".into()),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        netinfo::{Iface, Route},
+        path::EndpointView,
+    };
+
+    fn net(pod_mtu: u32, lb_local: bool) -> NetInfo {
+        let mut n = NetInfo::default();
+        let mut eth0 = Iface {
+            index: 2,
+            name: "eth0".into(),
+            kind: "".into(),
+            mtu: 1500,
+            addrs: vec![("192.0.2.2".parse().unwrap(), 24)],
+            up: true,
+            ..Default::default()
+        };
+        if lb_local {
+            eth0.addrs.push(("192.0.2.240".parse().unwrap(), 32));
+        }
+        n.ifaces.insert(2, eth0);
+        n.ifaces.insert(
+            4,
+            Iface {
+                index: 4,
+                name: "vethpod".into(),
+                kind: "veth".into(),
+                mtu: pod_mtu,
+                up: true,
+                ..Default::default()
+            },
+        );
+        n.routes.push(Route {
+            dst: "0.0.0.0".parse().unwrap(),
+            prefix: 0,
+            oif: Some(2),
+            gw: None,
+            table: 254,
+        });
+        n
+    }
+
+    fn svc(no: Option<NoEndpointsView>, local_only: bool, local: Option<bool>) -> ServiceView {
+        ServiceView {
+            service: "default/web:http".into(),
+            kind: "LoadBalancer".into(),
+            port: 80,
+            proto: 6,
+            entry_chain: "KUBE-EXT-X".into(),
+            endpoints: vec![EndpointView {
+                addr: "10.244.2.7:8080".parse().unwrap(),
+                chain: "KUBE-SEP-Y".into(),
+                local,
+            }],
+            local_only,
+            no_endpoints: no,
+        }
+    }
+
+    fn level_of(fs: &[Finding], check: &str) -> Level {
+        fs.iter().filter(|f| f.check == check).map(|f| f.level).max().unwrap()
+    }
+
+    #[test]
+    fn healthy_node() {
+        let sys = Sysctls {
+            ip_forward: Some(1),
+            rp_filter: vec![("eth0".into(), 0, 2)],
+            conntrack: Some((10, 1000)),
+        };
+        let fs = run("192.0.2.240".parse().unwrap(), 80, &[svc(None, false, None)], true, &net(1500, false), &sys);
+        assert!(fs.iter().all(|f| f.level <= Level::Info), "{fs:?}");
+        assert!(fs.iter().any(|f| f.text.contains("default/web:http")));
+    }
+
+    #[test]
+    fn problems_are_named() {
+        let sys = Sysctls {
+            ip_forward: Some(0),
+            rp_filter: vec![("eth0".into(), 1, 0)],
+            conntrack: Some((950, 1000)),
+        };
+        let lb = "192.0.2.240".parse().unwrap();
+        let fs = run(lb, 80, &[], false, &net(1400, true), &sys);
+        assert_eq!(level_of(&fs, "kube-proxy rules"), Level::Problem);
+        assert!(fs[0].text.contains("no kube-proxy rule for 192.0.2.240:80"));
+        assert_eq!(level_of(&fs, "ip_forward"), Level::Problem);
+        assert_eq!(level_of(&fs, "rp_filter"), Level::Warn);
+        assert_eq!(level_of(&fs, "mtu"), Level::Warn);
+        assert_eq!(level_of(&fs, "conntrack"), Level::Problem);
+        assert!(fs.iter().any(|f| f.check == "address" && f.text.contains("eth0")));
+
+        let fs = run(lb, 80, &[svc(Some(NoEndpointsView::Reject("r".into())), false, None)], true, &net(1500, false), &sys);
+        assert!(fs.iter().any(|f| f.level == Level::Problem && f.text.contains("no endpoints")));
+        let fs = run(lb, 80, &[svc(None, true, Some(false))], true, &net(1500, false), &sys);
+        assert!(fs.iter().any(|f| f.level == Level::Problem && f.text.contains("none of them on this node")));
+    }
+}

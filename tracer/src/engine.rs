@@ -1,0 +1,308 @@
+//! A tracing session: what lbpath knows about the node (interfaces, kube-proxy
+//! rules, netfilter plan, reason names) and the live state built from kernel
+//! records. `watch` prints its outputs as they come; `diagnose` collects them.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use tracer_common::{Event, Kind, Tuple};
+
+use crate::{
+    arp::ArpObservation,
+    assembler::{Assembler, Timing, monotonic_ns},
+    btf::EnumNames,
+    events::{Record, ifname},
+    kubeproxy::{self, AddressKind, NodeRules, NoEndpoints, Proto},
+    loader::Tracer,
+    model::{Counters, FlowReport},
+    netinfo::{NetInfo, rp_filter},
+    nfplan::{NfPlan, Occupant, builtin_occupants},
+    path::{self, Context, EndpointView, NoEndpointsView, RuleHit, ServiceView},
+    wire::{self, BgpTracker},
+};
+
+/// User filters applied to flows (the kernel already filters port/proto).
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub client: Option<(IpAddr, u8)>,
+    pub iface: Option<String>,
+}
+
+pub enum Output {
+    Flow(Box<FlowReport>),
+    /// An ARP line for the LB IP (watch prints it right away).
+    Arp(String),
+    /// A BGP session change or an UPDATE about the LB IP.
+    Bgp(String),
+}
+
+pub struct Engine {
+    pub lb: IpAddr,
+    pub net: NetInfo,
+    pub plan: NfPlan,
+    pub reasons: EnumNames,
+    pub rules: NodeRules,
+    pub services: Vec<ServiceView>,
+    pub filters: Filters,
+    pub netfilter_links: bool,
+    node_netns: u32,
+    assembler: Assembler,
+    /// DROP/REJECT counters when last read, for attribution.
+    baseline: Vec<kubeproxy::FilterRule>,
+    last_rules_read: Option<Instant>,
+    pub arp: Vec<ArpObservation>,
+    pub bgp: BgpTracker,
+    pub flows_reported: Vec<FlowReport>,
+    pub filtered_out: u64,
+}
+
+/// Netfilter occupants: the node's base chains (nftables, iptables-nft,
+/// legacy tables), plus the kernel's built-in registrations where no chain
+/// already sits at that hook and priority.
+pub fn occupants(rules: &NodeRules) -> Vec<Occupant> {
+    let mut occ = Vec::new();
+    for rs in &rules.rulesets {
+        for c in &rs.base_chains {
+            let hook = match c.hook.as_str() {
+                "prerouting" => 0,
+                "input" => 1,
+                "forward" => 2,
+                "output" => 3,
+                "postrouting" => 4,
+                _ => continue,
+            };
+            if !matches!(c.family.as_str(), "ip" | "inet" | "ip6") {
+                continue;
+            }
+            occ.push(Occupant {
+                hook,
+                priority: c.priority,
+                name: format!("{} {} chain {}", c.family, c.table, c.chain),
+                chain: Some((format!("{} {}", c.family, c.table), c.chain.clone())),
+            });
+        }
+    }
+    for b in builtin_occupants() {
+        if !occ.iter().any(|o| o.hook == b.hook && o.priority == b.priority) {
+            occ.push(b);
+        }
+    }
+    occ
+}
+
+fn kind_name(k: &AddressKind) -> &'static str {
+    match k {
+        AddressKind::LoadBalancer => "LoadBalancer",
+        AddressKind::ExternalIp => "ExternalIP",
+        AddressKind::ClusterIp => "ClusterIP",
+        AddressKind::NodePort => "NodePort",
+    }
+}
+
+/// kube-proxy's service ports for the LB IP, in the shape path assembly wants.
+pub fn service_views(rules: &NodeRules, lb: IpAddr) -> Vec<ServiceView> {
+    let mut out = Vec::new();
+    for rs in &rules.rulesets {
+        for s in &rs.services {
+            if s.address != lb {
+                continue;
+            }
+            let proto = match s.proto {
+                Proto::Tcp => 6,
+                Proto::Udp => 17,
+                Proto::Sctp => 132,
+            };
+            out.push(ServiceView {
+                service: s.service.clone(),
+                kind: kind_name(&s.kind).into(),
+                port: s.port,
+                proto,
+                entry_chain: s.entry_chain.clone(),
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointView {
+                        addr: std::net::SocketAddr::new(e.ip, e.port),
+                        chain: e.chain.clone(),
+                        local: e.local,
+                    })
+                    .collect(),
+                local_only: s.local_only,
+                no_endpoints: s.no_endpoints.as_ref().map(|n| match n {
+                    NoEndpoints::Reject { rule } => NoEndpointsView::Reject(rule.clone()),
+                    NoEndpoints::DropNoLocal { rule } => NoEndpointsView::DropNoLocal(rule.clone()),
+                }),
+            });
+        }
+    }
+    out
+}
+
+impl Engine {
+    pub fn new(
+        lb: IpAddr,
+        net: NetInfo,
+        plan: NfPlan,
+        reasons: EnumNames,
+        rules: NodeRules,
+        filters: Filters,
+        netfilter_links: bool,
+        node_netns: u32,
+        timing: Timing,
+    ) -> Self {
+        let services = service_views(&rules, lb);
+        let baseline = rules.rulesets.iter().flat_map(|r| r.filter_rules.clone()).collect();
+        Self {
+            lb,
+            net,
+            plan,
+            reasons,
+            rules,
+            services,
+            filters,
+            netfilter_links,
+            node_netns,
+            assembler: Assembler::new(timing, node_netns),
+            baseline,
+            last_rules_read: None,
+            arp: Vec::new(),
+            bgp: BgpTracker::default(),
+            flows_reported: Vec::new(),
+            filtered_out: 0,
+        }
+    }
+
+    pub fn kube_proxy_found(&self) -> bool {
+        self.rules.rulesets.iter().any(|r| !r.services.is_empty())
+    }
+
+    /// Takes one ring-buffer record; returns what should be shown now.
+    pub fn record(&mut self, rec: Record, tracer: &Tracer) -> Vec<Output> {
+        match rec {
+            Record::Path(e) => self
+                .assembler
+                .push(e)
+                .into_iter()
+                .filter_map(|evs| self.report(&evs, tracer))
+                .map(|r| Output::Flow(Box::new(r)))
+                .collect(),
+            Record::Arp(a) => {
+                let obs = wire::arp_observation(&a);
+                let line = wire::arp_line(&obs, self.lb);
+                // Bounded: a few thousand ARPs are plenty of evidence.
+                if self.arp.len() < 100_000 {
+                    self.arp.push(obs);
+                }
+                vec![Output::Arp(line)]
+            }
+            Record::Seg(s) => self.bgp.push(&s, self.lb).into_iter().map(Output::Bgp).collect(),
+        }
+    }
+
+    /// Flows that became ready to report.
+    pub fn tick(&mut self, tracer: &Tracer) -> Vec<Output> {
+        let ready = self.assembler.ready(monotonic_ns());
+        ready
+            .into_iter()
+            .filter_map(|evs| self.report(&evs, tracer))
+            .map(|r| Output::Flow(Box::new(r)))
+            .collect()
+    }
+
+    /// Everything pending (on exit).
+    pub fn finish(&mut self, tracer: &Tracer) -> Vec<Output> {
+        let rest = self.assembler.drain();
+        rest.into_iter()
+            .filter_map(|evs| self.report(&evs, tracer))
+            .map(|r| Output::Flow(Box::new(r)))
+            .collect()
+    }
+
+    pub fn dropped_events(&self) -> u64 {
+        self.assembler.dropped_events
+    }
+
+    fn passes_filters(&self, flow: &Tuple, evs: &[Event]) -> bool {
+        if let Some((net, len)) = self.filters.client
+            && !crate::netinfo::prefix_contains(net, len, path::ip(&flow.saddr, flow.family))
+        {
+            return false;
+        }
+        if let Some(want) = &self.filters.iface {
+            let arrived = evs
+                .iter()
+                .filter(|e| e.kind == Kind::Arrive as u8 && e.dir == 0)
+                .min_by_key(|e| e.ts)
+                .map(|e| ifname(&e.ifname));
+            if arrived.as_deref() != Some(want.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// DROP/REJECT rules whose counters moved since last read. Reading the
+    /// ruleset runs iptables-save/nft: at most twice a second.
+    fn rule_hits(&mut self) -> Vec<RuleHit> {
+        if self.last_rules_read.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return Vec::new();
+        }
+        self.last_rules_read = Some(Instant::now());
+        let now = kubeproxy::read_node();
+        let after: Vec<_> = now.rulesets.iter().flat_map(|r| r.filter_rules.clone()).collect();
+        let hits = kubeproxy::counter_deltas(&self.baseline, &after)
+            .into_iter()
+            .map(|(r, n)| RuleHit {
+                table: format!("{} {}", r.family, r.table),
+                chain: r.chain.clone(),
+                rule: r.rule.clone(),
+                packets: n,
+            })
+            .collect();
+        self.baseline = after;
+        hits
+    }
+
+    fn report(&mut self, evs: &[Event], tracer: &Tracer) -> Option<FlowReport> {
+        let flow = evs.first()?.flow;
+        if !self.passes_filters(&flow, evs) {
+            self.filtered_out += 1;
+            return None;
+        }
+        let nf_dropped = evs.iter().any(|e| {
+            e.kind == Kind::Drop as u8 && self.reasons.name(e.reason as u64) == "NETFILTER_DROP"
+        });
+        let hits = if nf_dropped { self.rule_hits() } else { Vec::new() };
+        let counters = tracer.counters(&flow).map(|c| Counters {
+            request_packets: c.req_pkts,
+            request_bytes: c.req_bytes,
+            reply_packets: c.rep_pkts,
+            reply_bytes: c.rep_bytes,
+            drops: c.drops,
+        });
+        let rp = |iface: &str| rp_filter(iface);
+        let ctx = Context {
+            node_netns: self.node_netns,
+            net: &self.net,
+            plan: &self.plan,
+            reasons: &self.reasons,
+            services: &self.services,
+            kube_proxy_found: self.kube_proxy_found(),
+            rule_hits: &hits,
+            rp_filter: &rp,
+            netfilter_links: self.netfilter_links,
+        };
+        let r = path::assemble(evs, &ctx, counters)?;
+        self.flows_reported.push(r.clone());
+        Some(r)
+    }
+
+    /// Re-reads interfaces (new pods) and returns the pod-facing ones.
+    pub async fn refresh_net(&mut self) -> Result<Vec<u32>> {
+        self.net = NetInfo::read().await?;
+        Ok(self.net.pod_ifaces())
+    }
+}

@@ -1,0 +1,333 @@
+//! What the node's network looks like (interfaces, addresses, routes,
+//! sysctls), read over rtnetlink and /proc/sys in lbpath's own namespace.
+//! Used to name interfaces, tell a pod veth from an uplink, and explain
+//! rp_filter and forwarding.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::{Context, Result};
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, LinkInfo},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Iface {
+    pub index: u32,
+    pub name: String,
+    /// rtnetlink kind: "veth", "bridge", "vxlan", "dummy" ...; empty for a
+    /// physical NIC (or loopback).
+    pub kind: String,
+    /// Bridge (or bond) this interface is a port of.
+    pub master: Option<u32>,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    pub addrs: Vec<(IpAddr, u8)>,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub oif: Option<u32>,
+    pub gw: Option<IpAddr>,
+    pub table: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetInfo {
+    pub ifaces: BTreeMap<u32, Iface>,
+    /// IPv4 unicast routes of the main table.
+    pub routes: Vec<Route>,
+}
+
+/// How an interface relates to the traced path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IfRole {
+    /// A veth leading into a pod's namespace.
+    PodVeth,
+    /// A bridge pods hang off (cni0, cbr0, docker0 ...).
+    Bridge,
+    /// An overlay tunnel device (VXLAN, Geneve, IPIP ...).
+    Overlay,
+    /// Anything else: a NIC or VLAN towards the network, other nodes, clients.
+    Uplink,
+    Loopback,
+}
+
+impl NetInfo {
+    pub async fn read() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        let task = tokio::spawn(conn);
+        let mut info = NetInfo::default();
+        let mut links = handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.context("listing interfaces")? {
+            let mut i = Iface {
+                index: msg.header.index,
+                up: msg.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up),
+                ..Default::default()
+            };
+            for a in msg.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => i.name = n,
+                    LinkAttribute::Mtu(m) => i.mtu = m,
+                    LinkAttribute::Controller(m) => i.master = Some(m),
+                    LinkAttribute::Address(mac) if mac.len() == 6 => {
+                        i.mac = Some(mac.try_into().expect("length checked"))
+                    }
+                    LinkAttribute::LinkInfo(infos) => {
+                        for li in infos {
+                            if let LinkInfo::Kind(k) = li {
+                                i.kind = k.to_string();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            info.ifaces.insert(i.index, i);
+        }
+        let mut addrs = handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let prefix = msg.header.prefix_len;
+            let index = msg.header.index;
+            let mut addr = None;
+            for a in msg.attributes {
+                match a {
+                    // IFA_LOCAL is the interface's own address on point-to-point links.
+                    AddressAttribute::Local(ip) => addr = Some(ip),
+                    AddressAttribute::Address(ip) if addr.is_none() => addr = Some(ip),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(i)) = (addr, info.ifaces.get_mut(&index)) {
+                i.addrs.push((ip, prefix));
+            }
+        }
+        let req = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = handle.route().get(req).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if let Some(r) = route_of(&msg) {
+                info.routes.push(r);
+            }
+        }
+        task.abort();
+        Ok(info)
+    }
+
+    pub fn name(&self, index: u32) -> String {
+        match self.ifaces.get(&index) {
+            Some(i) => i.name.clone(),
+            None if index == 0 => "-".into(),
+            None => format!("if{index}"),
+        }
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Iface> {
+        self.ifaces.values().find(|i| i.name == name)
+    }
+
+    /// Interfaces holding a default route.
+    pub fn default_route_ifaces(&self) -> Vec<u32> {
+        self.routes
+            .iter()
+            .filter(|r| r.prefix == 0 && r.table == 254)
+            .filter_map(|r| r.oif)
+            .collect()
+    }
+
+    pub fn role(&self, index: u32) -> IfRole {
+        let Some(i) = self.ifaces.get(&index) else {
+            return IfRole::Uplink;
+        };
+        match i.kind.as_str() {
+            "veth" | "netkit" => {
+                // A pod veth carries no address of its own on the node side (it
+                // is a bridge port, or routed with a /32 as Calico does) and is
+                // not where the node's default route goes.
+                let has_global = i.addrs.iter().any(|(ip, _)| is_global(ip));
+                if has_global || self.default_route_ifaces().contains(&index) {
+                    IfRole::Uplink
+                } else {
+                    IfRole::PodVeth
+                }
+            }
+            "bridge" if self.ifaces.values().any(|p| p.master == Some(index) && self.role(p.index) == IfRole::PodVeth) => {
+                IfRole::Bridge
+            }
+            "vxlan" | "geneve" | "ipip" | "gre" | "sit" | "wireguard" | "ip6tnl" => IfRole::Overlay,
+            _ if i.name == "lo" => IfRole::Loopback,
+            _ => IfRole::Uplink,
+        }
+    }
+
+    /// The node-side interfaces leading into pods, for the kernel's POD_IFS.
+    pub fn pod_ifaces(&self) -> Vec<u32> {
+        self.ifaces
+            .keys()
+            .copied()
+            .filter(|&i| self.role(i) == IfRole::PodVeth)
+            .collect()
+    }
+
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        self.ifaces.values().any(|i| i.addrs.iter().any(|(a, _)| *a == ip))
+    }
+
+    /// Longest-prefix match in the main table (for hints; the kernel's own
+    /// decision comes from the fib tracepoint).
+    pub fn route_to(&self, ip: IpAddr) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| r.table == 254 && prefix_contains(r.dst, r.prefix, ip))
+            .max_by_key(|r| r.prefix)
+    }
+}
+
+fn is_global(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+    }
+}
+
+pub fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let len = len.min(32) as u32;
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            (u32::from(n) & mask) == (u32::from(a) & mask)
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let len = len.min(128) as u32;
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            (u128::from(n) & mask) == (u128::from(a) & mask)
+        }
+        _ => false,
+    }
+}
+
+fn route_of(msg: &RouteMessage) -> Option<Route> {
+    if msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut r = Route {
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        prefix: msg.header.destination_prefix_length,
+        oif: None,
+        gw: None,
+        table: msg.header.table as u32,
+    };
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = IpAddr::V4(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gw = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Oif(o) => r.oif = Some(*o),
+            RouteAttribute::Table(t) => r.table = *t,
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+/// A value under /proc/sys/net (per network namespace: the caller's).
+pub fn sysctl(path: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/sys/net/{path}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// rp_filter for an interface: (all, interface, effective). The kernel uses
+/// the maximum of the two.
+pub fn rp_filter(iface: &str) -> (i64, i64, i64) {
+    let all = sysctl("ipv4/conf/all/rp_filter").unwrap_or(0);
+    let dev = sysctl(&format!("ipv4/conf/{iface}/rp_filter")).unwrap_or(0);
+    (all, dev, all.max(dev))
+}
+
+pub fn rp_filter_name(v: i64) -> &'static str {
+    match v {
+        0 => "off",
+        1 => "strict",
+        _ => "loose",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(index: u32, name: &str, kind: &str, addr: Option<&str>, master: Option<u32>) -> Iface {
+        Iface {
+            index,
+            name: name.into(),
+            kind: kind.into(),
+            master,
+            mtu: 1500,
+            mac: None,
+            addrs: addr.map(|a| vec![(a.parse().unwrap(), 24)]).unwrap_or_default(),
+            up: true,
+        }
+    }
+
+    fn sample() -> NetInfo {
+        let mut n = NetInfo::default();
+        for i in [
+            iface(1, "lo", "", Some("127.0.0.1"), None),
+            iface(2, "eth0", "veth", Some("192.0.2.2"), None),
+            iface(3, "cni0", "bridge", Some("10.244.1.1"), None),
+            iface(4, "veth1234", "veth", None, Some(3)),
+            iface(5, "flannel.1", "vxlan", Some("10.244.1.0"), None),
+            iface(6, "cali12", "veth", None, None),
+        ] {
+            n.ifaces.insert(i.index, i);
+        }
+        n.routes.push(Route {
+            dst: "0.0.0.0".parse().unwrap(),
+            prefix: 0,
+            oif: Some(2),
+            gw: Some("192.0.2.1".parse().unwrap()),
+            table: 254,
+        });
+        n.routes.push(Route {
+            dst: "10.244.1.0".parse().unwrap(),
+            prefix: 24,
+            oif: Some(3),
+            gw: None,
+            table: 254,
+        });
+        n
+    }
+
+    #[test]
+    fn roles() {
+        let n = sample();
+        assert_eq!(n.role(2), IfRole::Uplink);
+        assert_eq!(n.role(3), IfRole::Bridge);
+        assert_eq!(n.role(4), IfRole::PodVeth);
+        assert_eq!(n.role(5), IfRole::Overlay);
+        assert_eq!(n.role(6), IfRole::PodVeth);
+        assert_eq!(n.role(1), IfRole::Loopback);
+        assert_eq!(n.pod_ifaces(), vec![4, 6]);
+    }
+
+    #[test]
+    fn routes() {
+        let n = sample();
+        assert_eq!(n.route_to("10.244.1.9".parse().unwrap()).unwrap().oif, Some(3));
+        assert_eq!(n.route_to("198.51.100.7".parse().unwrap()).unwrap().oif, Some(2));
+        assert!(prefix_contains("10.0.0.0".parse().unwrap(), 8, "10.9.9.9".parse().unwrap()));
+        assert!(!prefix_contains("10.0.0.0".parse().unwrap(), 8, "11.0.0.1".parse().unwrap()));
+        assert!(prefix_contains("0.0.0.0".parse().unwrap(), 0, "11.0.0.1".parse().unwrap()));
+    }
+}

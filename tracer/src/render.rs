@@ -1,0 +1,292 @@
+//! Text and JSON views of the same model (`model::FlowReport`).
+
+use std::fmt::Write as _;
+
+use crate::model::*;
+
+/// ANSI styling, off when not on a terminal or NO_COLOR is set.
+#[derive(Clone, Copy, Debug)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    pub fn detect() -> Self {
+        use std::io::IsTerminal;
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Self {
+            color: !no_color && std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    pub fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    pub fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+    pub fn green(&self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    pub fn red(&self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    pub fn yellow(&self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    pub fn cyan(&self, s: &str) -> String {
+        self.paint("36", s)
+    }
+}
+
+fn role_name(r: crate::netinfo::IfRole) -> &'static str {
+    use crate::netinfo::IfRole::*;
+    match r {
+        PodVeth => "pod veth",
+        Bridge => "bridge",
+        Overlay => "overlay",
+        Uplink => "uplink",
+        Loopback => "loopback",
+    }
+}
+
+/// (label, detail) of a hop, as one line of text.
+pub fn hop_text(h: &Hop) -> (String, String) {
+    let reply = h.dir == Dir::Reply;
+    match &h.kind {
+        HopKind::Arrived { iface, role, from, to, mac, tcp_flags, len } => {
+            let label = if reply && *role == crate::netinfo::IfRole::PodVeth { "from pod" } else { "arrived" };
+            let mut d = format!("{iface} ({}) {from} → {to}", role_name(*role));
+            if let Some(f) = tcp_flags {
+                let _ = write!(d, ", {f}");
+            }
+            let _ = write!(d, ", {len} B");
+            if let Some(m) = mac {
+                let _ = write!(d, ", from MAC {m}");
+            }
+            (label.into(), d)
+        }
+        HopKind::LocalOut { from, to } => ("local".into(), format!("sent by a process on this node {from} → {to}")),
+        HopKind::Conntrack { state } => ("conntrack".into(), state.clone()),
+        HopKind::Dnat { from, to, hook, by } => {
+            let label = if reply { "un-DNAT" } else { "DNAT" };
+            let mut d = format!("{from} → {to}");
+            if let Some(b) = by {
+                let _ = write!(d, " by {b}");
+            }
+            let _ = write!(d, " [{hook}]");
+            (label.into(), d)
+        }
+        HopKind::Snat { from, to, hook } => {
+            let label = if reply { "un-SNAT" } else { "SNAT" };
+            (label.into(), format!("{from} → {to} [{hook}]"))
+        }
+        HopKind::Route { decision, iface, gateway, table } => {
+            let mut d = decision.clone();
+            if let Some(i) = iface {
+                let _ = write!(d, " via {i}");
+            }
+            match gateway {
+                Some(g) => {
+                    let _ = write!(d, ", next hop {g}");
+                }
+                None if iface.is_some() => d.push_str(", directly connected"),
+                None => {}
+            }
+            if let Some(t) = table.filter(|t| *t != 254) {
+                let _ = write!(d, " (table {t})");
+            }
+            ("route".into(), d)
+        }
+        HopKind::Left { iface, role, to, next_hop, towards } => {
+            let mut d = format!("{iface} ({}) → {towards}", role_name(*role));
+            match next_hop {
+                Some(n) if n != &to.ip() => {
+                    let _ = write!(d, ", {to} via {n}");
+                }
+                _ => {
+                    let _ = write!(d, ", {to}");
+                }
+            }
+            ("left".into(), d)
+        }
+        HopKind::InPod { iface, addr, .. } => ("in pod".into(), format!("{addr} on the pod's {iface}")),
+        HopKind::Delivered { at } => ("delivered".into(), format!("taken by {at}")),
+        HopKind::Reset { at } => ("reset".into(), format!("{at} answered with a TCP reset")),
+        HopKind::Dropped { at, reason, detail, later_packet, .. } => {
+            let pre = if *later_packet { "a later packet, " } else { "" };
+            ("DROPPED".into(), format!("{pre}{at}: {detail} [{reason}]"))
+        }
+    }
+}
+
+pub fn flow_text(r: &FlowReport, s: Style) -> String {
+    let mut out = String::new();
+    let svc = match &r.service {
+        Some(svc) => format!(
+            "   service {} ({}, {} endpoint{}{})",
+            svc.name,
+            svc.kind,
+            svc.endpoints,
+            if svc.endpoints == 1 { "" } else { "s" },
+            if svc.local_only { ", externalTrafficPolicy=Local" } else { "" }
+        ),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "{} {} {} → {}{}",
+        s.bold("●"),
+        r.flow.proto,
+        s.bold(&r.flow.client.to_string()),
+        s.bold(&r.flow.lb.to_string()),
+        s.dim(&svc)
+    );
+    for h in &r.hops {
+        let (label, detail) = hop_text(h);
+        let arrow = if h.dir == Dir::Reply { "←" } else { "→" };
+        let label = format!("{label:<10}");
+        let label = match h.kind {
+            HopKind::Dropped { .. } => s.red(&label),
+            HopKind::Dnat { .. } | HopKind::Snat { .. } => s.cyan(&label),
+            _ => label,
+        };
+        let inferred = if h.inferred { s.dim(" (inferred)") } else { String::new() };
+        let pkt = if h.packet > 1 { s.dim(&format!(" #{}", h.packet)) } else { String::new() };
+        let _ = writeln!(out, "  {:>9}  {arrow} {label} {detail}{inferred}{pkt}", format!("+{:.3}ms", h.t_ms));
+    }
+    let (mark, painted) = match r.verdict.kind {
+        VerdictKind::Answered | VerdictKind::Local => ("✔", s.green(&r.verdict.summary)),
+        VerdictKind::LeftNode | VerdictKind::Incomplete | VerdictKind::AnsweredAsymmetric | VerdictKind::NoAnswer => {
+            ("●", s.yellow(&r.verdict.summary))
+        }
+        _ => ("✘", s.red(&r.verdict.summary)),
+    };
+    let _ = writeln!(out, "  {mark} {painted}");
+    if let Some(h) = &r.verdict.hint {
+        let _ = writeln!(out, "    hint: {h}");
+    }
+    if let Some(c) = &r.counters {
+        let _ = writeln!(
+            out,
+            "    {}",
+            s.dim(&format!(
+                "counted: → {} packets {} B, ← {} packets {} B, {} dropped",
+                c.request_packets, c.request_bytes, c.reply_packets, c.reply_bytes, c.drops
+            ))
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "    {}", s.dim(&format!("note: {n}")));
+    }
+    out
+}
+
+/// One JSON line per flow.
+pub fn flow_json(r: &FlowReport) -> String {
+    serde_json::to_string(r).expect("the model always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netinfo::IfRole;
+
+    fn report() -> FlowReport {
+        FlowReport {
+            flow: FlowId {
+                proto: "tcp".into(),
+                client: "192.0.2.10:4000".parse().unwrap(),
+                lb: "192.0.2.240:80".parse().unwrap(),
+            },
+            service: Some(ServiceInfo {
+                name: "default/web:http".into(),
+                kind: "LoadBalancer".into(),
+                chain: "KUBE-EXT-X".into(),
+                endpoints: 1,
+                local_endpoints: None,
+                local_only: false,
+            }),
+            hops: vec![
+                Hop {
+                    t_ms: 0.0,
+                    dir: Dir::Request,
+                    packet: 1,
+                    kind: HopKind::Arrived {
+                        iface: "eth0".into(),
+                        role: IfRole::Uplink,
+                        from: "192.0.2.10:4000".parse().unwrap(),
+                        to: "192.0.2.240:80".parse().unwrap(),
+                        mac: None,
+                        tcp_flags: Some("SYN".into()),
+                        len: 60,
+                    },
+                    inferred: false,
+                },
+                Hop {
+                    t_ms: 0.1,
+                    dir: Dir::Request,
+                    packet: 1,
+                    kind: HopKind::Dnat {
+                        from: "192.0.2.240:80".parse().unwrap(),
+                        to: "10.244.1.5:8080".parse().unwrap(),
+                        hook: "PREROUTING".into(),
+                        by: Some("kube-proxy KUBE-SEP-Y (default/web:http)".into()),
+                    },
+                    inferred: false,
+                },
+                Hop {
+                    t_ms: 0.2,
+                    dir: Dir::Reply,
+                    packet: 1,
+                    kind: HopKind::Dnat {
+                        from: "10.244.1.5:8080".parse().unwrap(),
+                        to: "192.0.2.240:80".parse().unwrap(),
+                        hook: "POSTROUTING".into(),
+                        by: None,
+                    },
+                    inferred: false,
+                },
+            ],
+            verdict: Verdict {
+                kind: VerdictKind::Answered,
+                summary: "reached the pod and it answered".into(),
+                hint: None,
+            },
+            counters: Some(Counters::default()),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn text_has_one_line_per_hop_and_the_verdict_last() {
+        let t = flow_text(&report(), Style { color: false });
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("192.0.2.10:4000 → 192.0.2.240:80") && lines[0].contains("default/web:http"));
+        assert!(lines[1].contains("→ arrived") && lines[1].contains("eth0 (uplink)") && lines[1].contains("SYN"));
+        assert!(lines[2].contains("DNAT") && lines[2].contains("10.244.1.5:8080 by kube-proxy KUBE-SEP-Y"));
+        assert!(lines[3].contains("← un-DNAT"));
+        assert!(lines[4].contains("✔ reached the pod"));
+        assert!(!t.contains('\x1b'));
+        assert!(flow_text(&report(), Style { color: true }).contains('\x1b'));
+    }
+
+    #[test]
+    fn json_is_one_line_with_the_documented_fields() {
+        let j = flow_json(&report());
+        assert!(!j.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["flow"]["lb"], "192.0.2.240:80");
+        assert_eq!(v["hops"][1]["hop"], "dnat");
+        assert_eq!(v["hops"][1]["to"], "10.244.1.5:8080");
+        assert_eq!(v["verdict"]["kind"], "answered");
+        assert_eq!(v["service"]["name"], "default/web:http");
+    }
+}

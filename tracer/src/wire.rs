@@ -1,0 +1,139 @@
+//! The MetalLB layers as the kernel reports them: ARP records to `arp`
+//! observations, BGP segments to `bgp` sessions, and the one-line live
+//! messages `watch` prints for them.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use tracer_common::{ArpEvent, SegEvent};
+
+use crate::{
+    arp::{self, ArpObservation},
+    bgp::{self, RouteAction, SessionKey, SessionState, Sessions},
+    events::ifname,
+    model::mac,
+    path::{dst, src},
+};
+
+pub fn arp_observation(e: &ArpEvent) -> ArpObservation {
+    ArpObservation {
+        ts_ns: e.ts,
+        dir: if e.dir == 1 { arp::Dir::Tx } else { arp::Dir::Rx },
+        ifname: ifname(&e.ifname),
+        op: e.op,
+        sha: e.sha,
+        spa: Ipv4Addr::from(e.spa),
+        tha: e.tha,
+        tpa: Ipv4Addr::from(e.tpa),
+        eth_src: e.eth_src,
+        eth_dst: e.eth_dst,
+    }
+}
+
+/// "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:…)" and friends.
+pub fn arp_line(o: &ArpObservation, lb: IpAddr) -> String {
+    let arrow = if o.dir == arp::Dir::Tx { "→" } else { "←" };
+    let who = if o.dir == arp::Dir::Tx { "this node" } else { "another host" };
+    let lb_v4 = match lb {
+        IpAddr::V4(v) => Some(v),
+        IpAddr::V6(_) => None,
+    };
+    match o.op {
+        1 if o.spa == o.tpa => format!("{} {arrow} probe/announcement for {} from {}", o.ifname, o.tpa, mac(o.sha)),
+        1 if Some(o.spa) == lb_v4 => format!(
+            "{} {arrow} who-has {} tell {} ({}): a request sent from the LB IP ({who})",
+            o.ifname,
+            o.tpa,
+            o.spa,
+            mac(o.sha)
+        ),
+        1 => format!("{} {arrow} who-has {} tell {} ({})", o.ifname, o.tpa, o.spa, mac(o.sha)),
+        2 if o.spa == o.tpa => format!("{} {arrow} gratuitous ARP: {} is-at {} ({who})", o.ifname, o.spa, mac(o.sha)),
+        2 => format!("{} {arrow} {} is-at {} ({who}) to {}", o.ifname, o.spa, mac(o.sha), o.tpa),
+        op => format!("{} {arrow} ARP op {op} {} → {}", o.ifname, o.spa, o.tpa),
+    }
+}
+
+/// BGP sessions seen so far, reporting what changed.
+#[derive(Default)]
+pub struct BgpTracker {
+    pub sessions: Sessions,
+    states: HashMap<SessionKey, SessionState>,
+    routes: HashMap<SessionKey, usize>,
+}
+
+impl BgpTracker {
+    /// Takes one segment; returns a line per session state change and per
+    /// UPDATE about a prefix covering the LB IP.
+    pub fn push(&mut self, e: &SegEvent, lb: IpAddr) -> Vec<String> {
+        let dir = if e.dir == 1 { bgp::Dir::Tx } else { bgp::Dir::Rx };
+        let key = SessionKey::from_packet(dir, src(&e.tuple), dst(&e.tuple));
+        let caplen = (e.caplen as usize).min(e.payload.len());
+        let seg = bgp::Segment {
+            ts_ns: e.ts,
+            dir,
+            tcp_flags: e.tcp_flags,
+            seq: e.seq,
+            payload: &e.payload[..caplen],
+            full_len: e.paylen as usize,
+        };
+        self.sessions.observe(key, &seg);
+        let mut out = Vec::new();
+        let Some(s) = self.sessions.get(&key) else {
+            return out;
+        };
+        if self.states.get(&key) != Some(s.state()) {
+            self.states.insert(key, s.state().clone());
+            out.push(s.describe());
+        }
+        let seen = self.routes.entry(key).or_insert(0);
+        for r in &s.routes()[*seen..] {
+            if !r.prefix.covers(lb) {
+                continue;
+            }
+            let (verb, to) = match (r.action, r.dir) {
+                (RouteAction::Announce, bgp::Dir::Tx) => ("announces", "to"),
+                (RouteAction::Withdraw, bgp::Dir::Tx) => ("withdraws", "to"),
+                (RouteAction::Announce, bgp::Dir::Rx) => ("received announcement of", "from"),
+                (RouteAction::Withdraw, bgp::Dir::Rx) => ("received withdrawal of", "from"),
+            };
+            let nh = r.next_hop.map(|n| format!(" with next hop {n}")).unwrap_or_default();
+            out.push(format!("UPDATE {verb} {} {to} {}{nh}", r.prefix, r.peer));
+        }
+        *seen = s.routes().len();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(dir: arp::Dir, op: u16, spa: [u8; 4], tpa: [u8; 4]) -> ArpObservation {
+        ArpObservation {
+            ts_ns: 0,
+            dir,
+            ifname: "eth0".into(),
+            op,
+            sha: [2, 0, 0, 0, 0, 1],
+            spa: Ipv4Addr::from(spa),
+            tha: [0; 6],
+            tpa: Ipv4Addr::from(tpa),
+            eth_src: [2, 0, 0, 0, 0, 1],
+            eth_dst: [0xff; 6],
+        }
+    }
+
+    #[test]
+    fn arp_lines() {
+        let lb: IpAddr = "192.0.2.240".parse().unwrap();
+        let l = arp_line(&obs(arp::Dir::Rx, 1, [192, 0, 2, 10], [192, 0, 2, 240]), lb);
+        assert_eq!(l, "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:00:00:00:00:01)");
+        let l = arp_line(&obs(arp::Dir::Tx, 2, [192, 0, 2, 240], [192, 0, 2, 10]), lb);
+        assert!(l.contains("192.0.2.240 is-at 02:00:00:00:00:01 (this node)"), "{l}");
+        let l = arp_line(&obs(arp::Dir::Rx, 2, [192, 0, 2, 240], [192, 0, 2, 240]), lb);
+        assert!(l.contains("gratuitous") && l.contains("another host"), "{l}");
+    }
+}
