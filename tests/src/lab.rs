@@ -44,6 +44,20 @@ pub const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
 pub const POD_GW: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 pub const POD2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
 pub const POD_PORT: u16 = 8080;
+/// The LB IP announced over BGP (another subnet than the LAN).
+pub const BGP_LB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 240);
+const BGPD: &str = "/usr/lib/frr/bgpd";
+
+/// bgpd configuration for one side of a session (FRR 8 syntax).
+pub fn bgp_config(asn: u32, router_id: Ipv4Addr, peer: Ipv4Addr, peer_as: u32, announce: Option<&str>) -> String {
+    let mut c = format!(
+        "hostname as{asn}\nrouter bgp {asn}\n bgp router-id {router_id}\n no bgp ebgp-requires-policy\n no bgp network import-check\n neighbor {peer} remote-as {peer_as}\n neighbor {peer} timers connect 1\n neighbor {peer} timers 3 9\n"
+    );
+    if let Some(p) = announce {
+        c.push_str(&format!(" address-family ipv4 unicast\n  network {p}\n exit-address-family\n"));
+    }
+    c
+}
 pub const LB_PORT: u16 = 80;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +376,35 @@ impl Lab {
         self.background.push(b);
     }
 
+    /// A directory for this lab's files (FRR configs ...), removed with it.
+    pub fn dir(&self, role: &str) -> Result<std::path::PathBuf> {
+        let d = std::env::temp_dir().join(&self.prefix).join(role);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    /// Runs FRR's bgpd in `role`'s namespace with `config`, standalone (no
+    /// zebra, no kernel routes), until the lab goes.
+    pub fn start_bgpd(&mut self, role: &str, config: &str) -> Result<()> {
+        let dir = self.dir(role)?;
+        let conf = dir.join("bgpd.conf");
+        std::fs::write(&conf, config)?;
+        let ns = self.ns(role);
+        let (conf, pid, vty) = (
+            conf.display().to_string(),
+            dir.join("bgpd.pid").display().to_string(),
+            dir.display().to_string(),
+        );
+        self.spawn(&ns, &[BGPD, "-Z", "-S", "-n", "-P", "0", "-f", &conf, "-i", &pid, "--vty_socket", &vty])?;
+        Ok(())
+    }
+
+    /// A vtysh command against `role`'s bgpd.
+    pub fn vtysh(&self, role: &str, cmd: &str) -> Result<String> {
+        let vty = self.dir(role)?.display().to_string();
+        in_ns(&self.ns(role), &["vtysh", "--vty_socket", &vty, "-c", cmd])
+    }
+
     /// Starts a process inside a namespace, killed when the lab goes.
     pub fn spawn(&mut self, ns: &str, args: &[&str]) -> Result<&mut Child> {
         let child = Command::new("ip")
@@ -404,6 +447,7 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev() {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.prefix));
     }
 }
 

@@ -283,6 +283,15 @@ pub fn arp_responder(ns: &str, iface: &str, mac: [u8; 6], ips: Vec<Ipv4Addr>) ->
 
 /// Sends gratuitous ARP for `ip` from `mac` (a speaker taking over an IP).
 pub fn gratuitous_arp(ns: &str, iface: &str, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+    send_arp(ns, iface, mac, 2, ip, [0xff; 6], ip)
+}
+
+/// Asks who has `target`, from `sender` (like arping).
+pub fn arp_request(ns: &str, iface: &str, mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Result<()> {
+    send_arp(ns, iface, mac, 1, sender, [0; 6], target)
+}
+
+fn send_arp(ns: &str, iface: &str, mac: [u8; 6], op: u16, spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Result<()> {
     let iface = iface.to_string();
     run_in(ns, move || {
         let idx = ifindex(&iface)?;
@@ -298,14 +307,15 @@ pub fn gratuitous_arp(ns: &str, iface: &str, mac: [u8; 6], ip: Ipv4Addr) -> Resu
         r.extend_from_slice(&[0xff; 6]);
         r.extend_from_slice(&mac);
         r.extend_from_slice(&ETH_P_ARP.to_be_bytes());
-        r.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+        r.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+        r.extend_from_slice(&op.to_be_bytes());
         r.extend_from_slice(&mac);
-        r.extend_from_slice(&ip.octets());
-        r.extend_from_slice(&[0xff; 6]);
-        r.extend_from_slice(&ip.octets());
+        r.extend_from_slice(&spa.octets());
+        r.extend_from_slice(&tha);
+        r.extend_from_slice(&tpa.octets());
         // SAFETY: valid buffer and address.
         let sent = unsafe {
-            libc::sendto(fd.0, r.as_ptr() as *const libc::c_void, r.len(), 0, &sll as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
+            libc::sendto(fd.raw(), r.as_ptr() as *const libc::c_void, r.len(), 0, &sll as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
         };
         if sent < 0 {
             bail!("sending gratuitous ARP: {}", std::io::Error::last_os_error());

@@ -91,10 +91,21 @@ impl Running {
     pub fn watch(ns: &str, args: &[&str]) -> Result<Self> {
         let mut full = vec!["watch"];
         full.extend_from_slice(args);
-        let mut r = Self::start_raw(ns, &full)?;
+        Self::start_until(ns, &full, "lbpath: watching")
+    }
+
+    /// Starts `lbpath diagnose …` and waits until its live window is open.
+    pub fn diagnose(ns: &str, args: &[&str]) -> Result<Self> {
+        let mut full = vec!["diagnose"];
+        full.extend_from_slice(args);
+        Self::start_until(ns, &full, "lbpath: diagnosing")
+    }
+
+    fn start_until(ns: &str, args: &[&str], marker: &str) -> Result<Self> {
+        let mut r = Self::start_raw(ns, args)?;
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            if r.stderr().contains("lbpath: watching") {
+            if r.stderr().contains(marker) {
                 return Ok(r);
             }
             if let Some(status) = r.child.try_wait()? {

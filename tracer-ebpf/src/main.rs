@@ -1,8 +1,9 @@
 //! lbpath's kernel side: observe packets to and from one LoadBalancer IP.
 //!
 //! One module per hook family: `tracepoints` (tp_btf: receive, transmit, free,
-//! routing, TCP reset) and `netfilter` (BPF netfilter links around the
-//! built-in priorities). `skb` holds what they share: reading kernel structs at
+//! routing, TCP reset), `netfilter` (BPF netfilter links around the
+//! built-in priorities) and `tc` (tcx links on uplinks: BGP segments);
+//! `wire` reads ARP for the tracepoints. `skb` holds what they share: reading kernel structs at
 //! offsets resolved from BTF by userspace, header parsing, packet tracking and
 //! event emission. `maps` holds the maps and the load-time configuration.
 //!
@@ -14,6 +15,7 @@
 mod maps;
 mod netfilter;
 mod skb;
+mod tc;
 mod tracepoints;
 mod wire;
 

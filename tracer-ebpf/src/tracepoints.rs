@@ -12,7 +12,7 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
-    AF_INET, CFG_BGP, DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Event, Kind, NO_HOOK,
+    AF_INET, DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Event, Kind, NO_HOOK,
     STAT_LOST_EVENTS,
 };
 
@@ -67,8 +67,7 @@ fn on_receive(skb: u64) {
         return;
     };
     let lb = is_lb(&daddr);
-    let bgp = conf!(flags) & CFG_BGP != 0;
-    if !lb && !open && !bgp {
+    if !lb && !open {
         return;
     }
     x.dev = skb_dev(skb);
@@ -81,13 +80,9 @@ fn on_receive(skb: u64) {
     } else {
         open && reply_seen(skb, &p)
     };
-    if traced {
-        if let Some(tr) = tracked(skb) {
-            set_current(skb, &p.t, now);
-            emit(Kind::Arrive as u8, skb, tr, &p, &x);
-        }
-    } else if bgp {
-        wire::bgp(&p, x.dev, netns, 0, now);
+    if traced && let Some(tr) = tracked(skb) {
+        set_current(skb, &p.t, now);
+        emit(Kind::Arrive as u8, skb, tr, &p, &x);
     }
 }
 
@@ -151,20 +146,10 @@ fn on_xmit(skb: u64, dev: u64) {
     let Some(saddr) = saddr else {
         return;
     };
-    let lb = is_lb(&saddr);
-    let bgp = conf!(flags) & CFG_BGP != 0;
-    if !lb && !bgp {
+    if !is_lb(&saddr) || dev_netns(dev) != conf!(node_netns) || !parse_ip(l3, proto, &mut p) {
         return;
     }
-    let netns = dev_netns(dev);
-    if netns != conf!(node_netns) || !parse_ip(l3, proto, &mut p) {
-        return;
-    }
-    if lb {
-        count_reply(skb, &p);
-    } else {
-        wire::bgp(&p, dev, netns, 1, now);
-    }
+    count_reply(skb, &p);
 }
 
 #[inline(never)]

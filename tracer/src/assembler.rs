@@ -77,8 +77,10 @@ impl Assembler {
     pub fn push(&mut self, e: Event) -> Vec<Vec<Event>> {
         let key = e.flow;
         let mut out = Vec::new();
-        if self.done_set.contains(&key) && e.flags & EV_UNTRACED == 0 && e.kind != Kind::Drop as u8 {
-            // Stragglers of a reported flow (its last ACKs ...).
+        if self.done_set.contains(&key) && e.flags & EV_UNTRACED == 0 {
+            // Stragglers of a reported flow (its last ACKs, retransmissions
+            // dropped like the first): only drops past the trace budget,
+            // which may tell something new, make a new report.
             return out;
         }
         if !self.pending.contains_key(&key) && self.pending.len() >= self.max_flows {
@@ -204,10 +206,13 @@ mod tests {
         let r = a.ready(400 * MS);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].len(), 2);
-        // Stragglers of a reported flow are ignored, drops are not.
+        // Stragglers of a reported flow are ignored, untraced drops are not.
         a.push(ev(Kind::Arrive, 0, 500 * MS, 1));
-        assert_eq!(a.pending(), 0);
         a.push(ev(Kind::Drop, 0, 501 * MS, 1));
+        assert_eq!(a.pending(), 0);
+        let mut d = ev(Kind::Drop, 0, 502 * MS, 1);
+        d.flags = EV_UNTRACED;
+        a.push(d);
         assert_eq!(a.pending(), 1);
     }
 

@@ -178,6 +178,15 @@ impl NetInfo {
             .collect()
     }
 
+    /// Where BGP sessions run: Ethernet interfaces that are not pod veths or bridges.
+    pub fn bgp_ifaces(&self) -> Vec<String> {
+        self.ifaces
+            .values()
+            .filter(|i| i.up && i.mac.is_some() && self.role(i.index) == IfRole::Uplink)
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
     pub fn is_local(&self, ip: IpAddr) -> bool {
         self.ifaces.values().any(|i| i.addrs.iter().any(|(a, _)| *a == ip))
     }

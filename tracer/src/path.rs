@@ -560,14 +560,21 @@ fn explain_drop(
     let reason = ctx.reasons.name(e.reason as u64);
     let pod = in_pod(e, ctx);
     let dev = ifname(&e.ifname);
+    // The last netfilter point the packet passed locates netfilter drops;
+    // other drops happen in the stack between hooks (routing, neighbours).
+    let after = if e.hook != NO_HOOK { format!(" after {}", hook_name(e.hook)) } else { String::new() };
     let at = if pod {
         format!("in the pod{}", if dev.is_empty() { String::new() } else { format!(" ({dev})") })
-    } else if e.hook != NO_HOOK {
+    } else if reason == "NETFILTER_DROP" && e.hook != NO_HOOK {
         format!("netfilter {}", ctx.plan.band_after(e.hook, e.pos))
+    } else if reason == "IP_RPFILTER" || reason.starts_with("IP_IN") || reason.starts_with("IP_INVALID") || reason == "IP_LOCAL_SOURCE" {
+        format!("in the routing decision{after}")
+    } else if reason.starts_with("NEIGH_") {
+        format!("resolving the next hop on {dev}")
     } else if !dev.is_empty() {
-        format!("on {dev}")
+        format!("on {dev}{after}")
     } else {
-        "on this node".to_string()
+        format!("on this node{after}")
     };
     let lb = dst(flow);
     let pkt_dst = dst(&e.pkt);

@@ -178,8 +178,12 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
             out,
             "    {}",
             s.dim(&format!(
-                "counted: → {} packets {} B, ← {} packets {} B, {} dropped",
-                c.request_packets, c.request_bytes, c.reply_packets, c.reply_bytes, c.drops
+                "counted: → {} {} B, ← {} {} B, {} dropped",
+                plural(c.request_packets, "packet"),
+                c.request_bytes,
+                plural(c.reply_packets, "packet"),
+                c.reply_bytes,
+                c.drops
             ))
         );
     }
@@ -187,6 +191,10 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         let _ = writeln!(out, "    {}", s.dim(&format!("note: {n}")));
     }
     out
+}
+
+pub fn plural(n: u64, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
 /// One JSON line per flow.

@@ -67,6 +67,7 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
             drop_events: 8,
             arp,
             bgp,
+            tc_ifaces: net.bgp_ifaces(),
             plan: plan.clone(),
         },
         layout,

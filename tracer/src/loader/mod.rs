@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
     AF_INET, AF_INET6, CFG_ARP, CFG_BGP, Config, FlowCounters, Layout, STAT_FLOWS,
@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub drop_events: u32,
     pub arp: bool,
     pub bgp: bool,
+    /// Interfaces to capture BGP segments on (TC, tcx links).
+    pub tc_ifaces: Vec<String>,
     pub plan: NfPlan,
 }
 
@@ -83,7 +85,8 @@ fn permission_hint(e: &(dyn std::error::Error + 'static)) -> Option<UsageError> 
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+            // EPERM only: the verifier rejects with EACCES, which is a bug, not privilege.
+            && io.raw_os_error() == Some(libc::EPERM)
         {
             return Some(UsageError(
                 "lbpath needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (run it with sudo)".into(),
@@ -147,6 +150,15 @@ impl Tracer {
                     return Err(e.context(format!("attaching to tracepoint {tp}")));
                 }
                 notices.push(format!("tracepoint {tp} unavailable on this kernel ({e:#}); its detail is left out"));
+            }
+        }
+
+        if opts.bgp && !opts.tc_ifaces.is_empty() {
+            if let Err(e) = attach_tc(&mut ebpf, &opts.tc_ifaces) {
+                if let Some(u) = permission_hint(e.as_ref()) {
+                    return Err(anyhow!(u));
+                }
+                notices.push(format!("BGP capture unavailable (TC tcx links, kernel 6.6+: {e:#})"));
             }
         }
 
@@ -240,6 +252,23 @@ impl Tracer {
         }
         Ok(())
     }
+}
+
+/// TC programs on each interface, both directions, as tcx links (they leave
+/// no qdisc behind and go away with the process).
+fn attach_tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<()> {
+    for (prog, dir) in [("lbp_tc_ingress", TcAttachType::Ingress), ("lbp_tc_egress", TcAttachType::Egress)] {
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
+            .try_into()?;
+        p.load()?;
+        for iface in ifaces {
+            p.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {prog} to {iface}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
