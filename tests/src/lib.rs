@@ -1,6 +1,7 @@
 //! lbpath's integration-test support: the network-namespace lab (shared with
 //! the demo), kube-proxy-style rules for it, and a runner for the binary.
 
+pub mod bpf;
 pub mod kubeproxy_rules;
 pub mod lab;
 pub mod netns;

@@ -157,6 +157,72 @@ pub fn http_server(ns: &str, addr: SocketAddr, body: &str) -> Result<Background>
     })
 }
 
+/// A TCP server that reads and discards everything (bulk transfer sink).
+pub fn sink_server(ns: &str, addr: SocketAddr) -> Result<Background> {
+    background(ns, move || {
+        let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        l.set_nonblocking(true)?;
+        Ok(Box::new(move |n: &AtomicU64| match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(k) = s.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    n.fetch_add(k as u64, Ordering::Relaxed);
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }))
+    })
+}
+
+/// Sends `bytes` over one TCP connection from `ns`; the time it took.
+pub fn bulk_send(ns: &str, addr: SocketAddr, bytes: usize) -> Result<Duration> {
+    run_in(ns, move || {
+        let t = Instant::now();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        let chunk = vec![0u8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            s.write_all(&chunk[..k])?;
+            left -= k;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+        Ok(t.elapsed())
+    })
+}
+
+/// One TCP connection from `ns`: sends `warm` bytes, waits `pause`, then
+/// times sending `bytes` more (a long-lived stream's steady state).
+pub fn stream_send(ns: &str, addr: SocketAddr, warm: usize, pause: Duration, bytes: usize) -> Result<Duration> {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        let chunk = vec![0u8; 1 << 16];
+        let send = |s: &mut TcpStream, n: usize| -> Result<()> {
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                s.write_all(&chunk[..k])?;
+                left -= k;
+            }
+            Ok(())
+        };
+        send(&mut s, warm)?;
+        std::thread::sleep(pause);
+        let t = Instant::now();
+        send(&mut s, bytes)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+        Ok(t.elapsed())
+    })
+}
+
 /// A UDP server echoing datagrams (or silent, to play a pod that never answers).
 pub fn udp_server(ns: &str, addr: SocketAddr, answer: bool) -> Result<Background> {
     background(ns, move || {

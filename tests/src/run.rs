@@ -118,6 +118,11 @@ impl Running {
         }
     }
 
+    /// The lbpath process (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().expect("not poisoned").clone()
     }
@@ -133,6 +138,12 @@ impl Running {
                 .into_iter()
                 .find(|v| v.get("flow").is_some() && pred(v))
         })
+    }
+
+    /// SIGKILL: lbpath gets no chance to clean up.
+    pub fn kill9(mut self) -> Result<Finished> {
+        self.child.kill()?;
+        self.wait_inner(Duration::from_secs(15))
     }
 
     /// Ctrl-C, then collect everything.

@@ -254,6 +254,9 @@ pub struct FlowCounters {
     pub rep_pkts: u64,
     pub rep_bytes: u64,
     pub drops: u64,
+    /// Kernel-internal: this CPU saw the request trace budget spent, so its
+    /// later packets skip the budget lookup.
+    pub spent: u64,
 }
 
 /// Indexes of the per-CPU `STATS` array.
@@ -327,8 +330,9 @@ pub struct Config {
     pub trace_packets: u32,
     /// Drop events reported per flow for packets past the trace budget.
     pub drop_events: u32,
-    /// How long after the last traced packet hooks still look packets up (ns).
-    pub window_ns: u64,
+    /// How long after the last traced packet hooks still look packets up, in
+    /// jiffies (reading jiffies is cheaper than a clock on every packet).
+    pub window_jiffies: u64,
     /// Per netfilter hook: index of its last observation point (0xff: hook not observed).
     pub nf_last_pos: [u8; 8],
     /// `CFG_*` bits.

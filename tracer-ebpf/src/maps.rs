@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Config, Event, FlowCounters, STAT_COUNT, Tuple};
+use tracer_common::{Config, FlowCounters, STAT_COUNT, Tuple};
 
 /// Written by userspace before load (frozen, so the verifier sees constants).
 #[unsafe(no_mangle)]
@@ -17,7 +17,7 @@ pub static CONFIG: Config = Config {
     node_netns: 0,
     trace_packets: 0,
     drop_events: 0,
-    window_ns: 0,
+    window_jiffies: 0,
     nf_last_pos: [0xff; 8],
     flags: 0,
     _pad: 0,
@@ -108,15 +108,15 @@ pub static TRACKED: LruHashMap<u64, Track> = LruHashMap::with_max_entries(16384,
 /// Conntrack entry (`struct nf_conn` address) → flow: finds replies and
 /// packets the kernel re-allocated.
 #[map]
-pub static CT_FLOWS: LruHashMap<u64, Tuple> = LruHashMap::with_max_entries(16384, 0);
+pub static CT_FLOWS: LruHashMap<u64, CtFlow> = LruHashMap::with_max_entries(16384, 0);
 
 /// Tuple a reply will carry when it reaches the node → flow.
 #[map]
 pub static REPLIES: LruHashMap<Tuple, Tuple> = LruHashMap::with_max_entries(16384, 0);
 
-/// [0]: time of the last traced packet. Hooks that only follow packets skip
-/// all lookups when it is older than `window_ns`: unrelated traffic pays one
-/// array read.
+/// [0]: jiffies of the last traced packet. Hooks that only follow packets
+/// skip all lookups when it is older than `window_jiffies`: unrelated traffic
+/// pays one array read.
 #[map]
 pub static WINDOW: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -130,9 +130,11 @@ pub static CURRENT: PerCpuArray<Current> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static POD_IFS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Scratch for building events off the 512-byte stack.
+/// Per CPU: the last packet a netfilter point found untraced, with its
+/// conntrack word. The points of one hook run back to back on one CPU, so
+/// the next points skip the lookups while neither changed.
 #[map]
-pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+pub static NF_SEEN: PerCpuArray<NfSeen> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -178,8 +180,26 @@ pub struct Track {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+pub struct NfSeen {
+    pub skb: u64,
+    pub nfct: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CtFlow {
+    pub flow: Tuple,
+    /// Bit per direction (1 << dir): that direction's trace budget is spent,
+    /// so its packets need no parsing at all.
+    pub spent: u8,
+    pub _pad: [u8; 7],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Current {
     pub skb: u64,
+    /// jiffies when set.
     pub ts: u64,
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],

@@ -18,7 +18,7 @@ use core::ffi::c_void;
 use tracer_common::{Kind, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING};
 
 use crate::{
-    maps::{T_CT_SEEN, conf, off},
+    maps::{NF_SEEN, T_CT_SEEN, conf, off},
     skb::*,
 };
 
@@ -53,15 +53,29 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     // struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }
     let state = unsafe { *(ctx as *const u64) };
     let skb = unsafe { *(ctx as *const u64).add(1) };
-    let now = now();
+    let now = jiffies();
     let open = window_open(now);
+    // Window closed: only OUTPUT's first point has work (clients on the node).
+    if !open && pos != 0 {
+        return;
+    }
     let hook = rd::<u8>(state + off!(state_hook)).unwrap_or(0xff);
+    if !open && hook != NF_INET_LOCAL_OUT {
+        return;
+    }
     let mut p = Parsed::default();
     let proto = skb_protocol(skb);
     let l3 = skb_network(skb);
 
     let mut parsed = false;
     let mut tr = None;
+    let nfct_now = if open { skb_nfct(skb) } else { 0 };
+    if open && let Some(seen) = NF_SEEN.get_ptr_mut(0) {
+        // Already found untraced at an earlier point, nothing changed since.
+        if unsafe { (*seen).skb == skb && (*seen).nfct == nfct_now } {
+            return;
+        }
+    }
     if open && let Some(t) = tracked(skb) {
         parsed = parse_ip(l3, proto, &mut p);
         let pp = if parsed { &p as *const Parsed } else { core::ptr::null() };
@@ -81,17 +95,24 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
                 _ => false,
             }
         } else if open {
-            let nfct = skb_nfct(skb);
-            if nfct & !7 != 0 {
-                parsed = parse_ip(l3, proto, &mut p);
-                parsed && ct_seen(skb, nfct, &p)
-            } else {
-                false
+            // One probe read and one lookup; parse only for a flow still being traced.
+            match ct_flow(nfct_now) {
+                Some((cf, dir)) => {
+                    parsed = parse_ip(l3, proto, &mut p);
+                    parsed && ct_seen(skb, cf, dir, &p)
+                }
+                None => false,
             }
         } else {
             false
         };
         if !first {
+            if open && let Some(seen) = NF_SEEN.get_ptr_mut(0) {
+                unsafe {
+                    (*seen).skb = skb;
+                    (*seen).nfct = nfct_now;
+                }
+            }
             return;
         }
         tr = tracked(skb);

@@ -8,7 +8,9 @@
 //! found again through their conntrack entry (CT_FLOWS) or the tuple the reply
 //! will carry (REPLIES).
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{
+    bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use tracer_common::{
     AF_INET, AF_INET6, DIR_REPLY, DIR_REQUEST, EV_POD_NS, Event, FlowCounters, IFNAMSIZ, Kind,
@@ -16,8 +18,8 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    COUNTERS, CT_FLOWS, CURRENT, EVENTS, FLOWS, FlowState, REPLIES, STATS, T_FOLLOW, TRACKED,
-    Track, WINDOW, conf, off,
+    COUNTERS, CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowState, REPLIES, STATS, T_FOLLOW,
+    TRACKED, Track, WINDOW, conf, off,
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -33,9 +35,17 @@ pub fn rd<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
+/// Monotonic ns, for event timestamps.
 #[inline(always)]
 pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// jiffies: coarse, but a plain memory read where a clock may be costly
+/// (notably in VMs). For the hot paths.
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    unsafe { bpf_jiffies64() }
 }
 
 #[inline(always)]
@@ -45,20 +55,20 @@ pub fn stat_inc(idx: u32) {
     }
 }
 
-/// True while some packet was traced recently: only then do the following
-/// hooks pay for map lookups.
+/// True while some packet was traced recently (`j` is jiffies now): only
+/// then do the following hooks pay for map lookups.
 #[inline(always)]
-pub fn window_open(now: u64) -> bool {
+pub fn window_open(j: u64) -> bool {
     match WINDOW.get(0) {
-        Some(last) => now.wrapping_sub(*last) < conf!(window_ns),
+        Some(last) => j.wrapping_sub(*last) < conf!(window_jiffies),
         None => false,
     }
 }
 
 #[inline(always)]
-fn touch_window(now: u64) {
+fn touch_window() {
     if let Some(p) = WINDOW.get_ptr_mut(0) {
-        unsafe { *p = now };
+        unsafe { *p = jiffies() };
     }
 }
 
@@ -162,8 +172,8 @@ pub struct Parsed {
     pub l3: u64,
     /// Start of the L4 header (kernel address), 0 if not reached.
     pub l4: u64,
-    /// Survives NAT, changes between packets: TCP sequence number, else
-    /// IPv4 id and length (IPv6: payload length).
+    /// Survives NAT, changes between packets: TCP sequence and ack numbers,
+    /// else IPv4 id and length (IPv6: payload length).
     pub sig: u32,
 }
 
@@ -211,7 +221,11 @@ fn parse_l4(p: &mut Parsed, l4: u64) {
             if let Some(h) = rd::<[u8; 14]>(l4) {
                 p.t.sport = u16::from_be_bytes([h[0], h[1]]);
                 p.t.dport = u16::from_be_bytes([h[2], h[3]]);
-                p.sig = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                // Sequence and acknowledgment: a receiver's pure ACKs share
+                // their sequence number, not their ack.
+                let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+                p.sig = seq ^ ack.rotate_left(16);
                 p.tcp_flags = h[13];
             }
         }
@@ -329,13 +343,19 @@ fn flow_state(key: &Tuple, now: u64, create: bool) -> Option<*mut FlowState> {
     FLOWS.get_ptr_mut(key)
 }
 
+/// Outcome of [`start_track`].
+pub const STARTED: u8 = 0;
+/// The flow's budget for that direction is spent.
+pub const SPENT: u8 = 1;
+pub const NOT_STARTED: u8 = 2;
+
 /// Starts tracing `skb` as the next packet of `flow` in direction `dir`, if
 /// the flow's budget for that direction allows.
 #[inline(never)]
-fn start_track(skb: u64, flow: &Tuple, p: &Parsed, dir: u8, create: bool) -> bool {
+fn start_track(skb: u64, flow: &Tuple, p: &Parsed, dir: u8, create: bool) -> u8 {
     let now = now();
     let Some(fs) = flow_state(flow, now, create) else {
-        return false;
+        return NOT_STARTED;
     };
     let budget = conf!(trace_packets) as u16;
     let seq = unsafe {
@@ -345,7 +365,7 @@ fn start_track(skb: u64, flow: &Tuple, p: &Parsed, dir: u8, create: bool) -> boo
             &mut (*fs).rep_traced
         };
         if *n >= budget {
-            return false;
+            return SPENT;
         }
         *n += 1;
         *n
@@ -366,11 +386,11 @@ fn start_track(skb: u64, flow: &Tuple, p: &Parsed, dir: u8, create: bool) -> boo
         last_sum: 0,
     };
     if TRACKED.insert(&skb, &tr, 0).is_err() {
-        return false;
+        return NOT_STARTED;
     }
     stat_inc(STAT_TRACKED);
-    touch_window(now);
-    true
+    touch_window();
+    STARTED
 }
 
 /// First sight of a packet to the LB IP in the node's namespace: count it,
@@ -380,46 +400,73 @@ pub fn request_seen(skb: u64, p: &Parsed) -> bool {
     if !wanted(&p.t) {
         return false;
     }
-    if let Some(c) = counters(&p.t) {
+    let c = counters(&p.t);
+    if let Some(c) = c {
         unsafe {
             (*c).req_pkts += 1;
             (*c).req_bytes += skb_len(skb) as u64;
+            if (*c).spent != 0 {
+                // The bulk of a flow: counted, nothing more.
+                return false;
+            }
         }
     }
-    start_track(skb, &p.t, p, DIR_REQUEST, true)
+    match start_track(skb, &p.t, p, DIR_REQUEST, true) {
+        STARTED => true,
+        SPENT => {
+            if let Some(c) = c {
+                unsafe { (*c).spent = 1 };
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 /// A packet arriving on the node that carries the tuple of an expected reply.
 #[inline(never)]
 pub fn reply_seen(skb: u64, p: &Parsed) -> bool {
     match unsafe { REPLIES.get(&p.t) } {
-        Some(flow) => start_track(skb, flow, p, DIR_REPLY, false),
+        Some(flow) => start_track(skb, flow, p, DIR_REPLY, false) == STARTED,
         None => false,
     }
 }
 
-/// A packet whose conntrack entry belongs to a traced flow (a reply first seen
-/// at netfilter, or a packet the kernel copied).
-#[inline(never)]
-pub fn ct_seen(skb: u64, nfct: u64, p: &Parsed) -> bool {
+/// The traced flow a conntrack entry belongs to, with the direction of the
+/// packet carrying it; None for RELATED packets (ICMP errors about the flow,
+/// not its packets) and directions whose budget is spent.
+#[inline(always)]
+pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
     let ct = nfct & !7;
     if ct == 0 {
-        return false;
+        return None;
     }
-    // enum ip_conntrack_info: IP_CT_IS_REPLY = 3 marks the reply direction.
-    // RELATED (1, 4) packets are ICMP errors about the flow, not its packets.
+    // enum ip_conntrack_info: RELATED = 1, IS_REPLY = 3, RELATED_REPLY = 4, UNTRACKED = 7.
     let ctinfo = nfct & 7;
-    if ctinfo == 1 || ctinfo == 4 {
-        return false;
+    if ctinfo == 1 || ctinfo == 4 || ctinfo == 7 {
+        return None;
     }
-    let dir = if ctinfo >= 3 && ctinfo != 7 {
-        DIR_REPLY
-    } else {
-        DIR_REQUEST
-    };
-    match unsafe { CT_FLOWS.get(&ct) } {
-        Some(flow) => start_track(skb, flow, p, dir, false),
-        None => false,
+    let dir = if ctinfo >= 3 { DIR_REPLY } else { DIR_REQUEST };
+    let cf = CT_FLOWS.get_ptr_mut(&ct)?;
+    if unsafe { (*cf).spent } & (1 << dir) != 0 {
+        return None;
+    }
+    Some((cf, dir))
+}
+
+/// A packet whose conntrack entry belongs to a traced flow (a reply first seen
+/// at netfilter, or a packet the kernel copied): trace it if the budget allows.
+#[inline(never)]
+pub fn ct_seen(skb: u64, cf: *mut CtFlow, dir: u8, p: &Parsed) -> bool {
+    let flow = unsafe { (*cf).flow };
+    match start_track(skb, &flow, p, dir, false) {
+        STARTED => true,
+        SPENT => {
+            // From now on this direction costs one lookup per packet.
+            unsafe { (*cf).spent |= 1 << dir };
+            false
+        }
+        _ => false,
     }
 }
 
@@ -436,19 +483,23 @@ pub fn untrack(skb: u64) {
 /// A tracked packet older than this is a leftover of a free we did not see.
 const MAX_TRACK_AGE_NS: u64 = 10_000_000_000;
 
-/// Is `tr` still about this very packet? Drops the entry when not (the skb
-/// address was reused). `p` is the packet parsed here, or null.
+/// Is `tr` still about this very packet? Drops the entry when not. The
+/// kernel recycles an skb together with its data buffer, so neither the
+/// address nor `head` alone tells packets apart: when the packet can be
+/// parsed (`p` not null) its signature must match too; `head` alone only
+/// decides for packets we cannot parse.
 #[inline(never)]
 pub fn verify(skb: u64, tr: *mut Track, p: *const Parsed) -> bool {
     let head = skb_head(skb);
     unsafe {
         if now().wrapping_sub((*tr).ts) < MAX_TRACK_AGE_NS {
-            if head == (*tr).head {
-                return true;
-            }
-            // Same packet in a new buffer (pskb_expand_head): follow it.
-            if !p.is_null() && (*p).t.family != 0 && (*p).sig == (*tr).sig {
-                (*tr).head = head;
+            if !p.is_null() && (*p).t.family != 0 {
+                if (*p).sig == (*tr).sig {
+                    // Same packet, perhaps in a new buffer (pskb_expand_head).
+                    (*tr).head = head;
+                    return true;
+                }
+            } else if head == (*tr).head {
                 return true;
             }
         }
@@ -469,11 +520,11 @@ pub fn in_scope(tr: *const Track, netns: u32) -> bool {
 
 /// Remembers the packet this CPU works on, for routing lookups.
 #[inline(always)]
-pub fn set_current(skb: u64, t: &Tuple, now: u64) {
+pub fn set_current(skb: u64, t: &Tuple, j: u64) {
     if let Some(c) = CURRENT.get_ptr_mut(0) {
         unsafe {
             (*c).skb = skb;
-            (*c).ts = now;
+            (*c).ts = j;
             (*c).saddr = [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]];
             (*c).daddr = [t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]];
         }
@@ -492,7 +543,12 @@ pub fn expect_reply(tr: *const Track, p: &Parsed) {
 pub fn remember_ct(tr: *const Track, nfct: u64) {
     let ct = nfct & !7;
     if ct != 0 {
-        let _ = CT_FLOWS.insert(&ct, unsafe { &(*tr).flow }, 0);
+        let v = CtFlow {
+            flow: unsafe { (*tr).flow },
+            spent: 0,
+            _pad: [0; 7],
+        };
+        let _ = CT_FLOWS.insert(&ct, &v, 0);
     }
 }
 

@@ -22,8 +22,9 @@ use crate::{
     wire,
 };
 
-/// How long a routing lookup may follow the packet it is attributed to.
-const FIB_MAX_DELAY_NS: u64 = 1_000_000;
+/// How long a routing lookup may follow the packet it is attributed to: the
+/// same or the next jiffy (it comes right after, on the same CPU).
+const FIB_MAX_DELAY_JIFFIES: u64 = 1;
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
@@ -33,7 +34,7 @@ pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_receive(skb: u64) {
-    let now = now();
+    let now = jiffies();
     let proto = skb_protocol(skb);
     // On receive the MAC header is already pulled: data is the L3 header.
     let l3 = skb_data(skb);
@@ -59,7 +60,7 @@ fn on_receive(skb: u64) {
         // A stale entry (reused skb address): treat the packet as new.
     }
     if proto == ETH_P_ARP {
-        wire::arp(skb, skb_mac(skb), l3, 0, now);
+        wire::arp(skb, skb_mac(skb), l3, 0);
         return;
     }
     // The cheap compare every unrelated packet pays.
@@ -94,7 +95,7 @@ pub fn lbp_xmit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_xmit(skb: u64, dev: u64) {
-    let now = now();
+    let now = jiffies();
     let proto = skb_protocol(skb);
     let l3 = skb_network(skb);
     let mut p = Parsed::default();
@@ -134,7 +135,7 @@ fn on_xmit(skb: u64, dev: u64) {
     if proto == ETH_P_ARP {
         // On transmit, data is the MAC header.
         let mac = skb_data(skb);
-        wire::arp(skb, mac, mac + 14, 1, now);
+        wire::arp(skb, mac, mac + 14, 1);
         return;
     }
     // Untraced answers leaving the node: count them for their flow.
@@ -172,7 +173,7 @@ pub fn lbp_kfree(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_kfree(skb: u64, location: u64, reason: u32) {
     let proto = skb_protocol(skb);
-    if window_open(now())
+    if window_open(jiffies())
         && let Some(tr) = tracked(skb)
     {
         let mut p = Parsed::default();
@@ -252,7 +253,7 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
             return;
         }
         match unsafe { CT_FLOWS.get(&ct) } {
-            Some(f) => tr.flow = *f,
+            Some(f) => tr.flow = f.flow,
             None => return,
         }
         if ctinfo >= 3 {
@@ -290,7 +291,7 @@ pub fn lbp_consume(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_consume(skb: u64, location: u64) {
-    if !window_open(now()) {
+    if !window_open(jiffies()) {
         return;
     }
     let Some(tr) = tracked(skb) else {
@@ -326,7 +327,7 @@ pub fn lbp_tcp_reset(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_reset(skb: u64, reason: u32) {
-    if skb == 0 || !window_open(now()) {
+    if skb == 0 || !window_open(jiffies()) {
         return;
     }
     let Some(tr) = tracked(skb) else {
@@ -367,14 +368,14 @@ pub fn lbp_fib(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_fib(table: u32, fl: u64, nhc: u64, err: i32) {
-    let now = now();
-    if !window_open(now) {
+    let j = jiffies();
+    if !window_open(j) {
         return;
     }
     let Some(cur) = CURRENT.get(0) else {
         return;
     };
-    if now.wrapping_sub(cur.ts) > FIB_MAX_DELAY_NS || cur.skb == 0 {
+    if j.wrapping_sub(cur.ts) > FIB_MAX_DELAY_JIFFIES || cur.skb == 0 {
         return;
     }
     let Some(daddr) = rd::<[u8; 4]>(fl + off!(fl4_daddr)) else {

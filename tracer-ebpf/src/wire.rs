@@ -13,7 +13,7 @@ use crate::{
 /// An ARP packet at `arp` (kernel address; `mac` is its Ethernet header):
 /// reported when it is about the LB IP.
 #[inline(always)]
-pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8, now: u64) {
+pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
     if conf!(flags) & CFG_ARP == 0 || conf!(lb_family) != AF_INET {
         return;
     }
@@ -47,7 +47,7 @@ pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8, now: u64) {
         (*ev).op = u16::from_be_bytes(h.oper);
         (*ev).netns = netns;
         (*ev).ifindex = dev_ifindex(dev);
-        (*ev).ts = now;
+        (*ev).ts = crate::skb::now();
         dev_name(dev, &mut (*ev).ifname);
         (*ev).sha = h.sha;
         (*ev).spa = h.spa;

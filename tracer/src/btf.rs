@@ -12,6 +12,14 @@ use tracer_common::Layout;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// The kernel BTF file: `LBPATH_BTF` when set (a kernel whose BTF ships as
+/// a separate file, e.g. from BTFHub), else the kernel's own.
+pub fn vmlinux_path() -> std::path::PathBuf {
+    std::env::var_os("LBPATH_BTF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| VMLINUX.into())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BtfError {
     /// No BTF file at all (kernel built without CONFIG_DEBUG_INFO_BTF).
@@ -51,7 +59,7 @@ pub struct KernelBtf {
 impl KernelBtf {
     /// The running kernel's BTF.
     pub fn open_vmlinux() -> Result<Self, BtfError> {
-        Self::open(Path::new(VMLINUX))
+        Self::open(&vmlinux_path())
     }
 
     pub fn open(path: &Path) -> Result<Self, BtfError> {

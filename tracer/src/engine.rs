@@ -268,6 +268,13 @@ impl Engine {
 
     fn report(&mut self, evs: &[Event], tracer: &Tracer) -> Option<FlowReport> {
         let flow = evs.first()?.flow;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut kinds = std::collections::BTreeMap::new();
+            for e in evs {
+                *kinds.entry(format!("{:?}", Kind::from_u8(e.kind))).or_insert(0) += 1;
+            }
+            tracing::debug!("flow {}: {} events {kinds:?}", path::src(&flow), evs.len());
+        }
         if !self.passes_filters(&flow, evs) {
             self.filtered_out += 1;
             return None;

@@ -74,6 +74,29 @@ pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
+/// The kernel's tick rate (CONFIG_HZ), from its config when readable
+/// (/proc/config.gz or /boot). An unknown rate counts as 1000: the window
+/// then lasts at least as long as meant (a longer one only costs lookups).
+pub fn kernel_hz() -> u64 {
+    use std::io::Read;
+    let mut config = String::new();
+    if let Ok(f) = std::fs::File::open("/proc/config.gz") {
+        let _ = flate2::read::GzDecoder::new(f).read_to_string(&mut config);
+    }
+    if config.is_empty() {
+        let release = crate::cli::kernel_release();
+        config = std::fs::read_to_string(format!("/boot/config-{release}")).unwrap_or_default();
+    }
+    hz_from_config(&config).unwrap_or(1000)
+}
+
+fn hz_from_config(config: &str) -> Option<u64> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Inode number of this process's network namespace: the node lbpath observes.
 pub fn own_netns() -> Result<u32> {
     let meta = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
@@ -116,7 +139,7 @@ impl Tracer {
             node_netns,
             trace_packets: opts.trace_packets,
             drop_events: opts.drop_events,
-            window_ns: 5_000_000_000,
+            window_jiffies: 5 * kernel_hz(),
             nf_last_pos: opts.plan.last_pos(),
             flags,
             _pad: 0,
@@ -130,7 +153,8 @@ impl Tracer {
                 None => anyhow!(e).context("loading lbpath's eBPF object"),
             })?;
 
-        let btf = Btf::from_sys_fs().context("reading the kernel BTF")?;
+        let btf = Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
+            .context("reading the kernel BTF")?;
         let mut notices = Vec::new();
         for (prog, tp, required) in TRACEPOINTS {
             let res = (|| -> Result<()> {
@@ -276,4 +300,13 @@ pub struct Stats {
     pub lost_events: u64,
     pub flows: u64,
     pub traced_packets: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hz() {
+        assert_eq!(super::hz_from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(super::hz_from_config("nothing"), None);
+    }
 }
