@@ -8,7 +8,10 @@ fn main() -> anyhow::Result<()> {
     let workspace = manifest.parent().expect("tracer sits in the workspace");
     // The xtask installs bpf-linker here; a plain `cargo build` finds it too.
     let tools = workspace.join("target/lbpath-tools/bin");
-    println!("cargo:rerun-if-changed={}", tools.join("bpf-linker").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tools.join("bpf-linker").display()
+    );
     if tools.join("bpf-linker").exists() {
         let path = env::var_os("PATH").unwrap_or_default();
         let mut dirs = vec![tools];
@@ -17,7 +20,10 @@ fn main() -> anyhow::Result<()> {
         unsafe { env::set_var("PATH", env::join_paths(dirs)?) };
     }
     // aya-build watches the eBPF crate; the schema it shares lives here.
-    println!("cargo:rerun-if-changed={}", workspace.join("tracer-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("tracer-common").display()
+    );
     let ebpf_dir = workspace.join("tracer-ebpf");
     aya_build::build_ebpf(
         [aya_build::Package {

@@ -9,8 +9,19 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<i64> {
     // SAFETY: attr is a zero-padded bpf_attr large enough for these commands.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as u32) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 /// A loaded program: name, and the kernel's run statistics (counted while
@@ -40,7 +51,9 @@ pub fn programs() -> Vec<ProgStats> {
         id = (attr[0] >> 32) as u32;
         let mut attr = [0u64; 16];
         attr[0] = id as u64;
-        let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) else { continue };
+        let Ok(fd) = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) else {
+            continue;
+        };
         let mut info = [0u8; 256];
         let mut attr = [0u64; 16];
         attr[0] = fd as u64 | ((info.len() as u64) << 32);
@@ -64,7 +77,10 @@ pub fn programs() -> Vec<ProgStats> {
 
 /// lbpath's programs (all named lbp_*).
 pub fn lbpath_programs() -> usize {
-    program_names().iter().filter(|n| n.starts_with("lbp_")).count()
+    program_names()
+        .iter()
+        .filter(|n| n.starts_with("lbp_"))
+        .count()
 }
 
 /// Turns the kernel's per-program run statistics on or off; returns the old value.

@@ -49,12 +49,20 @@ pub const BGP_LB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 240);
 const BGPD: &str = "/usr/lib/frr/bgpd";
 
 /// bgpd configuration for one side of a session (FRR 8 syntax).
-pub fn bgp_config(asn: u32, router_id: Ipv4Addr, peer: Ipv4Addr, peer_as: u32, announce: Option<&str>) -> String {
+pub fn bgp_config(
+    asn: u32,
+    router_id: Ipv4Addr,
+    peer: Ipv4Addr,
+    peer_as: u32,
+    announce: Option<&str>,
+) -> String {
     let mut c = format!(
         "hostname as{asn}\nrouter bgp {asn}\n bgp router-id {router_id}\n no bgp ebgp-requires-policy\n no bgp network import-check\n neighbor {peer} remote-as {peer_as}\n neighbor {peer} timers connect 1\n neighbor {peer} timers 3 9\n"
     );
     if let Some(p) = announce {
-        c.push_str(&format!(" address-family ipv4 unicast\n  network {p}\n exit-address-family\n"));
+        c.push_str(&format!(
+            " address-family ipv4 unicast\n  network {p}\n exit-address-family\n"
+        ));
     }
     c
 }
@@ -146,11 +154,18 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Removes namespaces left by runs that were killed (names start with
 /// `prefix` and carry the pid of a process that no longer exists).
 pub fn remove_stale(prefix: &str) {
-    let Ok(list) = sh(&["ip", "netns", "list"]) else { return };
+    let Ok(list) = sh(&["ip", "netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(prefix) else { continue };
-        let pid: Option<u32> = rest.split('-').find_map(|p| p.strip_prefix('p')).and_then(|p| p.parse().ok());
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let pid: Option<u32> = rest
+            .split('-')
+            .find_map(|p| p.strip_prefix('p'))
+            .and_then(|p| p.parse().ok());
         if let Some(pid) = pid
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
@@ -176,7 +191,8 @@ impl Lab {
             spec,
         };
         // On error, Drop removes whatever was built.
-        lab.build().with_context(|| format!("building lab {}", lab.prefix))?;
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.prefix))?;
         Ok(lab)
     }
 
@@ -215,7 +231,9 @@ impl Lab {
 
     /// A veth pair between two namespaces.
     fn link(&self, a: &str, a_if: &str, b: &str, b_if: &str) -> Result<()> {
-        sh(&["ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b])?;
+        sh(&[
+            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
+        ])?;
         Ok(())
     }
 
@@ -251,14 +269,23 @@ impl Lab {
         self.lan_port(&sw, &node, "node")?;
         self.lan_port(&sw, &router, "router")?;
         self.addr(&client, "eth0", "192.0.2.10/24")?;
-        in_ns(&client, &["ip", "route", "add", "default", "via", "192.0.2.1"])?;
+        in_ns(
+            &client,
+            &["ip", "route", "add", "default", "via", "192.0.2.1"],
+        )?;
         self.addr(&node, "eth0", "192.0.2.2/24")?;
-        in_ns(&node, &["ip", "route", "add", "default", "via", "192.0.2.1"])?;
+        in_ns(
+            &node,
+            &["ip", "route", "add", "default", "via", "192.0.2.1"],
+        )?;
         self.addr(&router, "eth0", "192.0.2.1/24")?;
         self.link(&router, "eth1", &remote, "eth0")?;
         self.addr(&router, "eth1", "198.51.100.1/24")?;
         self.addr(&remote, "eth0", "198.51.100.10/24")?;
-        in_ns(&remote, &["ip", "route", "add", "default", "via", "198.51.100.1"])?;
+        in_ns(
+            &remote,
+            &["ip", "route", "add", "default", "via", "198.51.100.1"],
+        )?;
         self.sysctl(&router, "net.ipv4.ip_forward=1")?;
 
         // The node: forwarding on, pods behind a bridge.
@@ -271,9 +298,15 @@ impl Lab {
             in_ns(&node, &["ip", "link", "set", "vethpod", "mtu", &m])?;
             in_ns(&pod, &["ip", "link", "set", "eth0", "mtu", &m])?;
         }
-        in_ns(&node, &["ip", "link", "set", "vethpod", "master", "cni0", "up"])?;
+        in_ns(
+            &node,
+            &["ip", "link", "set", "vethpod", "master", "cni0", "up"],
+        )?;
         self.addr(&pod, "eth0", "10.244.1.5/24")?;
-        in_ns(&pod, &["ip", "route", "add", "default", "via", "10.244.1.1"])?;
+        in_ns(
+            &pod,
+            &["ip", "route", "add", "default", "via", "10.244.1.1"],
+        )?;
 
         if self.spec.second_uplink {
             self.link(&node, "eth1", &router, "eth2")?;
@@ -309,29 +342,110 @@ impl Lab {
         in_ns(&n2, &["ip", "link", "add", "cni0", "type", "bridge"])?;
         self.addr(&n2, "cni0", "10.244.2.1/24")?;
         self.link(&n2, "vethpod", &p2, "eth0")?;
-        in_ns(&n2, &["ip", "link", "set", "vethpod", "master", "cni0", "up"])?;
+        in_ns(
+            &n2,
+            &["ip", "link", "set", "vethpod", "master", "cni0", "up"],
+        )?;
         self.addr(&p2, "eth0", "10.244.2.7/24")?;
         in_ns(&p2, &["ip", "route", "add", "default", "via", "10.244.2.1"])?;
         match kind {
             Node2::HostRoute => {
-                in_ns(&node, &["ip", "route", "add", "10.244.2.0/24", "via", "192.0.2.3"])?;
-                in_ns(&n2, &["ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.2"])?;
+                in_ns(
+                    &node,
+                    &["ip", "route", "add", "10.244.2.0/24", "via", "192.0.2.3"],
+                )?;
+                in_ns(
+                    &n2,
+                    &["ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.2"],
+                )?;
             }
             Node2::Vxlan => {
                 // As flannel's vxlan backend does: a VTEP per node holding the
                 // subnet's .0, the other subnet routed onlink via the remote
                 // VTEP's .0, whose MAC is a permanent neighbour entry.
                 let vteps = [
-                    (&node, "192.0.2.2", "192.0.2.3", "10.244.1.0", "02:00:0a:f4:01:00", "10.244.2.0", "02:00:0a:f4:02:00"),
-                    (&n2, "192.0.2.3", "192.0.2.2", "10.244.2.0", "02:00:0a:f4:02:00", "10.244.1.0", "02:00:0a:f4:01:00"),
+                    (
+                        &node,
+                        "192.0.2.2",
+                        "192.0.2.3",
+                        "10.244.1.0",
+                        "02:00:0a:f4:01:00",
+                        "10.244.2.0",
+                        "02:00:0a:f4:02:00",
+                    ),
+                    (
+                        &n2,
+                        "192.0.2.3",
+                        "192.0.2.2",
+                        "10.244.2.0",
+                        "02:00:0a:f4:02:00",
+                        "10.244.1.0",
+                        "02:00:0a:f4:01:00",
+                    ),
                 ];
                 for (ns, local, remote, own, own_mac, peer, peer_mac) in vteps {
-                    in_ns(ns, &["ip", "link", "add", "vxlan0", "address", own_mac, "type", "vxlan", "id", "1", "local", local, "dstport", "8472", "dev", "eth0", "nolearning"])?;
-                    in_ns(ns, &["ip", "addr", "add", &format!("{own}/32"), "dev", "vxlan0"])?;
+                    in_ns(
+                        ns,
+                        &[
+                            "ip",
+                            "link",
+                            "add",
+                            "vxlan0",
+                            "address",
+                            own_mac,
+                            "type",
+                            "vxlan",
+                            "id",
+                            "1",
+                            "local",
+                            local,
+                            "dstport",
+                            "8472",
+                            "dev",
+                            "eth0",
+                            "nolearning",
+                        ],
+                    )?;
+                    in_ns(
+                        ns,
+                        &["ip", "addr", "add", &format!("{own}/32"), "dev", "vxlan0"],
+                    )?;
                     in_ns(ns, &["ip", "link", "set", "vxlan0", "up"])?;
-                    in_ns(ns, &["ip", "neigh", "add", peer, "lladdr", peer_mac, "dev", "vxlan0", "nud", "permanent"])?;
-                    in_ns(ns, &["bridge", "fdb", "append", peer_mac, "dev", "vxlan0", "dst", remote])?;
-                    in_ns(ns, &["ip", "route", "add", &format!("{}/24", peer), "via", peer, "dev", "vxlan0", "onlink"])?;
+                    in_ns(
+                        ns,
+                        &[
+                            "ip",
+                            "neigh",
+                            "add",
+                            peer,
+                            "lladdr",
+                            peer_mac,
+                            "dev",
+                            "vxlan0",
+                            "nud",
+                            "permanent",
+                        ],
+                    )?;
+                    in_ns(
+                        ns,
+                        &[
+                            "bridge", "fdb", "append", peer_mac, "dev", "vxlan0", "dst", remote,
+                        ],
+                    )?;
+                    in_ns(
+                        ns,
+                        &[
+                            "ip",
+                            "route",
+                            "add",
+                            &format!("{}/24", peer),
+                            "via",
+                            peer,
+                            "dev",
+                            "vxlan0",
+                            "onlink",
+                        ],
+                    )?;
                 }
             }
         }
@@ -345,7 +459,8 @@ impl Lab {
         match mode {
             KubeProxy::IptablesNft => {
                 let text = kubeproxy_rules::iptables_restore(&self.spec.services, false);
-                in_ns_stdin(ns, &["iptables-nft-restore"], &text).context("iptables-nft-restore")?;
+                in_ns_stdin(ns, &["iptables-nft-restore"], &text)
+                    .context("iptables-nft-restore")?;
             }
             KubeProxy::Nftables => {
                 let text = kubeproxy_rules::nft_script(&self.spec.services, false);
@@ -395,7 +510,23 @@ impl Lab {
             dir.join("bgpd.pid").display().to_string(),
             dir.display().to_string(),
         );
-        self.spawn(&ns, &[BGPD, "-Z", "-S", "-n", "-P", "0", "-f", &conf, "-i", &pid, "--vty_socket", &vty])?;
+        self.spawn(
+            &ns,
+            &[
+                BGPD,
+                "-Z",
+                "-S",
+                "-n",
+                "-P",
+                "0",
+                "-f",
+                &conf,
+                "-i",
+                &pid,
+                "--vty_socket",
+                &vty,
+            ],
+        )?;
         Ok(())
     }
 
@@ -426,7 +557,10 @@ impl Lab {
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     s.split_whitespace().find_map(|w| {
-        let parts: Vec<u8> = w.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+        let parts: Vec<u8> = w
+            .split(':')
+            .filter_map(|p| u8::from_str_radix(p, 16).ok())
+            .collect();
         (parts.len() == 6 && w.len() == 17).then(|| parts.try_into().expect("6 bytes"))
     })
 }
@@ -457,8 +591,14 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("02:42:ac:11:00:02\n"), Some([2, 0x42, 0xac, 0x11, 0, 2]));
-        assert_eq!(parse_mac("eth0 UP 02:42:ac:11:00:02 <BROADCAST>"), Some([2, 0x42, 0xac, 0x11, 0, 2]));
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:02\n"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
+        assert_eq!(
+            parse_mac("eth0 UP 02:42:ac:11:00:02 <BROADCAST>"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
         assert_eq!(parse_mac("nothing"), None);
     }
 }

@@ -66,7 +66,8 @@ pub fn in_ns_stdin(ns: &str, args: &[&str], stdin: &str) -> Result<String> {
 
 /// Moves the calling thread into namespace `ns`.
 pub fn enter(ns: &str) -> Result<()> {
-    let f = File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+    let f =
+        File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
     // SAFETY: a valid namespace fd; only this thread changes namespace.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         bail!("setns {ns}: {}", std::io::Error::last_os_error());
@@ -75,7 +76,10 @@ pub fn enter(ns: &str) -> Result<()> {
 }
 
 /// Runs `f` on a fresh thread inside `ns` and returns its result.
-pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub fn run_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let ns = ns.to_string();
     std::thread::spawn(move || {
         enter(&ns)?;
@@ -199,7 +203,13 @@ pub fn bulk_send(ns: &str, addr: SocketAddr, bytes: usize) -> Result<Duration> {
 
 /// One TCP connection from `ns`: sends `warm` bytes, waits `pause`, then
 /// times sending `bytes` more (a long-lived stream's steady state).
-pub fn stream_send(ns: &str, addr: SocketAddr, warm: usize, pause: Duration, bytes: usize) -> Result<Duration> {
+pub fn stream_send(
+    ns: &str,
+    addr: SocketAddr,
+    warm: usize,
+    pause: Duration,
+    bytes: usize,
+) -> Result<Duration> {
     run_in(ns, move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         let chunk = vec![0u8; 1 << 16];
@@ -243,7 +253,8 @@ pub fn udp_server(ns: &str, addr: SocketAddr, answer: bool) -> Result<Background
 /// An HTTP GET from inside `ns`; the response body, or the error.
 pub fn http_get(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<String> {
     run_in(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+        let mut s = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
         s.set_read_timeout(Some(timeout))?;
         s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
         let mut out = String::new();
@@ -291,12 +302,18 @@ const ETH_P_ARP: u16 = 0x0806;
 
 /// Answers ARP requests for `ips` on `iface` with `mac`, as a MetalLB speaker
 /// does in L2 mode (the IP is not configured on any interface).
-pub fn arp_responder(ns: &str, iface: &str, mac: [u8; 6], ips: Vec<Ipv4Addr>) -> Result<Background> {
+pub fn arp_responder(
+    ns: &str,
+    iface: &str,
+    mac: [u8; 6],
+    ips: Vec<Ipv4Addr>,
+) -> Result<Background> {
     let iface = iface.to_string();
     background(ns, move || {
         let idx = ifindex(&iface)?;
         // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32) };
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32) };
         if fd < 0 {
             bail!("packet socket: {}", std::io::Error::last_os_error());
         }
@@ -306,21 +323,41 @@ pub fn arp_responder(ns: &str, iface: &str, mac: [u8; 6], ips: Vec<Ipv4Addr>) ->
         sll.sll_ifindex = idx;
         // SAFETY: sll is a valid sockaddr_ll.
         if unsafe {
-            libc::bind(fd, &sll as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         } != 0
         {
             bail!("bind packet socket: {}", std::io::Error::last_os_error());
         }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
         // SAFETY: valid option pointer and length.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                size_of::<libc::timeval>() as u32,
+            );
         }
         let fd = Fd(fd);
         Ok(Box::new(move |n: &AtomicU64| {
             let mut buf = [0u8; 128];
             // SAFETY: buffer of the given length.
-            let len = unsafe { libc::recv(fd.raw(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            let len = unsafe {
+                libc::recv(
+                    fd.raw(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
             if len < 42 {
                 return;
             }
@@ -353,16 +390,32 @@ pub fn gratuitous_arp(ns: &str, iface: &str, mac: [u8; 6], ip: Ipv4Addr) -> Resu
 }
 
 /// Asks who has `target`, from `sender` (like arping).
-pub fn arp_request(ns: &str, iface: &str, mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Result<()> {
+pub fn arp_request(
+    ns: &str,
+    iface: &str,
+    mac: [u8; 6],
+    sender: Ipv4Addr,
+    target: Ipv4Addr,
+) -> Result<()> {
     send_arp(ns, iface, mac, 1, sender, [0; 6], target)
 }
 
-fn send_arp(ns: &str, iface: &str, mac: [u8; 6], op: u16, spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Result<()> {
+fn send_arp(
+    ns: &str,
+    iface: &str,
+    mac: [u8; 6],
+    op: u16,
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> Result<()> {
     let iface = iface.to_string();
     run_in(ns, move || {
         let idx = ifindex(&iface)?;
         // SAFETY: plain socket call.
-        let fd = Fd(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32) });
+        let fd = Fd(unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (ETH_P_ARP).to_be() as i32)
+        });
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = ETH_P_ARP.to_be();
@@ -381,10 +434,20 @@ fn send_arp(ns: &str, iface: &str, mac: [u8; 6], op: u16, spa: Ipv4Addr, tha: [u
         r.extend_from_slice(&tpa.octets());
         // SAFETY: valid buffer and address.
         let sent = unsafe {
-            libc::sendto(fd.raw(), r.as_ptr() as *const libc::c_void, r.len(), 0, &sll as *const _ as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32)
+            libc::sendto(
+                fd.raw(),
+                r.as_ptr() as *const libc::c_void,
+                r.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         if sent < 0 {
-            bail!("sending gratuitous ARP: {}", std::io::Error::last_os_error());
+            bail!(
+                "sending gratuitous ARP: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     })

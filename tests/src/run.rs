@@ -31,12 +31,17 @@ pub struct Finished {
 impl Finished {
     /// JSON lines that are flow reports.
     pub fn flows(&self) -> Vec<Value> {
-        json_lines(&self.stdout).into_iter().filter(|v| v.get("flow").is_some()).collect()
+        json_lines(&self.stdout)
+            .into_iter()
+            .filter(|v| v.get("flow").is_some())
+            .collect()
     }
 }
 
 pub fn json_lines(s: &str) -> Vec<Value> {
-    s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    s.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// Runs `lbpath args…` in `ns` to completion.
@@ -74,7 +79,10 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting lbpath")?;
-        let (o, e) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
+        let (o, e) = (
+            Arc::new(Mutex::new(String::new())),
+            Arc::new(Mutex::new(String::new())),
+        );
         let readers = vec![
             pump(child.stdout.take().expect("piped"), o.clone()),
             pump(child.stderr.take().expect("piped"), e.clone()),

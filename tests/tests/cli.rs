@@ -13,24 +13,56 @@ use lbpath_tests::{
 
 const T: Duration = Duration::from_secs(20);
 
+/// The detach test counts every lbp_ program on the kernel: nothing else in
+/// this binary may load one meanwhile.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn one_line_exit_2(out: &lbpath_tests::run::Finished, expected: &str) {
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {:?}", out.stderr);
-    assert!(lines[0].starts_with("lbpath: ") && lines[0].contains(expected), "{:?}", lines[0]);
+    assert!(
+        lines[0].starts_with("lbpath: ") && lines[0].contains(expected),
+        "{:?}",
+        lines[0]
+    );
     assert!(!out.stderr.contains("panicked") && !out.stderr.contains("backtrace"));
 }
 
 #[test]
 fn bad_input_one_line_exit_2() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new("cli", LabSpec::default()).unwrap();
     let node = lab.node();
-    one_line_exit_2(&run_once(&node, &["watch", "192.0.2.300"], T).unwrap(), "'192.0.2.300' is not an IP address");
-    one_line_exit_2(&run_once(&node, &["watch", "192.0.2.240", "--iface", "nope0"], T).unwrap(), "unknown interface 'nope0'");
-    one_line_exit_2(&run_once(&node, &["watch", "192.0.2.240", "--client", "10.0.0.0/99"], T).unwrap(), "is not a CIDR");
-    one_line_exit_2(&run_once(&node, &["watch", "192.0.2.240", "--proto", "gre"], T).unwrap(), "unknown protocol");
-    one_line_exit_2(&run_once(&node, &["watch", "192.0.2.240", "--bogus"], T).unwrap(), "unexpected argument");
-    one_line_exit_2(&run_once(&node, &["diagnose", "192.0.2.240", "--duration", "soon"], T).unwrap(), "not a duration");
+    one_line_exit_2(
+        &run_once(&node, &["watch", "192.0.2.300"], T).unwrap(),
+        "'192.0.2.300' is not an IP address",
+    );
+    one_line_exit_2(
+        &run_once(&node, &["watch", "192.0.2.240", "--iface", "nope0"], T).unwrap(),
+        "unknown interface 'nope0'",
+    );
+    one_line_exit_2(
+        &run_once(
+            &node,
+            &["watch", "192.0.2.240", "--client", "10.0.0.0/99"],
+            T,
+        )
+        .unwrap(),
+        "is not a CIDR",
+    );
+    one_line_exit_2(
+        &run_once(&node, &["watch", "192.0.2.240", "--proto", "gre"], T).unwrap(),
+        "unknown protocol",
+    );
+    one_line_exit_2(
+        &run_once(&node, &["watch", "192.0.2.240", "--bogus"], T).unwrap(),
+        "unexpected argument",
+    );
+    one_line_exit_2(
+        &run_once(&node, &["diagnose", "192.0.2.240", "--duration", "soon"], T).unwrap(),
+        "not a duration",
+    );
 
     // No BTF for this kernel.
     let out = std::process::Command::new("ip")
@@ -49,7 +81,16 @@ fn bad_input_one_line_exit_2() {
 
     // Not root, no capabilities.
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &node, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "netns",
+            "exec",
+            &node,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(lbpath_bin())
         .args(["watch", "192.0.2.240"])
         .output()
@@ -64,18 +105,36 @@ fn bad_input_one_line_exit_2() {
 
 #[test]
 fn killed_lbpath_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::new("kill", LabSpec::default()).unwrap();
-    assert_eq!(bpf::lbpath_programs(), 0, "programs of an earlier run are still loaded");
+    assert_eq!(
+        bpf::lbpath_programs(),
+        0,
+        "programs of an earlier run are still loaded"
+    );
     let w = Running::watch(&lab.node(), &["192.0.2.240", "--bgp", "--json"]).unwrap();
     // Tracepoints, netfilter points and the TC programs.
     let names = bpf::program_names();
-    for p in ["lbp_receive", "lbp_kfree", "lbp_nf_0", "lbp_nf_1", "lbp_tc_ingress", "lbp_tc_egress"] {
+    for p in [
+        "lbp_receive",
+        "lbp_kfree",
+        "lbp_nf_0",
+        "lbp_nf_1",
+        "lbp_tc_ingress",
+        "lbp_tc_egress",
+    ] {
         assert!(names.iter().any(|n| n == p), "{p} not loaded: {names:?}");
     }
     netns::http_get(&lab.client(), lab.lb_addr(), Duration::from_secs(3)).unwrap();
     w.kill9().unwrap();
-    let gone = netns::wait_for(Duration::from_secs(10), || (bpf::lbpath_programs() == 0).then_some(()));
-    assert!(gone.is_some(), "still loaded after SIGKILL: {:?}", bpf::program_names());
+    let gone = netns::wait_for(Duration::from_secs(10), || {
+        (bpf::lbpath_programs() == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "still loaded after SIGKILL: {:?}",
+        bpf::program_names()
+    );
     // And traffic still flows.
     let body = netns::http_get(&lab.client(), lab.lb_addr(), Duration::from_secs(3)).unwrap();
     assert!(body.contains("hello from pod"));

@@ -28,7 +28,13 @@ fn finish(r: Running) -> (Finished, Value) {
 }
 
 fn verdict(v: &Value) -> (String, String) {
-    (v["verdict"]["layer"].as_str().unwrap().to_string(), format!("{} | {}", v["verdict"]["summary"], v["verdict"]["next_step"]))
+    (
+        v["verdict"]["layer"].as_str().unwrap().to_string(),
+        format!(
+            "{} | {}",
+            v["verdict"]["summary"], v["verdict"]["next_step"]
+        ),
+    )
 }
 
 #[test]
@@ -40,16 +46,38 @@ fn healthy() {
     let (layer, s) = verdict(&v);
     assert_eq!(layer, "healthy", "{s}");
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(v["arp"]["verdict"].to_string().contains("answered_by_this_node"), "{}", v["arp"]);
-    assert!(v["arp"]["text"].as_str().unwrap().contains("this node"), "{}", v["arp"]);
+    assert!(
+        v["arp"]["verdict"]
+            .to_string()
+            .contains("answered_by_this_node"),
+        "{}",
+        v["arp"]
+    );
+    assert!(
+        v["arp"]["text"].as_str().unwrap().contains("this node"),
+        "{}",
+        v["arp"]
+    );
     let checks = v["checks"].as_array().unwrap();
-    assert!(checks.iter().any(|c| c["check"] == "kube-proxy rules" && c["level"] == "ok" && c["text"].as_str().unwrap().contains("default/web:http")), "{checks:?}");
+    assert!(
+        checks.iter().any(|c| c["check"] == "kube-proxy rules"
+            && c["level"] == "ok"
+            && c["text"].as_str().unwrap().contains("default/web:http")),
+        "{checks:?}"
+    );
     assert_eq!(v["flows"].as_array().unwrap().len(), 1);
 }
 
 #[test]
 fn no_kube_proxy_rule() {
-    let lab = Lab::new("dnor", LabSpec { kube_proxy: KubeProxy::None, ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        "dnor",
+        LabSpec {
+            kube_proxy: KubeProxy::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = start(&lab, "192.0.2.240", 4);
     let _ = netns::http_get(&lab.client(), lab.lb_addr(), T);
     let (out, v) = finish(r);
@@ -58,32 +86,80 @@ fn no_kube_proxy_rule() {
     assert_eq!(layer, "dropped_on_node", "{s}");
     assert!(s.contains("no kube-proxy rule for 192.0.2.240:80"), "{s}");
     let checks = v["checks"].as_array().unwrap();
-    assert!(checks.iter().any(|c| c["check"] == "kube-proxy rules" && c["level"] == "problem"));
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "kube-proxy rules" && c["level"] == "problem")
+    );
 }
 
 #[test]
 fn rp_filter_drop() {
-    let lab = Lab::new("drpf", LabSpec { second_uplink: true, ..Default::default() }).unwrap();
-    in_ns(&lab.node(), &["ip", "route", "add", "198.51.100.0/24", "via", "203.0.113.1", "dev", "eth1"]).unwrap();
-    lab.sysctl(&lab.node(), "net.ipv4.conf.all.rp_filter=1").unwrap();
+    let lab = Lab::new(
+        "drpf",
+        LabSpec {
+            second_uplink: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    in_ns(
+        &lab.node(),
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "203.0.113.1",
+            "dev",
+            "eth1",
+        ],
+    )
+    .unwrap();
+    lab.sysctl(&lab.node(), "net.ipv4.conf.all.rp_filter=1")
+        .unwrap();
     let r = start(&lab, "192.0.2.240", 4);
     let _ = netns::http_get(&lab.remote(), lab.lb_addr(), T);
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
-    assert_eq!((layer.as_str(), out.code), ("dropped_on_node", Some(1)), "{s}");
-    assert!(s.contains("reverse-path filter") && s.contains("eth1"), "{s}");
+    assert_eq!(
+        (layer.as_str(), out.code),
+        ("dropped_on_node", Some(1)),
+        "{s}"
+    );
+    assert!(
+        s.contains("reverse-path filter") && s.contains("eth1"),
+        "{s}"
+    );
     let checks = v["checks"].as_array().unwrap();
-    assert!(checks.iter().any(|c| c["check"] == "rp_filter" && c["level"] == "warn"), "{checks:?}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "rp_filter" && c["level"] == "warn"),
+        "{checks:?}"
+    );
 }
 
 #[test]
 fn pod_not_answering() {
-    let lab = Lab::new("dpod", LabSpec { pod_server: false, ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        "dpod",
+        LabSpec {
+            pod_server: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = start(&lab, "192.0.2.240", 4);
     let _ = netns::http_get(&lab.client(), lab.lb_addr(), T);
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
-    assert_eq!((layer.as_str(), out.code), ("pod_not_answering", Some(1)), "{s}");
+    assert_eq!(
+        (layer.as_str(), out.code),
+        ("pod_not_answering", Some(1)),
+        "{s}"
+    );
     assert!(s.contains("10.244.1.5:8080"), "{s}");
 }
 
@@ -99,21 +175,42 @@ fn arp_answered_by_this_node_without_traffic() {
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
     assert_eq!((layer.as_str(), out.code), ("no_traffic", Some(3)), "{s}");
-    let node_mac = lbpath_tests::netns::in_ns(&lab.node(), &["cat", "/sys/class/net/eth0/address"]).unwrap();
+    let node_mac =
+        lbpath_tests::netns::in_ns(&lab.node(), &["cat", "/sys/class/net/eth0/address"]).unwrap();
     let text = v["arp"]["text"].as_str().unwrap();
     assert!(text.contains(node_mac.trim()), "{text}");
-    assert!(s.contains("this node answers") || v["verdict"]["evidence"].to_string().contains(node_mac.trim()), "{s}");
+    assert!(
+        s.contains("this node answers")
+            || v["verdict"]["evidence"]
+                .to_string()
+                .contains(node_mac.trim()),
+        "{s}"
+    );
 }
 
 #[test]
 fn arp_requested_but_not_answered() {
-    let lab = Lab::new("dnoa", LabSpec { speaker: false, ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        "dnoa",
+        LabSpec {
+            speaker: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = start(&lab, "192.0.2.240", 4);
     assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
-    assert_eq!((layer.as_str(), out.code), ("not_announced", Some(1)), "{s}");
-    assert!(s.contains("this node is not announcing 192.0.2.240") && s.contains("kubectl describe svc"), "{s}");
+    assert_eq!(
+        (layer.as_str(), out.code),
+        ("not_announced", Some(1)),
+        "{s}"
+    );
+    assert!(
+        s.contains("this node is not announcing 192.0.2.240") && s.contains("kubectl describe svc"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -127,18 +224,41 @@ fn two_macs_answer() {
     netns::gratuitous_arp(&lab.router(), "eth0", rogue, LB).unwrap();
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
-    assert_eq!((layer.as_str(), out.code), ("not_announced", Some(1)), "{s}");
+    assert_eq!(
+        (layer.as_str(), out.code),
+        ("not_announced", Some(1)),
+        "{s}"
+    );
     let node_mac = in_ns(&lab.node(), &["cat", "/sys/class/net/eth0/address"]).unwrap();
-    assert!(s.contains("02:ba:d0:00:00:01") && s.contains(node_mac.trim()), "{s}");
+    assert!(
+        s.contains("02:ba:d0:00:00:01") && s.contains(node_mac.trim()),
+        "{s}"
+    );
 }
 
 fn bgp_lab(name: &str, router_thinks_node_as: u32) -> (Lab, Running) {
     let mut svc = web_service(vec![pod_endpoint()], false);
     svc.lb_ip = BGP_LB;
-    let mut lab = Lab::new(name, LabSpec { services: vec![svc], speaker: false, ..Default::default() }).unwrap();
+    let mut lab = Lab::new(
+        name,
+        LabSpec {
+            services: vec![svc],
+            speaker: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = start(&lab, "203.0.113.240", 8);
-    lab.start_bgpd("router", &bgp_config(64501, ROUTER, NODE, router_thinks_node_as, None)).unwrap();
-    lab.start_bgpd("node", &bgp_config(64500, NODE, ROUTER, 64501, Some("203.0.113.240/32"))).unwrap();
+    lab.start_bgpd(
+        "router",
+        &bgp_config(64501, ROUTER, NODE, router_thinks_node_as, None),
+    )
+    .unwrap();
+    lab.start_bgpd(
+        "node",
+        &bgp_config(64500, NODE, ROUTER, 64501, Some("203.0.113.240/32")),
+    )
+    .unwrap();
     (lab, r)
 }
 
@@ -147,20 +267,32 @@ fn bgp_up_and_announced() {
     let (lab, r) = bgp_lab("dbgp", 64500);
     // The router learned the /32 from the node: route traffic there like its FIB would.
     let learned = netns::wait_for(Duration::from_secs(6), || {
-        lab.vtysh("router", "show bgp ipv4 unicast 203.0.113.240/32").ok().filter(|o| o.contains("192.0.2.2"))
+        lab.vtysh("router", "show bgp ipv4 unicast 203.0.113.240/32")
+            .ok()
+            .filter(|o| o.contains("192.0.2.2"))
     });
     assert!(learned.is_some(), "the router did not learn the LB /32");
-    in_ns(&lab.router(), &["ip", "route", "add", "203.0.113.240/32", "via", "192.0.2.2"]).unwrap();
+    in_ns(
+        &lab.router(),
+        &["ip", "route", "add", "203.0.113.240/32", "via", "192.0.2.2"],
+    )
+    .unwrap();
     let body = netns::http_get(&lab.remote(), SocketAddr::from((BGP_LB, 80)), T).unwrap();
     assert!(body.contains("hello from pod"));
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
     assert_eq!((layer.as_str(), out.code), ("healthy", Some(0)), "{s}");
     let peers = v["bgp"]["peers"].as_array().unwrap();
-    let p = peers.iter().find(|p| p["peer"] == "192.0.2.1").unwrap_or_else(|| panic!("{peers:?}"));
+    let p = peers
+        .iter()
+        .find(|p| p["peer"] == "192.0.2.1")
+        .unwrap_or_else(|| panic!("{peers:?}"));
     assert_eq!(p["state"]["state"], "up", "{p}");
     let adv = &p["advertised"];
-    assert!(adv.to_string().contains("203.0.113.240/32") && adv.to_string().contains("192.0.2.2"), "{adv}");
+    assert!(
+        adv.to_string().contains("203.0.113.240/32") && adv.to_string().contains("192.0.2.2"),
+        "{adv}"
+    );
 }
 
 #[test]
@@ -170,7 +302,11 @@ fn bgp_notification_decoded() {
     let (_lab, r) = bgp_lab("dnot", 64999);
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
-    assert_eq!((layer.as_str(), out.code), ("not_announced", Some(1)), "{s}");
+    assert_eq!(
+        (layer.as_str(), out.code),
+        ("not_announced", Some(1)),
+        "{s}"
+    );
     assert!(s.contains("Bad Peer AS"), "{s}");
     assert!(s.contains("192.0.2.1"), "{s}");
 }
@@ -182,10 +318,28 @@ fn text_report_and_bad_input() {
     netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
     let out = r.wait(Duration::from_secs(30)).unwrap();
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    for needle in ["node checks", "L2 (ARP)", "BGP", "traffic (1 flow)", "verdict: healthy"] {
-        assert!(out.stdout.contains(needle), "no '{needle}' in:\n{}", out.stdout);
+    for needle in [
+        "node checks",
+        "L2 (ARP)",
+        "BGP",
+        "traffic (1 flow)",
+        "verdict: healthy",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "no '{needle}' in:\n{}",
+            out.stdout
+        );
     }
-    let bad = lbpath_tests::run::run_once(&lab.node(), &["diagnose", "192.0.2.999"], Duration::from_secs(10)).unwrap();
+    let bad = lbpath_tests::run::run_once(
+        &lab.node(),
+        &["diagnose", "192.0.2.999"],
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(bad.code, Some(2));
-    assert_eq!(bad.stderr.trim(), "lbpath: '192.0.2.999' is not an IP address");
+    assert_eq!(
+        bad.stderr.trim(),
+        "lbpath: '192.0.2.999' is not an IP address"
+    );
 }

@@ -15,7 +15,12 @@ const T: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn hops<'a>(flow: &'a Value, kind: &str) -> Vec<&'a Value> {
-    flow["hops"].as_array().unwrap().iter().filter(|h| h["hop"] == kind).collect()
+    flow["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["hop"] == kind)
+        .collect()
 }
 
 fn verdict(flow: &Value) -> &str {
@@ -23,7 +28,10 @@ fn verdict(flow: &Value) -> &str {
 }
 
 fn summary(flow: &Value) -> String {
-    format!("{} | hint: {}", flow["verdict"]["summary"], flow["verdict"]["hint"])
+    format!(
+        "{} | hint: {}",
+        flow["verdict"]["summary"], flow["verdict"]["hint"]
+    )
 }
 
 fn watch(lab: &Lab, extra: &[&str]) -> Running {
@@ -34,7 +42,18 @@ fn watch(lab: &Lab, extra: &[&str]) -> Running {
 }
 
 fn healthy(mode: KubeProxy, chain_word: &str) {
-    let lab = Lab::new(if mode == KubeProxy::Nftables { "okn" } else { "oki" }, LabSpec { kube_proxy: mode, ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        if mode == KubeProxy::Nftables {
+            "okn"
+        } else {
+            "oki"
+        },
+        LabSpec {
+            kube_proxy: mode,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let w = watch(&lab, &[]);
     let body = netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
     assert!(body.contains("hello from pod"), "{body}");
@@ -51,16 +70,31 @@ fn healthy(mode: KubeProxy, chain_word: &str) {
     assert_eq!(dnat[0]["from"], "192.0.2.240:80");
     assert_eq!(dnat[0]["to"], "10.244.1.5:8080");
     let by = dnat[0]["by"].as_str().unwrap();
-    assert!(by.contains(chain_word) && by.contains("default/web:http"), "{by}");
+    assert!(
+        by.contains(chain_word) && by.contains("default/web:http"),
+        "{by}"
+    );
     assert!(dnat[0]["hook"].as_str().unwrap().contains("PREROUTING"));
     let route = hops(&flow, "route");
     assert_eq!(route[0]["decision"], "forward");
     let left: Vec<_> = hops(&flow, "left");
-    assert!(left.iter().any(|h| h["dir"] == "request" && h["iface"] == "vethpod" && h["role"] == "pod_veth"), "{left:?}");
-    assert!(left.iter().any(|h| h["dir"] == "reply" && h["iface"] == "eth0"), "{left:?}");
+    assert!(
+        left.iter()
+            .any(|h| h["dir"] == "request" && h["iface"] == "vethpod" && h["role"] == "pod_veth"),
+        "{left:?}"
+    );
+    assert!(
+        left.iter()
+            .any(|h| h["dir"] == "reply" && h["iface"] == "eth0"),
+        "{left:?}"
+    );
     assert_eq!(hops(&flow, "in_pod")[0]["addr"], "10.244.1.5:8080");
     // The reply's source is put back to the LB IP.
-    assert!(dnat.iter().any(|h| h["dir"] == "reply" && h["to"] == "192.0.2.240:80"), "{dnat:?}");
+    assert!(
+        dnat.iter()
+            .any(|h| h["dir"] == "reply" && h["to"] == "192.0.2.240:80"),
+        "{dnat:?}"
+    );
     assert_eq!(hops(&flow, "conntrack")[0]["state"], "new");
     // Exactly one flow, and the totals say so.
     assert_eq!(out.flows().len(), 1, "{}", out.stdout);
@@ -82,19 +116,35 @@ fn text_output_reads_at_a_glance() {
     let lab = Lab::new("txt", LabSpec::default()).unwrap();
     let w = Running::watch(&lab.node(), &[&LB.to_string()]).unwrap();
     netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
-    netns::wait_for(WAIT, || w.stdout().contains("reached the pod").then_some(())).expect("verdict line");
+    netns::wait_for(WAIT, || {
+        w.stdout().contains("reached the pod").then_some(())
+    })
+    .expect("verdict line");
     let out = w.stop().unwrap();
     let text = out.stdout;
     let lines: Vec<&str> = text.lines().collect();
-    let pos = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no '{needle}' in:\n{text}"));
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no '{needle}' in:\n{text}"))
+    };
     // ARP for the IP comes before the flow it precedes.
     assert!(pos("who-has 192.0.2.240") < pos("● tcp"));
     assert!(pos("is-at") < pos("● tcp") && lines[pos("is-at")].contains("this node"));
     let head = lines[pos("● tcp")];
-    assert!(head.contains("192.0.2.10:") && head.contains("→ 192.0.2.240:80") && head.contains("default/web:http"), "{text}");
+    assert!(
+        head.contains("192.0.2.10:")
+            && head.contains("→ 192.0.2.240:80")
+            && head.contains("default/web:http"),
+        "{text}"
+    );
     assert!(pos("● tcp") < pos("arrived"));
     assert!(pos("arrived") < pos("DNAT"));
-    assert!(lines[pos("DNAT")].contains("nat"), "the band names the nat chain: {text}");
+    assert!(
+        lines[pos("DNAT")].contains("nat"),
+        "the band names the nat chain: {text}"
+    );
     assert!(pos("DNAT") < pos("in pod"));
     assert!(pos("in pod") < pos("✔ reached the pod"));
     assert!(!text.contains('\x1b'), "NO_COLOR respected");
@@ -103,39 +153,84 @@ fn text_output_reads_at_a_glance() {
 
 #[test]
 fn no_endpoints_reject() {
-    let lab = Lab::new("noep", LabSpec { services: vec![web_service(vec![], false)], ..Default::default() }).unwrap();
-    let w = watch(&lab, &[]);
-    assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
-    let flow = w.wait_flow(WAIT, |_| true).unwrap();
-    assert_eq!(verdict(&flow), "dropped", "{}", summary(&flow));
-    assert!(summary(&flow).contains("has no endpoints"), "{}", summary(&flow));
-    let d = hops(&flow, "dropped");
-    assert_eq!(d[0]["reason"], "NETFILTER_DROP");
-}
-
-#[test]
-fn external_traffic_policy_local_without_local_endpoint() {
-    let remote_ep = EpSpec { ip: POD2, port: POD_PORT, local: false };
     let lab = Lab::new(
-        "etpl",
-        LabSpec { services: vec![web_service(vec![remote_ep], true)], node2: Some(Node2::HostRoute), ..Default::default() },
+        "noep",
+        LabSpec {
+            services: vec![web_service(vec![], false)],
+            ..Default::default()
+        },
     )
     .unwrap();
     let w = watch(&lab, &[]);
     assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
     let flow = w.wait_flow(WAIT, |_| true).unwrap();
     assert_eq!(verdict(&flow), "dropped", "{}", summary(&flow));
-    assert!(summary(&flow).contains("no local endpoints"), "{}", summary(&flow));
+    assert!(
+        summary(&flow).contains("has no endpoints"),
+        "{}",
+        summary(&flow)
+    );
+    let d = hops(&flow, "dropped");
+    assert_eq!(d[0]["reason"], "NETFILTER_DROP");
+}
+
+#[test]
+fn external_traffic_policy_local_without_local_endpoint() {
+    let remote_ep = EpSpec {
+        ip: POD2,
+        port: POD_PORT,
+        local: false,
+    };
+    let lab = Lab::new(
+        "etpl",
+        LabSpec {
+            services: vec![web_service(vec![remote_ep], true)],
+            node2: Some(Node2::HostRoute),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let w = watch(&lab, &[]);
+    assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
+    let flow = w.wait_flow(WAIT, |_| true).unwrap();
+    assert_eq!(verdict(&flow), "dropped", "{}", summary(&flow));
+    assert!(
+        summary(&flow).contains("no local endpoints"),
+        "{}",
+        summary(&flow)
+    );
 }
 
 /// Requests from the remote network come in on eth0, but the node routes
 /// that network out eth1: the asymmetric return path of MetalLB's guide.
 fn asymmetric_lab(name: &str, rp_filter: i64, gw: &str) -> Lab {
-    let lab = Lab::new(name, LabSpec { second_uplink: true, ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        name,
+        LabSpec {
+            second_uplink: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let node = lab.node();
-    in_ns(&node, &["ip", "route", "add", "198.51.100.0/24", "via", gw, "dev", "eth1"]).unwrap();
-    lab.sysctl(&node, &format!("net.ipv4.conf.all.rp_filter={rp_filter}")).unwrap();
-    lab.sysctl(&node, &format!("net.ipv4.conf.eth0.rp_filter={rp_filter}")).unwrap();
+    in_ns(
+        &node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            gw,
+            "dev",
+            "eth1",
+        ],
+    )
+    .unwrap();
+    lab.sysctl(&node, &format!("net.ipv4.conf.all.rp_filter={rp_filter}"))
+        .unwrap();
+    lab.sysctl(&node, &format!("net.ipv4.conf.eth0.rp_filter={rp_filter}"))
+        .unwrap();
     lab
 }
 
@@ -147,7 +242,13 @@ fn rp_filter_strict_drops_asymmetric_requests() {
     let flow = w.wait_flow(WAIT, |_| true).unwrap();
     assert_eq!(verdict(&flow), "dropped", "{}", summary(&flow));
     let s = summary(&flow);
-    assert!(s.contains("reverse-path filter") && s.contains("arrived on eth0") && s.contains("eth1") && s.contains("strict"), "{s}");
+    assert!(
+        s.contains("reverse-path filter")
+            && s.contains("arrived on eth0")
+            && s.contains("eth1")
+            && s.contains("strict"),
+        "{s}"
+    );
     assert!(s.contains("rp_filter=2"), "{s}");
     assert_eq!(hops(&flow, "dropped")[0]["reason"], "IP_RPFILTER");
 }
@@ -157,10 +258,20 @@ fn reply_leaves_another_way_and_its_next_hop_does_not_resolve() {
     let lab = asymmetric_lab("rpoff", 0, &NOBODY.to_string());
     let w = watch(&lab, &[]);
     assert!(netns::http_get(&lab.remote(), lab.lb_addr(), T).is_err());
-    let flow = w.wait_flow(WAIT, |v| verdict(v) == "dropped").expect("the reply's drop is reported");
+    let flow = w
+        .wait_flow(WAIT, |v| verdict(v) == "dropped")
+        .expect("the reply's drop is reported");
     let s = summary(&flow);
-    assert!(s.contains("reply was dropped") && s.contains("203.0.113.9") && s.contains("did not answer ARP"), "{s}");
-    let left_reply: Vec<_> = hops(&flow, "dropped").into_iter().filter(|h| h["dir"] == "reply").collect();
+    assert!(
+        s.contains("reply was dropped")
+            && s.contains("203.0.113.9")
+            && s.contains("did not answer ARP"),
+        "{s}"
+    );
+    let left_reply: Vec<_> = hops(&flow, "dropped")
+        .into_iter()
+        .filter(|h| h["dir"] == "reply")
+        .collect();
     assert_eq!(left_reply[0]["reason"], "NEIGH_FAILED");
 }
 
@@ -173,13 +284,32 @@ fn reply_by_another_interface_is_flagged() {
     let flow = w.wait_flow(WAIT, |_| true).unwrap();
     assert_eq!(verdict(&flow), "answered_asymmetric", "{}", summary(&flow));
     let s = summary(&flow);
-    assert!(s.contains("left via eth1") && s.contains("came in on eth0"), "{s}");
+    assert!(
+        s.contains("left via eth1") && s.contains("came in on eth0"),
+        "{s}"
+    );
 }
 
 #[test]
 fn forward_drop_names_hook_and_rule() {
     let lab = Lab::new("fwd", LabSpec::default()).unwrap();
-    in_ns(&lab.node(), &["iptables-nft", "-I", "FORWARD", "-d", "10.244.1.5/32", "-p", "tcp", "--dport", "8080", "-j", "DROP"]).unwrap();
+    in_ns(
+        &lab.node(),
+        &[
+            "iptables-nft",
+            "-I",
+            "FORWARD",
+            "-d",
+            "10.244.1.5/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "DROP",
+        ],
+    )
+    .unwrap();
     let w = watch(&lab, &[]);
     assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
     let flow = w.wait_flow(WAIT, |_| true).unwrap();
@@ -188,14 +318,26 @@ fn forward_drop_names_hook_and_rule() {
     assert_eq!(d["reason"], "NETFILTER_DROP");
     assert_eq!(d["hook"], "FORWARD");
     let detail = d["detail"].as_str().unwrap();
-    assert!(detail.contains("-d 10.244.1.5/32") && detail.contains("-j DROP") && detail.contains("counters"), "{detail}");
+    assert!(
+        detail.contains("-d 10.244.1.5/32")
+            && detail.contains("-j DROP")
+            && detail.contains("counters"),
+        "{detail}"
+    );
     // DNAT happened before the drop.
     assert_eq!(hops(&flow, "dnat")[0]["to"], "10.244.1.5:8080");
 }
 
 #[test]
 fn pod_not_listening_is_refused() {
-    let lab = Lab::new("refu", LabSpec { pod_server: false, ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        "refu",
+        LabSpec {
+            pod_server: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let w = watch(&lab, &[]);
     assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
     let flow = w.wait_flow(WAIT, |_| true).unwrap();
@@ -205,15 +347,34 @@ fn pod_not_listening_is_refused() {
 }
 
 fn another_node(kind: Node2, name: &str, towards: &str) {
-    let ep = EpSpec { ip: POD2, port: POD_PORT, local: false };
-    let lab = Lab::new(name, LabSpec { services: vec![web_service(vec![ep], false)], node2: Some(kind), ..Default::default() }).unwrap();
+    let ep = EpSpec {
+        ip: POD2,
+        port: POD_PORT,
+        local: false,
+    };
+    let lab = Lab::new(
+        name,
+        LabSpec {
+            services: vec![web_service(vec![ep], false)],
+            node2: Some(kind),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let w = watch(&lab, &[]);
     let body = netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
     assert!(body.contains("hello from pod2"), "{body}");
     let flow = w.wait_flow(WAIT, |_| true).unwrap();
     // The request left towards the other node; its answer came back and left.
-    let left: Vec<_> = hops(&flow, "left").into_iter().filter(|h| h["dir"] == "request").collect();
-    assert!(left.iter().any(|h| h["towards"].as_str().unwrap().contains(towards)), "{left:?}");
+    let left: Vec<_> = hops(&flow, "left")
+        .into_iter()
+        .filter(|h| h["dir"] == "request")
+        .collect();
+    assert!(
+        left.iter()
+            .any(|h| h["towards"].as_str().unwrap().contains(towards)),
+        "{left:?}"
+    );
     assert_eq!(hops(&flow, "dnat")[0]["to"], "10.244.2.7:8080");
     assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
 }
@@ -230,12 +391,21 @@ fn pod_on_another_node_via_vxlan() {
 
 #[test]
 fn mtu_too_small_on_the_pod_path() {
-    let lab = Lab::new("mtu", LabSpec { pod_mtu: Some(1400), ..Default::default() }).unwrap();
+    let lab = Lab::new(
+        "mtu",
+        LabSpec {
+            pod_mtu: Some(1400),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // Only the node side shrinks: the pod still advertises a 1460-byte MSS.
     in_ns(&lab.pod(), &["ip", "link", "set", "eth0", "mtu", "1500"]).unwrap();
     let w = watch(&lab, &[]);
     let _ = netns::tcp_send(&lab.client(), lab.lb_addr(), 6000, T);
-    let flow = w.wait_flow(WAIT, |v| verdict(v) == "dropped").expect("the MTU drop is reported");
+    let flow = w
+        .wait_flow(WAIT, |v| verdict(v) == "dropped")
+        .expect("the MTU drop is reported");
     let s = summary(&flow);
     assert!(s.contains("MTU 1400") || s.contains("path MTU"), "{s}");
     let d: Vec<_> = hops(&flow, "dropped");
@@ -248,7 +418,20 @@ fn traffic_of_other_namespaces_is_ignored() {
     // and serves the IP. lbpath runs on node and must see nothing of it.
     let mut lab = Lab::new(
         "other",
-        LabSpec { speaker: false, node2: Some(Node2::HostRoute), node2_rules: true, services: vec![web_service(vec![EpSpec { ip: POD2, port: POD_PORT, local: true }], false)], ..Default::default() },
+        LabSpec {
+            speaker: false,
+            node2: Some(Node2::HostRoute),
+            node2_rules: true,
+            services: vec![web_service(
+                vec![EpSpec {
+                    ip: POD2,
+                    port: POD_PORT,
+                    local: true,
+                }],
+                false,
+            )],
+            ..Default::default()
+        },
     )
     .unwrap();
     lab.start_speaker("node2").unwrap();
@@ -259,7 +442,11 @@ fn traffic_of_other_namespaces_is_ignored() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let out = w.stop().unwrap();
-    assert!(out.flows().is_empty(), "flows from another namespace: {}", out.stdout);
+    assert!(
+        out.flows().is_empty(),
+        "flows from another namespace: {}",
+        out.stdout
+    );
     assert!(out.stdout.contains("\"totals\""));
 }
 
@@ -274,7 +461,12 @@ fn filters_and_counters() {
     std::thread::sleep(Duration::from_secs(2));
     let out = w.stop().unwrap();
     assert_eq!(out.flows().len(), 1, "{}", out.stdout);
-    assert!(flow["flow"]["client"].as_str().unwrap().starts_with("198.51.100.10:"));
+    assert!(
+        flow["flow"]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("198.51.100.10:")
+    );
     let c = &flow["counters"];
     assert!(c["request_packets"].as_u64().unwrap() >= 3, "{c}");
     assert!(c["reply_packets"].as_u64().unwrap() >= 2, "{c}");

@@ -74,13 +74,11 @@ pub(crate) use conf;
 
 /// Offset of a kernel struct field (from BTF), as u64 for address arithmetic.
 macro_rules! off {
-    ($f:ident) => {
-        {
-            #[allow(unused_unsafe)]
-            let v = unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.layout.$f) };
-            v as u64
-        }
-    };
+    ($f:ident) => {{
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.layout.$f) };
+        v as u64
+    }};
 }
 pub(crate) use off;
 

@@ -78,7 +78,11 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     }
     if open && let Some(t) = tracked(skb) {
         parsed = parse_ip(l3, proto, &mut p);
-        let pp = if parsed { &p as *const Parsed } else { core::ptr::null() };
+        let pp = if parsed {
+            &p as *const Parsed
+        } else {
+            core::ptr::null()
+        };
         if verify(skb, t, pp) {
             tr = Some(t);
         }
@@ -126,7 +130,11 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     let sum = if parsed { tuple_sum(&p.t) } else { 0 };
     unsafe { (*tr).netns = conf!(node_netns) };
     let last = conf!(nf_last_pos);
-    let last = if (hook as usize) < last.len() { last[hook as usize] } else { 0xff };
+    let last = if (hook as usize) < last.len() {
+        last[hook as usize]
+    } else {
+        0xff
+    };
     let report = unsafe {
         let report = pos == 0
             || pos == last
@@ -161,6 +169,10 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         pos,
         ..Extra::default()
     };
-    let pp = if parsed { &p as *const Parsed } else { core::ptr::null() };
+    let pp = if parsed {
+        &p as *const Parsed
+    } else {
+        core::ptr::null()
+    };
     emit(Kind::Nf as u8, skb, tr, pp, &x);
 }

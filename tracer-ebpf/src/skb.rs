@@ -266,7 +266,7 @@ pub fn parse_ip(l3: u64, proto: u16, p: &mut Parsed) -> bool {
                 return false;
             }
             p.t.family = AF_INET;
-            p.t.proto = h.proto as u8;
+            p.t.proto = h.proto;
             p.t.saddr = v4(h.src_addr);
             p.t.daddr = v4(h.dst_addr);
             p.sig = (u16::from_be_bytes(h.id) as u32) << 16 | u16::from_be_bytes(h.tot_len) as u32;
@@ -283,7 +283,7 @@ pub fn parse_ip(l3: u64, proto: u16, p: &mut Parsed) -> bool {
                 return false;
             }
             p.t.family = AF_INET6;
-            p.t.proto = h.next_hdr as u8;
+            p.t.proto = h.next_hdr;
             p.t.saddr = h.src_addr;
             p.t.daddr = h.dst_addr;
             p.sig = u16::from_be_bytes(h.payload_len) as u32;
@@ -319,7 +319,7 @@ pub fn counters(key: &Tuple) -> Option<*mut FlowCounters> {
         return Some(c);
     }
     let zero = FlowCounters::default();
-    let _ = COUNTERS.insert(key, &zero, 0);
+    let _ = COUNTERS.insert(key, zero, 0);
     COUNTERS.get_ptr_mut(key)
 }
 
@@ -338,7 +338,7 @@ fn flow_state(key: &Tuple, now: u64, create: bool) -> Option<*mut FlowState> {
         drop_events: 0,
         _pad: 0,
     };
-    let _ = FLOWS.insert(key, &fresh, 0);
+    let _ = FLOWS.insert(key, fresh, 0);
     stat_inc(STAT_FLOWS);
     FLOWS.get_ptr_mut(key)
 }
@@ -385,7 +385,7 @@ fn start_track(skb: u64, flow: &Tuple, p: &Parsed, dir: u8, create: bool) -> u8 
         _pad: 0,
         last_sum: 0,
     };
-    if TRACKED.insert(&skb, &tr, 0).is_err() {
+    if TRACKED.insert(skb, tr, 0).is_err() {
         return NOT_STARTED;
     }
     stat_inc(STAT_TRACKED);
@@ -426,7 +426,7 @@ pub fn request_seen(skb: u64, p: &Parsed) -> bool {
 /// A packet arriving on the node that carries the tuple of an expected reply.
 #[inline(never)]
 pub fn reply_seen(skb: u64, p: &Parsed) -> bool {
-    match unsafe { REPLIES.get(&p.t) } {
+    match unsafe { REPLIES.get(p.t) } {
         Some(flow) => start_track(skb, flow, p, DIR_REPLY, false) == STARTED,
         None => false,
     }
@@ -447,7 +447,7 @@ pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
         return None;
     }
     let dir = if ctinfo >= 3 { DIR_REPLY } else { DIR_REQUEST };
-    let cf = CT_FLOWS.get_ptr_mut(&ct)?;
+    let cf = CT_FLOWS.get_ptr_mut(ct)?;
     if unsafe { (*cf).spent } & (1 << dir) != 0 {
         return None;
     }
@@ -472,12 +472,12 @@ pub fn ct_seen(skb: u64, cf: *mut CtFlow, dir: u8, p: &Parsed) -> bool {
 
 #[inline(always)]
 pub fn tracked(skb: u64) -> Option<*mut Track> {
-    TRACKED.get_ptr_mut(&skb)
+    TRACKED.get_ptr_mut(skb)
 }
 
 #[inline(always)]
 pub fn untrack(skb: u64) {
-    let _ = TRACKED.remove(&skb);
+    let _ = TRACKED.remove(skb);
 }
 
 /// A tracked packet older than this is a leftover of a free we did not see.
@@ -514,7 +514,11 @@ pub fn verify(skb: u64, tr: *mut Track, p: *const Parsed) -> bool {
 /// seen.
 #[inline(always)]
 pub fn in_scope(tr: *const Track, netns: u32) -> bool {
-    let netns = if netns == 0 { unsafe { (*tr).netns } } else { netns };
+    let netns = if netns == 0 {
+        unsafe { (*tr).netns }
+    } else {
+        netns
+    };
     netns == conf!(node_netns) || unsafe { (*tr).flags } & T_FOLLOW != 0
 }
 
@@ -535,7 +539,7 @@ pub fn set_current(skb: u64, t: &Tuple, j: u64) {
 #[inline(never)]
 pub fn expect_reply(tr: *const Track, p: &Parsed) {
     let rev = p.t.reversed();
-    let _ = REPLIES.insert(&rev, unsafe { &(*tr).flow }, 0);
+    let _ = REPLIES.insert(rev, unsafe { (*tr).flow }, 0);
 }
 
 /// Records the packet's conntrack entry as belonging to its flow.
@@ -548,7 +552,7 @@ pub fn remember_ct(tr: *const Track, nfct: u64) {
             spent: 0,
             _pad: [0; 7],
         };
-        let _ = CT_FLOWS.insert(&ct, &v, 0);
+        let _ = CT_FLOWS.insert(ct, v, 0);
     }
 }
 
@@ -647,7 +651,11 @@ pub fn emit(kind: u8, skb: u64, tr: *const Track, p: *const Parsed, x: &Extra) {
             (*ev).out_ifindex = dev_ifindex(x.dev_out);
             let ct = nfct & !7;
             if ct != 0 && (nfct & 7) != 7 {
-                ct_tuple(ct + off!(ct_tuple_reply), (*ev).pkt.family, &mut (*ev).ct_reply);
+                ct_tuple(
+                    ct + off!(ct_tuple_reply),
+                    (*ev).pkt.family,
+                    &mut (*ev).ct_reply,
+                );
                 (*ev).ct_status = rd::<u32>(ct + off!(ct_status)).unwrap_or(0);
             }
         }

@@ -52,7 +52,10 @@ fn capture(ctx: &TcContext, dir: u8) -> Option<()> {
             t.family = AF_INET;
             t.saddr[..4].copy_from_slice(&h[12..16]);
             t.daddr[..4].copy_from_slice(&h[16..20]);
-            (l3 + ((h[0] & 0xf) as usize) * 4, u16::from_be_bytes([h[2], h[3]]) as usize)
+            (
+                l3 + ((h[0] & 0xf) as usize) * 4,
+                u16::from_be_bytes([h[2], h[3]]) as usize,
+            )
         }
         ETH_P_IPV6 => {
             let h = ctx.load::<[u8; 40]>(l3).ok()?;
@@ -104,10 +107,12 @@ fn capture(ctx: &TcContext, dir: u8) -> Option<()> {
         if caplen > avail {
             caplen = avail;
         }
-        if caplen >= 1 && caplen <= SEG_PAYLOAD {
+        if (1..=SEG_PAYLOAD).contains(&caplen) {
             let dst = (*ev).payload.as_mut_ptr() as *mut core::ffi::c_void;
             let n = (caplen & 0x1ff) as u32;
-            if n == 0 || bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off as u32, dst, n) != 0 {
+            if n == 0
+                || bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off as u32, dst, n) != 0
+            {
                 caplen = 0;
             }
         } else {

@@ -12,8 +12,7 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
-    AF_INET, DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Event, Kind, NO_HOOK,
-    STAT_LOST_EVENTS,
+    AF_INET, DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Event, Kind, NO_HOOK, STAT_LOST_EVENTS,
 };
 
 use crate::{
@@ -46,7 +45,11 @@ fn on_receive(skb: u64) {
         x.dev = skb_dev(skb);
         let netns = dev_netns(x.dev);
         let parsed = parse_ip(l3, proto, &mut p);
-        let pp = if parsed { &p as *const Parsed } else { core::ptr::null() };
+        let pp = if parsed {
+            &p as *const Parsed
+        } else {
+            core::ptr::null()
+        };
         if verify(skb, tr, pp) {
             unsafe { (*tr).netns = netns };
             if in_scope(tr, netns) {
@@ -108,7 +111,11 @@ fn on_xmit(skb: u64, dev: u64) {
     {
         let netns = dev_netns(dev);
         let parsed = parse_ip(l3, proto, &mut p);
-        let pp = if parsed { &p as *const Parsed } else { core::ptr::null() };
+        let pp = if parsed {
+            &p as *const Parsed
+        } else {
+            core::ptr::null()
+        };
         if verify(skb, tr, pp) {
             unsafe { (*tr).netns = netns };
             if !in_scope(tr, netns) {
@@ -117,7 +124,7 @@ fn on_xmit(skb: u64, dev: u64) {
             if netns == conf!(node_netns) {
                 if unsafe { (*tr).dir } == DIR_REQUEST {
                     let ifindex = dev_ifindex(dev);
-                    if unsafe { POD_IFS.get(&ifindex) }.is_some() {
+                    if unsafe { POD_IFS.get(ifindex) }.is_some() {
                         unsafe { (*tr).flags |= T_FOLLOW };
                     }
                     if parsed {
@@ -252,7 +259,7 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
             // RELATED: an ICMP error about the flow, not one of its packets.
             return;
         }
-        match unsafe { CT_FLOWS.get(&ct) } {
+        match unsafe { CT_FLOWS.get(ct) } {
             Some(f) => tr.flow = f.flow,
             None => return,
         }
@@ -260,7 +267,7 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
             tr.dir = DIR_REPLY;
         }
     }
-    let Some(fs) = FLOWS.get_ptr_mut(&tr.flow) else {
+    let Some(fs) = FLOWS.get_ptr_mut(tr.flow) else {
         return;
     };
     if let Some(c) = counters(&tr.flow) {
@@ -418,7 +425,11 @@ fn fib_event(skb: u64, tr: *const Track, table: u32, fl: u64, nhc: u64, err: i32
         (*ev).dir = (*tr).dir;
         (*ev).seq = (*tr).seq;
         (*ev).flow = (*tr).flow;
-        (*ev).netns = if dev != 0 { dev_netns(dev) } else { (*tr).netns };
+        (*ev).netns = if dev != 0 {
+            dev_netns(dev)
+        } else {
+            (*tr).netns
+        };
         if (*ev).netns != conf!(node_netns) {
             (*ev).flags |= tracer_common::EV_POD_NS;
         }

@@ -85,7 +85,12 @@ impl Assembler {
         }
         if !self.pending.contains_key(&key) && self.pending.len() >= self.max_flows {
             // Report the oldest early rather than grow without bound.
-            if let Some(oldest) = self.pending.iter().min_by_key(|(_, p)| p.first).map(|(k, _)| *k) {
+            if let Some(oldest) = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.first)
+                .map(|(k, _)| *k)
+            {
                 out.extend(self.finish(&oldest));
             }
         }
@@ -150,7 +155,10 @@ impl Assembler {
 
 /// CLOCK_MONOTONIC now, the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -162,9 +170,11 @@ mod tests {
     use tracer_common::{Fib, NO_HOOK};
 
     fn ev(kind: Kind, dir: u8, ts: u64, sport: u16) -> Event {
-        let mut flow = Tuple::default();
-        flow.sport = sport;
-        flow.family = 2;
+        let flow = Tuple {
+            sport,
+            family: 2,
+            ..Tuple::default()
+        };
         Event {
             kind: kind as u8,
             dir,

@@ -27,7 +27,10 @@ pub enum BtfError {
     /// The file is there but does not parse.
     Unreadable(String),
     /// A type or field lbpath needs is not in this kernel.
-    NoField { ty: String, field: String },
+    NoField {
+        ty: String,
+        field: String,
+    },
     NoType(String),
 }
 
@@ -44,7 +47,10 @@ impl fmt::Display for BtfError {
                 "this kernel's BTF has no field {ty}.{field}: kernel too old or unsupported"
             ),
             Self::NoType(ty) => {
-                write!(f, "this kernel's BTF has no type {ty}: kernel too old or unsupported")
+                write!(
+                    f,
+                    "this kernel's BTF has no type {ty}: kernel too old or unsupported"
+                )
             }
         }
     }
@@ -335,7 +341,20 @@ mod tests {
         // 4: array of 2 struct inner (ARRAY kind 3): type, index_type, nelems
         t.extend([0, 3 << 24, 0, 2, 1, 2]);
         // 5: struct outer { int a; union anon; struct inner arr[2]; } size 28
-        t.extend([n_outer, (4 << 24) | 3, 28, n_a, 1, 0, 0, 3, 32, n_arr, 4, 96]);
+        t.extend([
+            n_outer,
+            (4 << 24) | 3,
+            28,
+            n_a,
+            1,
+            0,
+            0,
+            3,
+            32,
+            n_arr,
+            4,
+            96,
+        ]);
         // 6: enum color (ENUM kind 6, vlen 2, size 4)
         t.extend([n_color, (6 << 24) | 2, 4, n_red, 1, n_blue, 7]);
         let types: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -375,7 +394,10 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("outer.nope"));
-        assert!(matches!(btf.offset("outer", "arr[2].x"), Err(BtfError::NoField { .. })));
+        assert!(matches!(
+            btf.offset("outer", "arr[2].x"),
+            Err(BtfError::NoField { .. })
+        ));
         assert_eq!(
             btf.offset("no_such_struct", "a").unwrap_err(),
             BtfError::NoType("no_such_struct".into())
@@ -392,7 +414,9 @@ mod tests {
 
     #[test]
     fn missing_btf_file() {
-        let err = KernelBtf::open(Path::new("/nonexistent/vmlinux")).err().unwrap();
+        let err = KernelBtf::open(Path::new("/nonexistent/vmlinux"))
+            .err()
+            .unwrap();
         assert!(matches!(err, BtfError::Missing(_)));
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"));
     }
@@ -409,7 +433,14 @@ mod tests {
             btf.size_of(&hash).unwrap()
         );
         let skb = btf.size_of(&btf.struct_named("sk_buff").unwrap()).unwrap();
-        for off in [l.skb_head, l.skb_data, l.skb_len, l.skb_dev, l.skb_nfct, l.skb_protocol] {
+        for off in [
+            l.skb_head,
+            l.skb_data,
+            l.skb_len,
+            l.skb_dev,
+            l.skb_nfct,
+            l.skb_protocol,
+        ] {
             assert!(off < skb);
         }
         // IPv4 destination follows the source in struct flowi4.

@@ -53,7 +53,9 @@ impl Sysctls {
         let rp_filter = net
             .ifaces
             .values()
-            .filter(|i| matches!(net.role(i.index), IfRole::Uplink | IfRole::Overlay) && i.name != "lo")
+            .filter(|i| {
+                matches!(net.role(i.index), IfRole::Uplink | IfRole::Overlay) && i.name != "lo"
+            })
             .map(|i| {
                 let (all, dev, _) = crate::netinfo::rp_filter(&i.name);
                 (i.name.clone(), all, dev)
@@ -74,13 +76,27 @@ impl Sysctls {
     }
 }
 
-pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bool, net: &NetInfo, sys: &Sysctls) -> Vec<Finding> {
+pub fn run(
+    lb: IpAddr,
+    port: u16,
+    services: &[ServiceView],
+    kube_proxy_found: bool,
+    net: &NetInfo,
+    sys: &Sysctls,
+) -> Vec<Finding> {
     let mut out = Vec::new();
-    let svcs: Vec<&ServiceView> = services.iter().filter(|s| port == 0 || s.port == port).collect();
+    let svcs: Vec<&ServiceView> = services
+        .iter()
+        .filter(|s| port == 0 || s.port == port)
+        .collect();
 
     // kube-proxy's view of the IP.
     if svcs.is_empty() {
-        let extra = if kube_proxy_found { "" } else { " (no kube-proxy ruleset found on this node at all: is kube-proxy running, or is a kube-proxy replacement in use?)" };
+        let extra = if kube_proxy_found {
+            ""
+        } else {
+            " (no kube-proxy ruleset found on this node at all: is kube-proxy running, or is a kube-proxy replacement in use?)"
+        };
         out.push(f(
             "kube-proxy rules",
             Level::Problem,
@@ -103,7 +119,11 @@ pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bo
             s.entry_chain,
             s.endpoints.len(),
             if s.endpoints.len() == 1 { "" } else { "s" },
-            if s.local_only { ", externalTrafficPolicy=Local" } else { "" }
+            if s.local_only {
+                ", externalTrafficPolicy=Local"
+            } else {
+                ""
+            }
         );
         match &s.no_endpoints {
             Some(NoEndpointsView::Reject(rule)) => out.push(f(
@@ -142,7 +162,11 @@ pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bo
         out.push(f(
             "address",
             Level::Info,
-            format!("{lb} is assigned to {}{}", holders.join(", "), if ipvs { " (kube-proxy IPVS mode)" } else { "" }),
+            format!(
+                "{lb} is assigned to {}{}",
+                holders.join(", "),
+                if ipvs { " (kube-proxy IPVS mode)" } else { "" }
+            ),
             None,
         ));
     }
@@ -151,10 +175,16 @@ pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bo
         Some(0) => out.push(f(
             "ip_forward",
             Level::Problem,
-            "net.ipv4.ip_forward=0: this node does not forward, DNATed traffic cannot reach pods".into(),
+            "net.ipv4.ip_forward=0: this node does not forward, DNATed traffic cannot reach pods"
+                .into(),
             Some("sysctl -w net.ipv4.ip_forward=1".into()),
         )),
-        Some(_) => out.push(f("ip_forward", Level::Ok, "net.ipv4.ip_forward=1".into(), None)),
+        Some(_) => out.push(f(
+            "ip_forward",
+            Level::Ok,
+            "net.ipv4.ip_forward=1".into(),
+            None,
+        )),
         None => {}
     }
 
@@ -167,7 +197,10 @@ pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bo
         out.push(f(
             "rp_filter",
             level,
-            format!("{iface}: rp_filter {} (all={all}, {iface}={dev})", rp_filter_name(eff)),
+            format!(
+                "{iface}: rp_filter {} (all={all}, {iface}={dev})",
+                rp_filter_name(eff)
+            ),
             next,
         ));
     }
@@ -194,13 +227,24 @@ pub fn run(lb: IpAddr, port: u16, services: &[ServiceView], kube_proxy_found: bo
                 Some("make sure ICMP 'fragmentation needed' reaches clients, or clamp TCP MSS to the pod MTU".into()),
             ));
         } else {
-            out.push(f("mtu", Level::Ok, format!("pod path MTU {pm} ({name}), uplink MTU {up}"), None));
+            out.push(f(
+                "mtu",
+                Level::Ok,
+                format!("pod path MTU {pm} ({name}), uplink MTU {up}"),
+                None,
+            ));
         }
     }
 
     if let Some((count, max)) = sys.conntrack {
-        let pct = if max > 0 { count * 100 / max } else { 0 };
-        let level = if pct >= 90 { Level::Problem } else if pct >= 75 { Level::Warn } else { Level::Ok };
+        let pct = (count * 100).checked_div(max).unwrap_or(0);
+        let level = if pct >= 90 {
+            Level::Problem
+        } else if pct >= 75 {
+            Level::Warn
+        } else {
+            Level::Ok
+        };
         out.push(f(
             "conntrack",
             level,
@@ -273,7 +317,11 @@ mod tests {
     }
 
     fn level_of(fs: &[Finding], check: &str) -> Level {
-        fs.iter().filter(|f| f.check == check).map(|f| f.level).max().unwrap()
+        fs.iter()
+            .filter(|f| f.check == check)
+            .map(|f| f.level)
+            .max()
+            .unwrap()
     }
 
     #[test]
@@ -283,7 +331,14 @@ mod tests {
             rp_filter: vec![("eth0".into(), 0, 2)],
             conntrack: Some((10, 1000)),
         };
-        let fs = run("192.0.2.240".parse().unwrap(), 80, &[svc(None, false, None)], true, &net(1500, false), &sys);
+        let fs = run(
+            "192.0.2.240".parse().unwrap(),
+            80,
+            &[svc(None, false, None)],
+            true,
+            &net(1500, false),
+            &sys,
+        );
         assert!(fs.iter().all(|f| f.level <= Level::Info), "{fs:?}");
         assert!(fs.iter().any(|f| f.text.contains("default/web:http")));
     }
@@ -303,11 +358,34 @@ mod tests {
         assert_eq!(level_of(&fs, "rp_filter"), Level::Warn);
         assert_eq!(level_of(&fs, "mtu"), Level::Warn);
         assert_eq!(level_of(&fs, "conntrack"), Level::Problem);
-        assert!(fs.iter().any(|f| f.check == "address" && f.text.contains("eth0")));
+        assert!(
+            fs.iter()
+                .any(|f| f.check == "address" && f.text.contains("eth0"))
+        );
 
-        let fs = run(lb, 80, &[svc(Some(NoEndpointsView::Reject("r".into())), false, None)], true, &net(1500, false), &sys);
-        assert!(fs.iter().any(|f| f.level == Level::Problem && f.text.contains("no endpoints")));
-        let fs = run(lb, 80, &[svc(None, true, Some(false))], true, &net(1500, false), &sys);
-        assert!(fs.iter().any(|f| f.level == Level::Problem && f.text.contains("none of them on this node")));
+        let fs = run(
+            lb,
+            80,
+            &[svc(Some(NoEndpointsView::Reject("r".into())), false, None)],
+            true,
+            &net(1500, false),
+            &sys,
+        );
+        assert!(
+            fs.iter()
+                .any(|f| f.level == Level::Problem && f.text.contains("no endpoints"))
+        );
+        let fs = run(
+            lb,
+            80,
+            &[svc(None, true, Some(false))],
+            true,
+            &net(1500, false),
+            &sys,
+        );
+        assert!(
+            fs.iter()
+                .any(|f| f.level == Level::Problem && f.text.contains("none of them on this node"))
+        );
     }
 }

@@ -64,8 +64,13 @@ pub struct DiagnoseArgs {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -89,10 +94,9 @@ pub struct Target {
 }
 
 pub fn target(a: &CommonArgs) -> Result<Target, UsageError> {
-    let ip: IpAddr = a
-        .ip
-        .parse()
-        .map_err(|_| UsageError(format!("'{}' is not an IP address", a.ip)))?;
+    let ip: IpAddr =
+        a.ip.parse()
+            .map_err(|_| UsageError(format!("'{}' is not an IP address", a.ip)))?;
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(UsageError(format!("{ip} cannot be a LoadBalancer IP")));
     }
@@ -101,7 +105,11 @@ pub fn target(a: &CommonArgs) -> Result<Target, UsageError> {
         Some("tcp") => 6,
         Some("udp") => 17,
         Some("sctp") => 132,
-        Some(p) => return Err(UsageError(format!("unknown protocol '{p}' (tcp, udp or sctp)"))),
+        Some(p) => {
+            return Err(UsageError(format!(
+                "unknown protocol '{p}' (tcp, udp or sctp)"
+            )));
+        }
     };
     if a.port == Some(0) {
         return Err(UsageError("port 0 is not a service port".into()));
@@ -163,7 +171,9 @@ pub fn check_privileges() -> Result<(), UsageError> {
 
 /// tp_btf and the BPF ring buffer need 5.8.
 pub fn check_kernel(release: &str) -> Result<(), UsageError> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     if (major, minor) < (5, 8) {
@@ -199,7 +209,10 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(target(&args("192.0.2.240")).unwrap().ip.to_string(), "192.0.2.240");
+        assert_eq!(
+            target(&args("192.0.2.240")).unwrap().ip.to_string(),
+            "192.0.2.240"
+        );
         assert!(target(&args("2001:db8::1")).is_ok());
         let e = target(&args("300.1.2.3")).unwrap_err();
         assert_eq!(e.0, "'300.1.2.3' is not an IP address");
@@ -229,7 +242,12 @@ mod tests {
     fn kernels() {
         assert!(check_kernel("6.18.44-fc-v657").is_ok());
         assert!(check_kernel("5.8.0").is_ok());
-        assert!(check_kernel("5.4.0-150-generic").unwrap_err().0.contains("too old"));
+        assert!(
+            check_kernel("5.4.0-150-generic")
+                .unwrap_err()
+                .0
+                .contains("too old")
+        );
         assert!(check_kernel("4.19.0").is_err());
     }
 }

@@ -62,13 +62,19 @@ pub struct Wire<'a> {
 }
 
 fn is_problem(k: VerdictKind) -> bool {
-    !matches!(k, VerdictKind::Answered | VerdictKind::Local | VerdictKind::Incomplete)
+    !matches!(
+        k,
+        VerdictKind::Answered | VerdictKind::Local | VerdictKind::Incomplete
+    )
 }
 
 /// The verdict from everything gathered. Pure.
 pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wire) -> Diagnosis {
     let mut evidence = Vec::new();
-    let static_problems: Vec<&Finding> = findings.iter().filter(|f| f.level == Level::Problem).collect();
+    let static_problems: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.level == Level::Problem)
+        .collect();
 
     // Split brain on L2 is a problem whatever the traffic does.
     if let Some(ArpReport {
@@ -79,7 +85,10 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
         let list: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
         return Diagnosis {
             layer: Layer::NotAnnounced,
-            summary: format!("two or more MACs answer ARP for {lb}: {} (split brain or duplicate IP)", list.join(" and ")),
+            summary: format!(
+                "two or more MACs answer ARP for {lb}: {} (split brain or duplicate IP)",
+                list.join(" and ")
+            ),
             evidence: wire.arp.map(|a| vec![a.text.clone()]).unwrap_or_default(),
             next_step: Some(format!(
                 "only the elected speaker may answer for {lb}: check the speakers (`kubectl -n metallb-system logs -l component=speaker`) and that no host has {lb} configured (`arping -D {lb}`)"
@@ -90,17 +99,26 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
 
     if !flows.is_empty() {
         for f in flows.iter().take(8) {
-            evidence.push(format!("{} → {}: {}", f.flow.client, f.flow.lb, f.verdict.summary));
+            evidence.push(format!(
+                "{} → {}: {}",
+                f.flow.client, f.flow.lb, f.verdict.summary
+            ));
         }
         let problem = flows
             .iter()
             .filter(|f| is_problem(f.verdict.kind))
             .max_by_key(|f| severity(f.verdict.kind));
-        let answered = flows.iter().filter(|f| f.verdict.kind == VerdictKind::Answered).count();
+        let answered = flows
+            .iter()
+            .filter(|f| f.verdict.kind == VerdictKind::Answered)
+            .count();
         let Some(p) = problem else {
             return Diagnosis {
                 layer: Layer::Healthy,
-                summary: format!("healthy: {answered} flow{} reached a pod and got an answer", if answered == 1 { "" } else { "s" }),
+                summary: format!(
+                    "healthy: {answered} flow{} reached a pod and got an answer",
+                    if answered == 1 { "" } else { "s" }
+                ),
                 evidence,
                 next_step: None,
                 exit_code: 0,
@@ -130,7 +148,9 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
             ArpVerdict::NotAnswered { requests, .. } => {
                 return Diagnosis {
                     layer: Layer::NotAnnounced,
-                    summary: format!("this node is not announcing {lb}: {requests} ARP request(s) for it arrived and nobody answered"),
+                    summary: format!(
+                        "this node is not announcing {lb}: {requests} ARP request(s) for it arrived and nobody answered"
+                    ),
                     evidence,
                     next_step: Some(format!(
                         "another speaker may be the leader, or none is: check `kubectl describe svc` events for {lb}, the IPAddressPool/L2Advertisement, and the speaker pods"
@@ -142,9 +162,14 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
                 let list: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
                 return Diagnosis {
                     layer: Layer::NotReachingNode,
-                    summary: format!("{lb} is announced by another node ({}): traffic goes there, not here", list.join(", ")),
+                    summary: format!(
+                        "{lb} is announced by another node ({}): traffic goes there, not here",
+                        list.join(", ")
+                    ),
                     evidence,
-                    next_step: Some(format!("run `lbpath diagnose {lb}` on the node with that MAC (`ip neigh | grep {lb}` on a client shows it)")),
+                    next_step: Some(format!(
+                        "run `lbpath diagnose {lb}` on the node with that MAC (`ip neigh | grep {lb}` on a client shows it)"
+                    )),
                     exit_code: 3,
                 };
             }
@@ -154,9 +179,19 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
     for line in wire.bgp.describe() {
         evidence.push(line);
     }
-    let down: Vec<_> = wire.bgp.peers.iter().filter(|p| p.state.is_down()).collect();
+    let down: Vec<_> = wire
+        .bgp
+        .peers
+        .iter()
+        .filter(|p| p.state.is_down())
+        .collect();
     if let Some(p) = down.first() {
-        let failing = matches!(p.state, SessionState::Notified { .. } | SessionState::Reset { .. } | SessionState::SynSent { .. });
+        let failing = matches!(
+            p.state,
+            SessionState::Notified { .. }
+                | SessionState::Reset { .. }
+                | SessionState::SynSent { .. }
+        );
         if failing {
             return Diagnosis {
                 layer: Layer::NotAnnounced,
@@ -177,10 +212,14 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
         };
     }
     let announced = wire.bgp.peers.iter().find_map(|p| match &p.advertised {
-        RouteStatus::Announced { prefix, next_hop, .. } => Some(format!(
+        RouteStatus::Announced {
+            prefix, next_hop, ..
+        } => Some(format!(
             "announced {prefix} to {}{}",
             p.peer,
-            next_hop.map(|n| format!(" with next hop {n}")).unwrap_or_default()
+            next_hop
+                .map(|n| format!(" with next hop {n}"))
+                .unwrap_or_default()
         )),
         _ => None,
     });
@@ -231,8 +270,18 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     let lb = s.engine.lb;
     let port = args.common.port.unwrap_or(0);
     let sys = Sysctls::read(&s.engine.net);
-    let findings = checks::run(lb, port, &s.engine.services, s.engine.kube_proxy_found(), &s.engine.net, &sys);
-    eprintln!("lbpath: diagnosing {lb} for {}s", args.duration.as_secs_f64());
+    let findings = checks::run(
+        lb,
+        port,
+        &s.engine.services,
+        s.engine.kube_proxy_found(),
+        &s.engine.net,
+        &sys,
+    );
+    eprintln!(
+        "lbpath: diagnosing {lb} for {}s",
+        args.duration.as_secs_f64()
+    );
 
     let countdown = std::io::stderr().is_terminal() && !args.common.json;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -285,7 +334,15 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     };
     let bgp = s.engine.bgp.sessions.summary(lb);
     let flows = &s.engine.flows_reported;
-    let d = decide(lb, &findings, flows, &Wire { arp: arp_report.as_ref(), bgp: &bgp });
+    let d = decide(
+        lb,
+        &findings,
+        flows,
+        &Wire {
+            arp: arp_report.as_ref(),
+            bgp: &bgp,
+        },
+    );
     let elapsed = start.elapsed().as_secs_f64();
     if args.common.json {
         let r = Report {
@@ -299,7 +356,19 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
         };
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        print!("{}", text(lb, elapsed, &findings, arp_report.as_ref(), &bgp, flows, &d, s.style));
+        print!(
+            "{}",
+            text(
+                lb,
+                elapsed,
+                &findings,
+                arp_report.as_ref(),
+                &bgp,
+                flows,
+                &d,
+                s.style
+            )
+        );
     }
     let stats = s.tracer.stats()?;
     if stats.lost_events > 0 || s.engine.dropped_events() > 0 {
@@ -324,7 +393,11 @@ fn text(
     s: Style,
 ) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{}", s.bold(&format!("lbpath diagnose {lb} ({secs:.0}s watched)")));
+    let _ = writeln!(
+        o,
+        "{}",
+        s.bold(&format!("lbpath diagnose {lb} ({secs:.0}s watched)"))
+    );
     let _ = writeln!(o, "\n{}", s.bold("node checks"));
     for f in findings {
         let mark = match f.level {
@@ -356,7 +429,15 @@ fn text(
     for l in bgp.describe() {
         let _ = writeln!(o, "  {l}");
     }
-    let _ = writeln!(o, "\n{}", s.bold(&format!("traffic ({} flow{})", flows.len(), if flows.len() == 1 { "" } else { "s" })));
+    let _ = writeln!(
+        o,
+        "\n{}",
+        s.bold(&format!(
+            "traffic ({} flow{})",
+            flows.len(),
+            if flows.len() == 1 { "" } else { "s" }
+        ))
+    );
     for f in flows {
         o.push_str(&indent(&render::flow_text(f, s)));
     }
@@ -432,15 +513,37 @@ mod tests {
     #[test]
     fn healthy_traffic() {
         let bgp = empty_bgp();
-        let d = decide(LB.parse().unwrap(), &[], &[flow(VerdictKind::Answered, "ok")], &Wire { arp: None, bgp: &bgp });
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &[flow(VerdictKind::Answered, "ok")],
+            &Wire {
+                arp: None,
+                bgp: &bgp,
+            },
+        );
         assert_eq!((d.layer, d.exit_code), (Layer::Healthy, 0));
     }
 
     #[test]
     fn dropped_traffic_names_the_drop() {
         let bgp = empty_bgp();
-        let flows = [flow(VerdictKind::Answered, "ok"), flow(VerdictKind::Dropped, "dropped on this node: reverse-path filter")];
-        let d = decide(LB.parse().unwrap(), &[], &flows, &Wire { arp: None, bgp: &bgp });
+        let flows = [
+            flow(VerdictKind::Answered, "ok"),
+            flow(
+                VerdictKind::Dropped,
+                "dropped on this node: reverse-path filter",
+            ),
+        ];
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &flows,
+            &Wire {
+                arp: None,
+                bgp: &bgp,
+            },
+        );
         assert_eq!((d.layer, d.exit_code), (Layer::DroppedOnNode, 1));
         assert!(d.summary.contains("reverse-path filter"));
         assert_eq!(d.next_step.as_deref(), Some("do this"));
@@ -449,15 +552,34 @@ mod tests {
     #[test]
     fn pod_not_answering() {
         let bgp = empty_bgp();
-        let d = decide(LB.parse().unwrap(), &[], &[flow(VerdictKind::Refused, "refused")], &Wire { arp: None, bgp: &bgp });
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &[flow(VerdictKind::Refused, "refused")],
+            &Wire {
+                arp: None,
+                bgp: &bgp,
+            },
+        );
         assert_eq!((d.layer, d.exit_code), (Layer::PodNotAnswering, 1));
     }
 
     #[test]
     fn no_traffic_arp_unanswered() {
         let bgp = empty_bgp();
-        let a = arp_report(ArpVerdict::NotAnswered { requests: 3, requesters: vec![] });
-        let d = decide(LB.parse().unwrap(), &[], &[], &Wire { arp: Some(&a), bgp: &bgp });
+        let a = arp_report(ArpVerdict::NotAnswered {
+            requests: 3,
+            requesters: vec![],
+        });
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &[],
+            &Wire {
+                arp: Some(&a),
+                bgp: &bgp,
+            },
+        );
         assert_eq!((d.layer, d.exit_code), (Layer::NotAnnounced, 1));
         assert!(d.summary.contains("not announcing 192.0.2.240"));
         assert!(d.next_step.unwrap().contains("kubectl describe svc"));
@@ -470,15 +592,36 @@ mod tests {
             macs: vec![Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2])],
             this_node: None,
         });
-        let d = decide(LB.parse().unwrap(), &[], &[flow(VerdictKind::Answered, "ok")], &Wire { arp: Some(&a), bgp: &bgp });
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &[flow(VerdictKind::Answered, "ok")],
+            &Wire {
+                arp: Some(&a),
+                bgp: &bgp,
+            },
+        );
         assert_eq!(d.exit_code, 1);
-        assert!(d.summary.contains("02:00:00:00:00:01 and 02:00:00:00:00:02"), "{}", d.summary);
+        assert!(
+            d.summary
+                .contains("02:00:00:00:00:01 and 02:00:00:00:00:02"),
+            "{}",
+            d.summary
+        );
     }
 
     #[test]
     fn nothing_seen() {
         let bgp = empty_bgp();
-        let d = decide(LB.parse().unwrap(), &[], &[], &Wire { arp: Some(&arp_report(ArpVerdict::NoArpSeen)), bgp: &bgp });
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &[],
+            &Wire {
+                arp: Some(&arp_report(ArpVerdict::NoArpSeen)),
+                bgp: &bgp,
+            },
+        );
         assert_eq!((d.layer, d.exit_code), (Layer::NoTraffic, 3));
         let problem = Finding {
             check: "kube-proxy rules".into(),
@@ -486,7 +629,15 @@ mod tests {
             text: "no kube-proxy rule for 192.0.2.240".into(),
             next_step: None,
         };
-        let d = decide(LB.parse().unwrap(), &[problem], &[], &Wire { arp: None, bgp: &bgp });
+        let d = decide(
+            LB.parse().unwrap(),
+            &[problem],
+            &[],
+            &Wire {
+                arp: None,
+                bgp: &bgp,
+            },
+        );
         assert_eq!(d.exit_code, 1);
         assert!(d.summary.contains("no kube-proxy rule"));
     }

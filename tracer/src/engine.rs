@@ -15,7 +15,7 @@ use crate::{
     assembler::{Assembler, Timing, monotonic_ns},
     btf::EnumNames,
     events::{Record, ifname},
-    kubeproxy::{self, AddressKind, NodeRules, NoEndpoints, Proto},
+    kubeproxy::{self, AddressKind, NoEndpoints, NodeRules, Proto},
     loader::Tracer,
     model::{Counters, FlowReport},
     netinfo::{NetInfo, rp_filter},
@@ -86,7 +86,10 @@ pub fn occupants(rules: &NodeRules) -> Vec<Occupant> {
         }
     }
     for b in builtin_occupants() {
-        if !occ.iter().any(|o| o.hook == b.hook && o.priority == b.priority) {
+        if !occ
+            .iter()
+            .any(|o| o.hook == b.hook && o.priority == b.priority)
+        {
             occ.push(b);
         }
     }
@@ -141,20 +144,34 @@ pub fn service_views(rules: &NodeRules, lb: IpAddr) -> Vec<ServiceView> {
     out
 }
 
+/// What a session knows about the node before any packet.
+pub struct Node {
+    pub net: NetInfo,
+    pub plan: NfPlan,
+    pub reasons: EnumNames,
+    pub rules: NodeRules,
+    /// Inode of the node's network namespace.
+    pub netns: u32,
+    /// Whether netfilter hooks are observed directly.
+    pub netfilter_links: bool,
+}
+
 impl Engine {
-    pub fn new(
-        lb: IpAddr,
-        net: NetInfo,
-        plan: NfPlan,
-        reasons: EnumNames,
-        rules: NodeRules,
-        filters: Filters,
-        netfilter_links: bool,
-        node_netns: u32,
-        timing: Timing,
-    ) -> Self {
+    pub fn new(lb: IpAddr, node: Node, filters: Filters, timing: Timing) -> Self {
+        let Node {
+            net,
+            plan,
+            reasons,
+            rules,
+            netns: node_netns,
+            netfilter_links,
+        } = node;
         let services = service_views(&rules, lb);
-        let baseline = rules.rulesets.iter().flat_map(|r| r.filter_rules.clone()).collect();
+        let baseline = rules
+            .rulesets
+            .iter()
+            .flat_map(|r| r.filter_rules.clone())
+            .collect();
         Self {
             lb,
             net,
@@ -198,7 +215,12 @@ impl Engine {
                 }
                 vec![Output::Arp(line)]
             }
-            Record::Seg(s) => self.bgp.push(&s, self.lb).into_iter().map(Output::Bgp).collect(),
+            Record::Seg(s) => self
+                .bgp
+                .push(&s, self.lb)
+                .into_iter()
+                .map(Output::Bgp)
+                .collect(),
         }
     }
 
@@ -247,12 +269,19 @@ impl Engine {
     /// DROP/REJECT rules whose counters moved since last read. Reading the
     /// ruleset runs iptables-save/nft: at most twice a second.
     fn rule_hits(&mut self) -> Vec<RuleHit> {
-        if self.last_rules_read.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+        if self
+            .last_rules_read
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
             return Vec::new();
         }
         self.last_rules_read = Some(Instant::now());
         let now = kubeproxy::read_node();
-        let after: Vec<_> = now.rulesets.iter().flat_map(|r| r.filter_rules.clone()).collect();
+        let after: Vec<_> = now
+            .rulesets
+            .iter()
+            .flat_map(|r| r.filter_rules.clone())
+            .collect();
         let hits = kubeproxy::counter_deltas(&self.baseline, &after)
             .into_iter()
             .map(|(r, n)| RuleHit {
@@ -271,7 +300,9 @@ impl Engine {
         if tracing::enabled!(tracing::Level::DEBUG) {
             let mut kinds = std::collections::BTreeMap::new();
             for e in evs {
-                *kinds.entry(format!("{:?}", Kind::from_u8(e.kind))).or_insert(0) += 1;
+                *kinds
+                    .entry(format!("{:?}", Kind::from_u8(e.kind)))
+                    .or_insert(0) += 1;
             }
             tracing::debug!("flow {}: {} events {kinds:?}", path::src(&flow), evs.len());
         }
@@ -282,7 +313,11 @@ impl Engine {
         let nf_dropped = evs.iter().any(|e| {
             e.kind == Kind::Drop as u8 && self.reasons.name(e.reason as u64) == "NETFILTER_DROP"
         });
-        let hits = if nf_dropped { self.rule_hits() } else { Vec::new() };
+        let hits = if nf_dropped {
+            self.rule_hits()
+        } else {
+            Vec::new()
+        };
         let counters = tracer.counters(&flow).map(|c| Counters {
             request_packets: c.req_pkts,
             request_bytes: c.req_bytes,

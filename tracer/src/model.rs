@@ -69,8 +69,13 @@ pub enum HopKind {
         len: u32,
     },
     /// Sent by a process on the node itself.
-    LocalOut { from: SocketAddr, to: SocketAddr },
-    Conntrack { state: String },
+    LocalOut {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
+    Conntrack {
+        state: String,
+    },
     /// Destination rewritten (kube-proxy DNAT), or on replies the source put back.
     Dnat {
         from: SocketAddr,
@@ -100,11 +105,19 @@ pub enum HopKind {
         towards: String,
     },
     /// Received inside the pod's network namespace.
-    InPod { iface: String, addr: SocketAddr, netns: u32 },
+    InPod {
+        iface: String,
+        addr: SocketAddr,
+        netns: u32,
+    },
     /// Taken by a socket (in the pod, or on the node).
-    Delivered { at: String },
+    Delivered {
+        at: String,
+    },
     /// TCP answered with a reset.
-    Reset { at: String },
+    Reset {
+        at: String,
+    },
     Dropped {
         at: String,
         reason: String,
@@ -175,12 +188,23 @@ pub fn tcp_flags(f: u8) -> String {
         (0x04, "RST"),
         (0x20, "URG"),
     ];
-    let v: Vec<&str> = names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect();
-    if v.is_empty() { "none".into() } else { v.join("-") }
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join("-")
+    }
 }
 
 pub fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -201,7 +225,9 @@ mod tests {
             t_ms: 0.5,
             dir: Dir::Request,
             packet: 1,
-            kind: HopKind::Conntrack { state: "new".into() },
+            kind: HopKind::Conntrack {
+                state: "new".into(),
+            },
             inferred: false,
         };
         let v = serde_json::to_value(&h).unwrap();

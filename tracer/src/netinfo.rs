@@ -72,7 +72,10 @@ impl NetInfo {
         while let Some(msg) = links.try_next().await.context("listing interfaces")? {
             let mut i = Iface {
                 index: msg.header.index,
-                up: msg.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up),
+                up: msg
+                    .header
+                    .flags
+                    .contains(rtnetlink::packet_route::link::LinkFlags::Up),
                 ..Default::default()
             };
             for a in msg.attributes {
@@ -160,7 +163,12 @@ impl NetInfo {
                     IfRole::PodVeth
                 }
             }
-            "bridge" if self.ifaces.values().any(|p| p.master == Some(index) && self.role(p.index) == IfRole::PodVeth) => {
+            "bridge"
+                if self
+                    .ifaces
+                    .values()
+                    .any(|p| p.master == Some(index) && self.role(p.index) == IfRole::PodVeth) =>
+            {
                 IfRole::Bridge
             }
             "vxlan" | "geneve" | "ipip" | "gre" | "sit" | "wireguard" | "ip6tnl" => IfRole::Overlay,
@@ -188,7 +196,9 @@ impl NetInfo {
     }
 
     pub fn is_local(&self, ip: IpAddr) -> bool {
-        self.ifaces.values().any(|i| i.addrs.iter().any(|(a, _)| *a == ip))
+        self.ifaces
+            .values()
+            .any(|i| i.addrs.iter().any(|(a, _)| *a == ip))
     }
 
     /// Longest-prefix match in the main table (for hints; the kernel's own
@@ -217,7 +227,11 @@ pub fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
             let len = len.min(128) as u32;
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             (u128::from(n) & mask) == (u128::from(a) & mask)
         }
         _ => false,
@@ -284,7 +298,9 @@ mod tests {
             master,
             mtu: 1500,
             mac: None,
-            addrs: addr.map(|a| vec![(a.parse().unwrap(), 24)]).unwrap_or_default(),
+            addrs: addr
+                .map(|a| vec![(a.parse().unwrap(), 24)])
+                .unwrap_or_default(),
             up: true,
         }
     }
@@ -333,10 +349,28 @@ mod tests {
     #[test]
     fn routes() {
         let n = sample();
-        assert_eq!(n.route_to("10.244.1.9".parse().unwrap()).unwrap().oif, Some(3));
-        assert_eq!(n.route_to("198.51.100.7".parse().unwrap()).unwrap().oif, Some(2));
-        assert!(prefix_contains("10.0.0.0".parse().unwrap(), 8, "10.9.9.9".parse().unwrap()));
-        assert!(!prefix_contains("10.0.0.0".parse().unwrap(), 8, "11.0.0.1".parse().unwrap()));
-        assert!(prefix_contains("0.0.0.0".parse().unwrap(), 0, "11.0.0.1".parse().unwrap()));
+        assert_eq!(
+            n.route_to("10.244.1.9".parse().unwrap()).unwrap().oif,
+            Some(3)
+        );
+        assert_eq!(
+            n.route_to("198.51.100.7".parse().unwrap()).unwrap().oif,
+            Some(2)
+        );
+        assert!(prefix_contains(
+            "10.0.0.0".parse().unwrap(),
+            8,
+            "10.9.9.9".parse().unwrap()
+        ));
+        assert!(!prefix_contains(
+            "10.0.0.0".parse().unwrap(),
+            8,
+            "11.0.0.1".parse().unwrap()
+        ));
+        assert!(prefix_contains(
+            "0.0.0.0".parse().unwrap(),
+            0,
+            "11.0.0.1".parse().unwrap()
+        ));
     }
 }

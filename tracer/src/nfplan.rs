@@ -7,7 +7,8 @@ use std::fmt;
 
 use tracer_common::{MAX_NF_POS, NF_HOOKS};
 
-pub const HOOK_NAMES: [&str; NF_HOOKS] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+pub const HOOK_NAMES: [&str; NF_HOOKS] =
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
 pub fn hook_name(hook: u8) -> &'static str {
     HOOK_NAMES.get(hook as usize).copied().unwrap_or("?")
@@ -146,13 +147,17 @@ impl NfPlan {
     /// end of the hook): where a packet last seen at `pos` was stopped.
     pub fn band_after(&self, hook: u8, pos: u8) -> Band<'_> {
         let lo = self.priority(hook, pos).unwrap_or(i32::MIN);
-        let hi = self.priority(hook, pos.saturating_add(1)).unwrap_or(i32::MAX);
+        let hi = self
+            .priority(hook, pos.saturating_add(1))
+            .unwrap_or(i32::MAX);
         let hi_incl = self.priority(hook, pos.saturating_add(1)).is_none();
         let occupants = self
             .occupants
             .iter()
             .filter(|o| {
-                o.hook == hook && o.priority > lo && (o.priority < hi || (hi_incl && o.priority == hi))
+                o.hook == hook
+                    && o.priority > lo
+                    && (o.priority < hi || (hi_incl && o.priority == hi))
             })
             .collect();
         Band {
@@ -181,7 +186,13 @@ impl fmt::Display for Band<'_> {
             .map(|o| format!("{} (priority {})", o.name, prio_name(o.priority)))
             .collect();
         if names.is_empty() {
-            write!(f, "{} between priorities {} and {}", hook_name(self.hook), prio_name(self.lo), prio_name(self.hi))
+            write!(
+                f,
+                "{} between priorities {} and {}",
+                hook_name(self.hook),
+                prio_name(self.lo),
+                prio_name(self.hi)
+            )
         } else {
             write!(f, "{}: {}", hook_name(self.hook), names.join(", "))
         }
@@ -212,10 +223,16 @@ mod tests {
         assert_eq!(band.occupants[0].name, "nat table (DNAT)");
         // POSTROUTING ends just before confirm, which is the last band.
         let post = &plan.points[NF_INET_POST_ROUTING as usize];
-        assert_eq!(*post.last().unwrap(), ((300i64 + i32::MAX as i64) / 2) as i32);
+        assert_eq!(
+            *post.last().unwrap(),
+            ((300i64 + i32::MAX as i64) / 2) as i32
+        );
         let last = plan.band_after(NF_INET_POST_ROUTING, (post.len() - 1) as u8);
         assert_eq!(last.occupants[0].name, "conntrack confirm");
-        assert_eq!(plan.last_pos()[NF_INET_FORWARD as usize] as usize, plan.points[2].len() - 1);
+        assert_eq!(
+            plan.last_pos()[NF_INET_FORWARD as usize] as usize,
+            plan.points[2].len() - 1
+        );
     }
 
     #[test]

@@ -103,11 +103,25 @@ pub fn proto_name(p: u8) -> String {
 fn benign(reason: &str) -> bool {
     matches!(
         reason,
-        "QUEUE_PURGE" | "SOCKET_CLOSE" | "TCP_CLOSE" | "TCP_RESET" | "TCP_OLD_DATA" | "TCP_OFOMERGE"
-            | "TCP_OLD_ACK" | "TCP_TOO_OLD_ACK" | "TCP_OLD_SEQUENCE" | "TCP_ACK_UNSENT_DATA"
-            | "TCP_RFC7323_PAWS" | "TCP_RFC7323_PAWS_ACK" | "TCP_RFC7323_TW_PAWS"
-            | "TCP_RFC7323_TSECR" | "TCP_ZEROWINDOW" | "TCP_OFO_QUEUE_PRUNE" | "TCP_OFO_DROP"
-            | "SKB_CONSUMED" | "SKB_NOT_DROPPED_YET"
+        "QUEUE_PURGE"
+            | "SOCKET_CLOSE"
+            | "TCP_CLOSE"
+            | "TCP_RESET"
+            | "TCP_OLD_DATA"
+            | "TCP_OFOMERGE"
+            | "TCP_OLD_ACK"
+            | "TCP_TOO_OLD_ACK"
+            | "TCP_OLD_SEQUENCE"
+            | "TCP_ACK_UNSENT_DATA"
+            | "TCP_RFC7323_PAWS"
+            | "TCP_RFC7323_PAWS_ACK"
+            | "TCP_RFC7323_TW_PAWS"
+            | "TCP_RFC7323_TSECR"
+            | "TCP_ZEROWINDOW"
+            | "TCP_OFO_QUEUE_PRUNE"
+            | "TCP_OFO_DROP"
+            | "SKB_CONSUMED"
+            | "SKB_NOT_DROPPED_YET"
     )
 }
 
@@ -175,7 +189,11 @@ fn in_pod(e: &Event, ctx: &Context) -> bool {
 /// Hops of one packet (events sorted by time, all of the same packet).
 fn packet_hops(evs: &[&Event], ctx: &Context, t0: u64, flow: &Tuple) -> (Vec<Hop>, Outcome) {
     let first = evs[0];
-    let dir = if first.dir == DIR_REPLY { Dir::Reply } else { Dir::Request };
+    let dir = if first.dir == DIR_REPLY {
+        Dir::Reply
+    } else {
+        Dir::Request
+    };
     let mut w = Walk {
         ctx,
         t0,
@@ -283,7 +301,13 @@ fn packet_hops(evs: &[&Event], ctx: &Context, t0: u64, flow: &Tuple) -> (Vec<Hop
                 let prio = ctx.plan.priority(e.hook, e.pos).unwrap_or(0);
                 if !ct_done && e.ct != 0 {
                     ct_done = true;
-                    w.push(e.ts, HopKind::Conntrack { state: ct_state(e.ct).into() }, false);
+                    w.push(
+                        e.ts,
+                        HopKind::Conntrack {
+                            state: ct_state(e.ct).into(),
+                        },
+                        false,
+                    );
                 } else if !ct_done
                     && e.ct == 0
                     && (e.hook == NF_INET_PRE_ROUTING || e.hook == NF_INET_LOCAL_OUT)
@@ -419,16 +443,32 @@ fn packet_hops(evs: &[&Event], ctx: &Context, t0: u64, flow: &Tuple) -> (Vec<Hop
                 if in_pod(e, ctx) {
                     if out.in_pod && !out.delivered_pod {
                         out.delivered_pod = true;
-                        w.push(e.ts, HopKind::Delivered { at: "a socket in the pod".into() }, false);
+                        w.push(
+                            e.ts,
+                            HopKind::Delivered {
+                                at: "a socket in the pod".into(),
+                            },
+                            false,
+                        );
                     }
                 } else if !sent && route_done && !out.delivered_node {
                     out.delivered_node = true;
-                    w.push(e.ts, HopKind::Delivered { at: "a socket on this node".into() }, false);
+                    w.push(
+                        e.ts,
+                        HopKind::Delivered {
+                            at: "a socket on this node".into(),
+                        },
+                        false,
+                    );
                 }
             }
             Some(Kind::Reset) => {
                 out.reset = true;
-                let at = if in_pod(e, ctx) { "the pod" } else { "this node" };
+                let at = if in_pod(e, ctx) {
+                    "the pod"
+                } else {
+                    "this node"
+                };
                 w.push(e.ts, HopKind::Reset { at: at.into() }, false);
             }
             Some(Kind::Drop) => {
@@ -459,7 +499,10 @@ fn forward_route(fibs: &[&Event], at: &Event) -> (Option<String>, Option<IpAddr>
     let pick = fibs
         .iter()
         .find(|f| f.fib.err == 0 && f.fib.table != 255 && ip(&f.pkt.daddr, f.pkt.family) == dst_ip)
-        .or_else(|| fibs.iter().find(|f| f.fib.err == 0 && ip(&f.pkt.daddr, f.pkt.family) == dst_ip));
+        .or_else(|| {
+            fibs.iter()
+                .find(|f| f.fib.err == 0 && ip(&f.pkt.daddr, f.pkt.family) == dst_ip)
+        });
     match pick {
         Some(f) => (
             (f.ifindex != 0).then(|| ifname(&f.ifname)),
@@ -471,16 +514,28 @@ fn forward_route(fibs: &[&Event], at: &Event) -> (Option<String>, Option<IpAddr>
 }
 
 /// NAT between the previous observation and this netfilter point.
-fn nat_hops(w: &mut Walk, e: &Event, prev: &Tuple, last_nf: Option<(u8, u8, Tuple)>, out: &mut Outcome) {
+fn nat_hops(
+    w: &mut Walk,
+    e: &Event,
+    prev: &Tuple,
+    last_nf: Option<(u8, u8, Tuple)>,
+    out: &mut Outcome,
+) {
     let hook = hook_name(e.hook).to_string();
     // Every point records the packet, but only changes are reported: the
     // rewrite happened just before the first point that saw it.
     let band = match last_nf {
-        Some((h, _, _)) if h == e.hook && e.pos > 0 => w.ctx.plan.band_after(h, e.pos - 1).to_string(),
+        Some((h, _, _)) if h == e.hook && e.pos > 0 => {
+            w.ctx.plan.band_after(h, e.pos - 1).to_string()
+        }
         _ => hook.clone(),
     };
     if dst(prev) != dst(&e.pkt) {
-        let by = if w.dir == Dir::Request { endpoint_rule(w.ctx, &e.pkt) } else { None };
+        let by = if w.dir == Dir::Request {
+            endpoint_rule(w.ctx, &e.pkt)
+        } else {
+            None
+        };
         if w.dir == Dir::Request {
             out.dnat_to = Some(dst(&e.pkt));
         }
@@ -501,14 +556,33 @@ fn nat_hops(w: &mut Walk, e: &Event, prev: &Tuple, last_nf: Option<(u8, u8, Tupl
 
 fn nat_inferred(w: &mut Walk, e: &Event, prev: &Tuple, out: &mut Outcome) {
     if dst(prev) != dst(&e.pkt) {
-        let by = if w.dir == Dir::Request { endpoint_rule(w.ctx, &e.pkt) } else { None };
+        let by = if w.dir == Dir::Request {
+            endpoint_rule(w.ctx, &e.pkt)
+        } else {
+            None
+        };
         if w.dir == Dir::Request {
             out.dnat_to = Some(dst(&e.pkt));
         }
-        w.push(e.ts, nat_hop(w.dir, false, dst(prev), dst(&e.pkt), "netfilter".into(), by), true);
+        w.push(
+            e.ts,
+            nat_hop(w.dir, false, dst(prev), dst(&e.pkt), "netfilter".into(), by),
+            true,
+        );
     }
     if src(prev) != src(&e.pkt) {
-        w.push(e.ts, nat_hop(w.dir, true, src(prev), src(&e.pkt), "netfilter".into(), None), true);
+        w.push(
+            e.ts,
+            nat_hop(
+                w.dir,
+                true,
+                src(prev),
+                src(&e.pkt),
+                "netfilter".into(),
+                None,
+            ),
+            true,
+        );
     }
 }
 
@@ -562,12 +636,27 @@ fn explain_drop(
     let dev = ifname(&e.ifname);
     // The last netfilter point the packet passed locates netfilter drops;
     // other drops happen in the stack between hooks (routing, neighbours).
-    let after = if e.hook != NO_HOOK { format!(" after {}", hook_name(e.hook)) } else { String::new() };
+    let after = if e.hook != NO_HOOK {
+        format!(" after {}", hook_name(e.hook))
+    } else {
+        String::new()
+    };
     let at = if pod {
-        format!("in the pod{}", if dev.is_empty() { String::new() } else { format!(" ({dev})") })
+        format!(
+            "in the pod{}",
+            if dev.is_empty() {
+                String::new()
+            } else {
+                format!(" ({dev})")
+            }
+        )
     } else if reason == "NETFILTER_DROP" && e.hook != NO_HOOK {
         format!("netfilter {}", ctx.plan.band_after(e.hook, e.pos))
-    } else if reason == "IP_RPFILTER" || reason.starts_with("IP_IN") || reason.starts_with("IP_INVALID") || reason == "IP_LOCAL_SOURCE" {
+    } else if reason == "IP_RPFILTER"
+        || reason.starts_with("IP_IN")
+        || reason.starts_with("IP_INVALID")
+        || reason == "IP_LOCAL_SOURCE"
+    {
         format!("in the routing decision{after}")
     } else if reason.starts_with("NEIGH_") {
         format!("resolving the next hop on {dev}")
@@ -582,11 +671,22 @@ fn explain_drop(
     let summary = match reason.as_str() {
         "NETFILTER_DROP" => {
             let svcs = services_for_port(ctx, lb.port(), flow.proto);
-            let kp = svcs.iter().find_map(|s| s.no_endpoints.as_ref().map(|n| (s, n)));
+            let kp = svcs
+                .iter()
+                .find_map(|s| s.no_endpoints.as_ref().map(|n| (s, n)));
             let by_counter = ctx
                 .rule_hits
                 .iter()
-                .map(|r| format!("{} {}: {} (+{} packet{}, attributed by counters)", r.table, r.chain, r.rule, r.packets, if r.packets == 1 { "" } else { "s" }))
+                .map(|r| {
+                    format!(
+                        "{} {}: {} (+{} packet{}, attributed by counters)",
+                        r.table,
+                        r.chain,
+                        r.rule,
+                        r.packets,
+                        if r.packets == 1 { "" } else { "s" }
+                    )
+                })
                 .collect::<Vec<_>>();
             let mut s = match (kp, out.dnat_to) {
                 (Some((svc, NoEndpointsView::Reject(rule))), None) => {
@@ -594,22 +694,36 @@ fn explain_drop(
                         "the Service {} has no ready endpoints: check `kubectl get endpointslices -n {} -l kubernetes.io/service-name={}` and the pods' readiness",
                         svc.service,
                         svc.service.split('/').next().unwrap_or(""),
-                        svc.service.split('/').nth(1).and_then(|n| n.split(':').next()).unwrap_or("")
+                        svc.service
+                            .split('/')
+                            .nth(1)
+                            .and_then(|n| n.split(':').next())
+                            .unwrap_or("")
                     ));
-                    format!("REJECT by kube-proxy: {} has no endpoints ({rule})", svc.service)
+                    format!(
+                        "REJECT by kube-proxy: {} has no endpoints ({rule})",
+                        svc.service
+                    )
                 }
                 (Some((svc, NoEndpointsView::DropNoLocal(rule))), None) => {
                     hint = Some(format!(
                         "{} has externalTrafficPolicy: Local and no endpoint on this node: MetalLB should announce the IP only from nodes running a pod of it (check the speaker on this node and `kubectl get pods -o wide`), or use externalTrafficPolicy: Cluster",
                         svc.service
                     ));
-                    format!("DROP by kube-proxy: {} has no local endpoints ({rule})", svc.service)
+                    format!(
+                        "DROP by kube-proxy: {} has no local endpoints ({rule})",
+                        svc.service
+                    )
                 }
                 _ => {
                     hint = Some(if by_counter.is_empty() {
                         format!(
                             "a firewall rule there dropped it (NetworkPolicy or host firewall): list DROP/REJECT rules with `iptables-save -c | grep -E 'DROP|REJECT'` or `nft -a list ruleset`{}",
-                            if e.hook != NO_HOOK { format!(" ({} hook)", hook_name(e.hook)) } else { String::new() }
+                            if e.hook != NO_HOOK {
+                                format!(" ({} hook)", hook_name(e.hook))
+                            } else {
+                                String::new()
+                            }
                         )
                     } else {
                         "the rule above dropped it: a NetworkPolicy or host firewall rule; check why it matches this traffic".to_string()
@@ -652,12 +766,25 @@ fn explain_drop(
             let mtu = e.mtu;
             hint = Some(format!(
                 "packet of {} bytes does not fit the MTU {} of {}: align the pod/overlay MTU with the path, or clamp TCP MSS",
-                e.len, mtu, if dev.is_empty() { "the next link".into() } else { dev.clone() }
+                e.len,
+                mtu,
+                if dev.is_empty() {
+                    "the next link".into()
+                } else {
+                    dev.clone()
+                }
             ));
-            format!("too big for the path MTU ({} bytes, MTU {mtu}, DF set)", e.len)
+            format!(
+                "too big for the path MTU ({} bytes, MTU {mtu}, DF set)",
+                e.len
+            )
         }
         "IP_INNOROUTES" | "IP_OUTNOROUTES" | "IP_INADDRERRORS" | "IP_INVALID_DEST" => {
-            hint = Some(format!("no route to {}: check `ip route get {}` on this node", pkt_dst.ip(), pkt_dst.ip()));
+            hint = Some(format!(
+                "no route to {}: check `ip route get {}` on this node",
+                pkt_dst.ip(),
+                pkt_dst.ip()
+            ));
             format!("no route to {}", pkt_dst.ip())
         }
         "NO_SOCKET" if pod => {
@@ -730,7 +857,11 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
     let mut shown_rep = false;
     for ((dir, _, untraced), evs) in packets(events) {
         let (h, o) = packet_hops(&evs, ctx, t0, &flow);
-        let first_of_dir = if dir == DIR_REPLY { !shown_rep } else { !shown_req };
+        let first_of_dir = if dir == DIR_REPLY {
+            !shown_rep
+        } else {
+            !shown_req
+        };
         if untraced {
             hops.extend(h);
             later_drops.push(o);
@@ -759,13 +890,17 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
     // (conntrack calls late packets INVALID), not why it failed.
     let closing = events
         .iter()
-        .filter(|e| e.pkt.proto == 6 && e.tcp_flags & (TCP_FIN | TCP_RST) != 0 && e.flags & EV_UNTRACED == 0)
+        .filter(|e| {
+            e.pkt.proto == 6 && e.tcp_flags & (TCP_FIN | TCP_RST) != 0 && e.flags & EV_UNTRACED == 0
+        })
         .map(|e| e.ts)
         .min();
     let verdict = verdict(&flow, ctx, &svcs, &req, &rep, &later_drops, closing);
     let mut notes = Vec::new();
     if !ctx.netfilter_links {
-        notes.push("netfilter links unavailable on this kernel: NAT and routing hops are inferred".into());
+        notes.push(
+            "netfilter links unavailable on this kernel: NAT and routing hops are inferred".into(),
+        );
     }
     if !ctx.kube_proxy_found {
         notes.push("no kube-proxy rules found on this node (iptables or nftables)".into());
@@ -797,12 +932,22 @@ fn verdict(
     closing: Option<u64>,
 ) -> Verdict {
     let lb = dst(flow);
-    let v = |kind, summary: String, hint: Option<String>| Verdict { kind, summary, hint };
-    let bad = |o: &Outcome| o.drop.as_ref().filter(|d| !benign(&d.reason) && !(d.in_pod && d.reason == "NO_SOCKET")).cloned();
+    let v = |kind, summary: String, hint: Option<String>| Verdict {
+        kind,
+        summary,
+        hint,
+    };
+    let bad = |o: &Outcome| {
+        o.drop
+            .as_ref()
+            .filter(|d| !benign(&d.reason) && (!d.in_pod || d.reason != "NO_SOCKET"))
+            .cloned()
+    };
     // A later packet's drop matters unless the connection was already
     // closing, or the packet was itself a FIN/RST.
     let later_bad = later.iter().filter_map(bad).find(|d| {
-        is_mtu(&d.reason) || (closing.is_none_or(|c| d.ts < c) && d.tcp_flags & (TCP_FIN | TCP_RST) == 0)
+        is_mtu(&d.reason)
+            || (closing.is_none_or(|c| d.ts < c) && d.tcp_flags & (TCP_FIN | TCP_RST) == 0)
     });
     let arrived_on = req.iter().find_map(|o| o.arrived_on.clone());
     let reply_left = rep.iter().find_map(|o| match &o.left {
@@ -822,9 +967,13 @@ fn verdict(
             d.hint,
         );
     }
-    let refused = req.iter().any(|o| o.in_pod && (o.reset || o.drop.as_ref().is_some_and(|d| d.reason == "NO_SOCKET")));
+    let refused = req
+        .iter()
+        .any(|o| o.in_pod && (o.reset || o.drop.as_ref().is_some_and(|d| d.reason == "NO_SOCKET")));
     if refused {
-        let to = pod_dnat.map(|p| p.to_string()).unwrap_or_else(|| "the pod".into());
+        let to = pod_dnat
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "the pod".into());
         return v(
             VerdictKind::Refused,
             format!("reached the pod, which refused it: nothing listens on {to}"),
@@ -833,12 +982,24 @@ fn verdict(
     }
     if let Some((iface, nh)) = &reply_left {
         if let Some(d) = rep.iter().find_map(bad) {
-            return v(VerdictKind::Dropped, format!("the pod answered, but its reply was dropped {}: {}", d_at(&d), d.summary), d.hint);
+            return v(
+                VerdictKind::Dropped,
+                format!(
+                    "the pod answered, but its reply was dropped {}: {}",
+                    d_at(&d),
+                    d.summary
+                ),
+                d.hint,
+            );
         }
         if let Some(d) = later_bad {
             return v(
                 VerdictKind::Dropped,
-                format!("answered, but later packets of the flow were dropped {}: {}", d_at(&d), d.summary),
+                format!(
+                    "answered, but later packets of the flow were dropped {}: {}",
+                    d_at(&d),
+                    d.summary
+                ),
                 d.hint,
             );
         }
@@ -859,19 +1020,43 @@ fn verdict(
             );
         }
         let to = pod_dnat.map(|p| format!(" ({p})")).unwrap_or_default();
-        return v(VerdictKind::Answered, format!("reached the pod{to} and it answered"), None);
+        return v(
+            VerdictKind::Answered,
+            format!("reached the pod{to} and it answered"),
+            None,
+        );
     }
     if let Some(d) = rep.iter().find_map(bad) {
-        return v(VerdictKind::Dropped, format!("the pod answered, but its reply was dropped {}: {}", d_at(&d), d.summary), d.hint);
+        return v(
+            VerdictKind::Dropped,
+            format!(
+                "the pod answered, but its reply was dropped {}: {}",
+                d_at(&d),
+                d.summary
+            ),
+            d.hint,
+        );
     }
     if let Some(d) = req.iter().find_map(bad) {
         if pod_dnat.is_none() && svcs.is_empty() && d.reason != "NETFILTER_DROP" {
             return no_rule(flow, ctx);
         }
-        return v(VerdictKind::Dropped, format!("dropped {}: {}", d_at(&d), d.summary), d.hint);
+        return v(
+            VerdictKind::Dropped,
+            format!("dropped {}: {}", d_at(&d), d.summary),
+            d.hint,
+        );
     }
     if let Some(d) = later_bad {
-        return v(VerdictKind::Dropped, format!("later packets of the flow dropped {}: {}", d_at(&d), d.summary), d.hint);
+        return v(
+            VerdictKind::Dropped,
+            format!(
+                "later packets of the flow dropped {}: {}",
+                d_at(&d),
+                d.summary
+            ),
+            d.hint,
+        );
     }
     if in_pod {
         let to = pod_dnat.map(|p| format!(" ({p})")).unwrap_or_default();
@@ -887,27 +1072,51 @@ fn verdict(
     if let Some((iface, role, nh)) = req.iter().find_map(|o| o.left.clone())
         && role != IfRole::PodVeth
     {
-        let towards = nh.map(|n| n.to_string()).unwrap_or_else(|| "the network".into());
-        let what = if role == IfRole::Overlay { "an overlay tunnel" } else { "the uplink" };
+        let towards = nh
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "the network".into());
+        let what = if role == IfRole::Overlay {
+            "an overlay tunnel"
+        } else {
+            "the uplink"
+        };
         return v(
             VerdictKind::LeftNode,
-            format!("left this node via {what} {iface} towards {towards}: the endpoint{} is on another node", pod_dnat.map(|p| format!(" {p}")).unwrap_or_default()),
-            Some(format!("trace it on the node behind {towards} (`lbpath watch {}` there)", lb.ip())),
+            format!(
+                "left this node via {what} {iface} towards {towards}: the endpoint{} is on another node",
+                pod_dnat.map(|p| format!(" {p}")).unwrap_or_default()
+            ),
+            Some(format!(
+                "trace it on the node behind {towards} (`lbpath watch {}` there)",
+                lb.ip()
+            )),
         );
     }
     if req.iter().any(|o| o.delivered_node) {
-        return v(VerdictKind::Local, "delivered to a socket on this node".into(), None);
+        return v(
+            VerdictKind::Local,
+            "delivered to a socket on this node".into(),
+            None,
+        );
     }
     v(
         VerdictKind::Incomplete,
-        if req.is_empty() { "only the reply direction was seen".into() } else { "no drop seen, and no delivery either".into() },
+        if req.is_empty() {
+            "only the reply direction was seen".into()
+        } else {
+            "no drop seen, and no delivery either".into()
+        },
         None,
     )
 }
 
 fn no_rule(flow: &Tuple, ctx: &Context) -> Verdict {
     let lb = dst(flow);
-    let extra = if ctx.kube_proxy_found { "" } else { " (no kube-proxy ruleset found on this node at all)" };
+    let extra = if ctx.kube_proxy_found {
+        ""
+    } else {
+        " (no kube-proxy ruleset found on this node at all)"
+    };
     Verdict {
         kind: VerdictKind::NoRule,
         summary: format!(
@@ -922,11 +1131,18 @@ fn no_rule(flow: &Tuple, ctx: &Context) -> Verdict {
 }
 
 fn is_mtu(reason: &str) -> bool {
-    matches!(reason, "PKT_TOO_BIG" | "FRAG_TOO_FAR" | "FRAG_REASM_TIMEOUT" | "DUP_FRAG")
+    matches!(
+        reason,
+        "PKT_TOO_BIG" | "FRAG_TOO_FAR" | "FRAG_REASM_TIMEOUT" | "DUP_FRAG"
+    )
 }
 
 fn d_at(d: &DropSeen) -> &'static str {
-    if d.in_pod { "in the pod" } else { "on this node" }
+    if d.in_pod {
+        "in the pod"
+    } else {
+        "on this node"
+    }
 }
 
 #[cfg(test)]

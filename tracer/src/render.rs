@@ -61,8 +61,20 @@ fn role_name(r: crate::netinfo::IfRole) -> &'static str {
 pub fn hop_text(h: &Hop) -> (String, String) {
     let reply = h.dir == Dir::Reply;
     match &h.kind {
-        HopKind::Arrived { iface, role, from, to, mac, tcp_flags, len } => {
-            let label = if reply && *role == crate::netinfo::IfRole::PodVeth { "from pod" } else { "arrived" };
+        HopKind::Arrived {
+            iface,
+            role,
+            from,
+            to,
+            mac,
+            tcp_flags,
+            len,
+        } => {
+            let label = if reply && *role == crate::netinfo::IfRole::PodVeth {
+                "from pod"
+            } else {
+                "arrived"
+            };
             let mut d = format!("{iface} ({}) {from} → {to}", role_name(*role));
             if let Some(f) = tcp_flags {
                 let _ = write!(d, ", {f}");
@@ -73,7 +85,10 @@ pub fn hop_text(h: &Hop) -> (String, String) {
             }
             (label.into(), d)
         }
-        HopKind::LocalOut { from, to } => ("local".into(), format!("sent by a process on this node {from} → {to}")),
+        HopKind::LocalOut { from, to } => (
+            "local".into(),
+            format!("sent by a process on this node {from} → {to}"),
+        ),
         HopKind::Conntrack { state } => ("conntrack".into(), state.clone()),
         HopKind::Dnat { from, to, hook, by } => {
             let label = if reply { "un-DNAT" } else { "DNAT" };
@@ -88,7 +103,12 @@ pub fn hop_text(h: &Hop) -> (String, String) {
             let label = if reply { "un-SNAT" } else { "SNAT" };
             (label.into(), format!("{from} → {to} [{hook}]"))
         }
-        HopKind::Route { decision, iface, gateway, table } => {
+        HopKind::Route {
+            decision,
+            iface,
+            gateway,
+            table,
+        } => {
             let mut d = decision.clone();
             if let Some(i) = iface {
                 let _ = write!(d, " via {i}");
@@ -105,7 +125,13 @@ pub fn hop_text(h: &Hop) -> (String, String) {
             }
             ("route".into(), d)
         }
-        HopKind::Left { iface, role, to, next_hop, towards } => {
+        HopKind::Left {
+            iface,
+            role,
+            to,
+            next_hop,
+            towards,
+        } => {
             let mut d = format!("{iface} ({}) → {towards}", role_name(*role));
             match next_hop {
                 Some(n) if n != &to.ip() => {
@@ -117,11 +143,23 @@ pub fn hop_text(h: &Hop) -> (String, String) {
             }
             ("left".into(), d)
         }
-        HopKind::InPod { iface, addr, .. } => ("in pod".into(), format!("{addr} on the pod's {iface}")),
+        HopKind::InPod { iface, addr, .. } => {
+            ("in pod".into(), format!("{addr} on the pod's {iface}"))
+        }
         HopKind::Delivered { at } => ("delivered".into(), format!("taken by {at}")),
         HopKind::Reset { at } => ("reset".into(), format!("{at} answered with a TCP reset")),
-        HopKind::Dropped { at, reason, detail, later_packet, .. } => {
-            let pre = if *later_packet { "a later packet, " } else { "" };
+        HopKind::Dropped {
+            at,
+            reason,
+            detail,
+            later_packet,
+            ..
+        } => {
+            let pre = if *later_packet {
+                "a later packet, "
+            } else {
+                ""
+            };
             ("DROPPED".into(), format!("{pre}{at}: {detail} [{reason}]"))
         }
     }
@@ -136,7 +174,11 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
             svc.kind,
             svc.endpoints,
             if svc.endpoints == 1 { "" } else { "s" },
-            if svc.local_only { ", externalTrafficPolicy=Local" } else { "" }
+            if svc.local_only {
+                ", externalTrafficPolicy=Local"
+            } else {
+                ""
+            }
         ),
         None => String::new(),
     };
@@ -158,15 +200,28 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
             HopKind::Dnat { .. } | HopKind::Snat { .. } => s.cyan(&label),
             _ => label,
         };
-        let inferred = if h.inferred { s.dim(" (inferred)") } else { String::new() };
-        let pkt = if h.packet > 1 { s.dim(&format!(" #{}", h.packet)) } else { String::new() };
-        let _ = writeln!(out, "  {:>9}  {arrow} {label} {detail}{inferred}{pkt}", format!("+{:.3}ms", h.t_ms));
+        let inferred = if h.inferred {
+            s.dim(" (inferred)")
+        } else {
+            String::new()
+        };
+        let pkt = if h.packet > 1 {
+            s.dim(&format!(" #{}", h.packet))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:>9}  {arrow} {label} {detail}{inferred}{pkt}",
+            format!("+{:.3}ms", h.t_ms)
+        );
     }
     let (mark, painted) = match r.verdict.kind {
         VerdictKind::Answered | VerdictKind::Local => ("✔", s.green(&r.verdict.summary)),
-        VerdictKind::LeftNode | VerdictKind::Incomplete | VerdictKind::AnsweredAsymmetric | VerdictKind::NoAnswer => {
-            ("●", s.yellow(&r.verdict.summary))
-        }
+        VerdictKind::LeftNode
+        | VerdictKind::Incomplete
+        | VerdictKind::AnsweredAsymmetric
+        | VerdictKind::NoAnswer => ("●", s.yellow(&r.verdict.summary)),
         _ => ("✘", s.red(&r.verdict.summary)),
     };
     let _ = writeln!(out, "  {mark} {painted}");
@@ -194,7 +249,11 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
 }
 
 pub fn plural(n: u64, what: &str) -> String {
-    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// One JSON line per flow.
@@ -277,9 +336,19 @@ mod tests {
     fn text_has_one_line_per_hop_and_the_verdict_last() {
         let t = flow_text(&report(), Style { color: false });
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].contains("192.0.2.10:4000 → 192.0.2.240:80") && lines[0].contains("default/web:http"));
-        assert!(lines[1].contains("→ arrived") && lines[1].contains("eth0 (uplink)") && lines[1].contains("SYN"));
-        assert!(lines[2].contains("DNAT") && lines[2].contains("10.244.1.5:8080 by kube-proxy KUBE-SEP-Y"));
+        assert!(
+            lines[0].contains("192.0.2.10:4000 → 192.0.2.240:80")
+                && lines[0].contains("default/web:http")
+        );
+        assert!(
+            lines[1].contains("→ arrived")
+                && lines[1].contains("eth0 (uplink)")
+                && lines[1].contains("SYN")
+        );
+        assert!(
+            lines[2].contains("DNAT")
+                && lines[2].contains("10.244.1.5:8080 by kube-proxy KUBE-SEP-Y")
+        );
         assert!(lines[3].contains("← un-DNAT"));
         assert!(lines[4].contains("✔ reached the pod"));
         assert!(!t.contains('\x1b'));

@@ -15,9 +15,8 @@ use crate::{
     assembler::Timing,
     btf::{BtfError, EnumNames, KernelBtf},
     cli::{self, CommonArgs, WatchArgs},
-    engine::{Engine, Filters, Output, occupants},
-    events,
-    kubeproxy,
+    engine::{Engine, Filters, Node, Output, occupants},
+    events, kubeproxy,
     loader::{LoadOptions, Tracer},
     model::VerdictKind,
     netinfo::NetInfo,
@@ -47,11 +46,15 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
     let layout = btf.layout().map_err(btf_usage)?;
     let reasons = EnumNames::from_btf(&btf, "skb_drop_reason", "SKB_DROP_REASON_");
 
-    let net = NetInfo::read().await.context("reading the node's interfaces")?;
+    let net = NetInfo::read()
+        .await
+        .context("reading the node's interfaces")?;
     if let Some(i) = &common.iface
         && net.by_name(i).is_none()
     {
-        return Err(anyhow!(UsageError(format!("unknown interface '{i}' (not in this network namespace)"))));
+        return Err(anyhow!(UsageError(format!(
+            "unknown interface '{i}' (not in this network namespace)"
+        ))));
     }
     let rules = kubeproxy::read_node();
     for p in &rules.problems {
@@ -79,19 +82,22 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
     }
     let ring = tracer.take_events()?;
     // SAFETY: the ring buffer owns its fd for as long as AsyncFd holds it.
-    let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+    let ring =
+        unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
     let engine = Engine::new(
         target.ip,
-        net,
-        plan,
-        reasons,
-        rules,
+        Node {
+            net,
+            plan,
+            reasons,
+            rules,
+            netns: tracer.node_netns,
+            netfilter_links,
+        },
         Filters {
             client: target.client,
             iface: common.iface.clone(),
         },
-        netfilter_links,
-        tracer.node_netns,
         timing,
     );
     Ok(Session {
@@ -136,7 +142,8 @@ impl Session {
     pub fn totals(&self) -> Result<(BTreeMap<String, usize>, u64, u64)> {
         let mut per = BTreeMap::new();
         for f in &self.engine.flows_reported {
-            *per.entry(verdict_key(f.verdict.kind).to_string()).or_insert(0) += 1;
+            *per.entry(verdict_key(f.verdict.kind).to_string())
+                .or_insert(0) += 1;
         }
         let stats = self.tracer.stats()?;
         Ok((per, stats.lost_events, self.engine.dropped_events()))
@@ -164,7 +171,12 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     } else {
         format!(
             " (kube-proxy: {})",
-            s.engine.services.iter().map(|v| v.service.clone()).collect::<Vec<_>>().join(", ")
+            s.engine
+                .services
+                .iter()
+                .map(|v| v.service.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     };
     eprintln!(
@@ -208,14 +220,25 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     s.print(&outs);
     let (per, lost, cut) = s.totals()?;
     if s.json {
-        println!("{}", serde_json::json!({ "totals": { "flows": per, "events_lost": lost, "events_cut": cut } }));
+        println!(
+            "{}",
+            serde_json::json!({ "totals": { "flows": per, "events_lost": lost, "events_cut": cut } })
+        );
     } else {
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
             "lbpath: {} flow{}{}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
             s.engine.flows_reported.len(),
-            if s.engine.flows_reported.len() == 1 { "" } else { "s" },
-            if flows.is_empty() { String::new() } else { format!(" ({})", flows.join(", ")) }
+            if s.engine.flows_reported.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            if flows.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", flows.join(", "))
+            }
         );
     }
     Ok(0)

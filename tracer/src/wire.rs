@@ -20,7 +20,11 @@ use crate::{
 pub fn arp_observation(e: &ArpEvent) -> ArpObservation {
     ArpObservation {
         ts_ns: e.ts,
-        dir: if e.dir == 1 { arp::Dir::Tx } else { arp::Dir::Rx },
+        dir: if e.dir == 1 {
+            arp::Dir::Tx
+        } else {
+            arp::Dir::Rx
+        },
         ifname: ifname(&e.ifname),
         op: e.op,
         sha: e.sha,
@@ -35,13 +39,22 @@ pub fn arp_observation(e: &ArpEvent) -> ArpObservation {
 /// "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:…)" and friends.
 pub fn arp_line(o: &ArpObservation, lb: IpAddr) -> String {
     let arrow = if o.dir == arp::Dir::Tx { "→" } else { "←" };
-    let who = if o.dir == arp::Dir::Tx { "this node" } else { "another host" };
+    let who = if o.dir == arp::Dir::Tx {
+        "this node"
+    } else {
+        "another host"
+    };
     let lb_v4 = match lb {
         IpAddr::V4(v) => Some(v),
         IpAddr::V6(_) => None,
     };
     match o.op {
-        1 if o.spa == o.tpa => format!("{} {arrow} probe/announcement for {} from {}", o.ifname, o.tpa, mac(o.sha)),
+        1 if o.spa == o.tpa => format!(
+            "{} {arrow} probe/announcement for {} from {}",
+            o.ifname,
+            o.tpa,
+            mac(o.sha)
+        ),
         1 if Some(o.spa) == lb_v4 => format!(
             "{} {arrow} who-has {} tell {} ({}): a request sent from the LB IP ({who})",
             o.ifname,
@@ -49,9 +62,26 @@ pub fn arp_line(o: &ArpObservation, lb: IpAddr) -> String {
             o.spa,
             mac(o.sha)
         ),
-        1 => format!("{} {arrow} who-has {} tell {} ({})", o.ifname, o.tpa, o.spa, mac(o.sha)),
-        2 if o.spa == o.tpa => format!("{} {arrow} gratuitous ARP: {} is-at {} ({who})", o.ifname, o.spa, mac(o.sha)),
-        2 => format!("{} {arrow} {} is-at {} ({who}) to {}", o.ifname, o.spa, mac(o.sha), o.tpa),
+        1 => format!(
+            "{} {arrow} who-has {} tell {} ({})",
+            o.ifname,
+            o.tpa,
+            o.spa,
+            mac(o.sha)
+        ),
+        2 if o.spa == o.tpa => format!(
+            "{} {arrow} gratuitous ARP: {} is-at {} ({who})",
+            o.ifname,
+            o.spa,
+            mac(o.sha)
+        ),
+        2 => format!(
+            "{} {arrow} {} is-at {} ({who}) to {}",
+            o.ifname,
+            o.spa,
+            mac(o.sha),
+            o.tpa
+        ),
         op => format!("{} {arrow} ARP op {op} {} → {}", o.ifname, o.spa, o.tpa),
     }
 }
@@ -68,7 +98,11 @@ impl BgpTracker {
     /// Takes one segment; returns a line per session state change and per
     /// UPDATE about a prefix covering the LB IP.
     pub fn push(&mut self, e: &SegEvent, lb: IpAddr) -> Vec<String> {
-        let dir = if e.dir == 1 { bgp::Dir::Tx } else { bgp::Dir::Rx };
+        let dir = if e.dir == 1 {
+            bgp::Dir::Tx
+        } else {
+            bgp::Dir::Rx
+        };
         let key = SessionKey::from_packet(dir, src(&e.tuple), dst(&e.tuple));
         let caplen = (e.caplen as usize).min(e.payload.len());
         let seg = bgp::Segment {
@@ -99,7 +133,10 @@ impl BgpTracker {
                 (RouteAction::Announce, bgp::Dir::Rx) => ("received announcement of", "from"),
                 (RouteAction::Withdraw, bgp::Dir::Rx) => ("received withdrawal of", "from"),
             };
-            let nh = r.next_hop.map(|n| format!(" with next hop {n}")).unwrap_or_default();
+            let nh = r
+                .next_hop
+                .map(|n| format!(" with next hop {n}"))
+                .unwrap_or_default();
             out.push(format!("UPDATE {verb} {} {to} {}{nh}", r.prefix, r.peer));
         }
         *seen = s.routes().len();
@@ -130,10 +167,22 @@ mod tests {
     fn arp_lines() {
         let lb: IpAddr = "192.0.2.240".parse().unwrap();
         let l = arp_line(&obs(arp::Dir::Rx, 1, [192, 0, 2, 10], [192, 0, 2, 240]), lb);
-        assert_eq!(l, "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:00:00:00:00:01)");
+        assert_eq!(
+            l,
+            "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:00:00:00:00:01)"
+        );
         let l = arp_line(&obs(arp::Dir::Tx, 2, [192, 0, 2, 240], [192, 0, 2, 10]), lb);
-        assert!(l.contains("192.0.2.240 is-at 02:00:00:00:00:01 (this node)"), "{l}");
-        let l = arp_line(&obs(arp::Dir::Rx, 2, [192, 0, 2, 240], [192, 0, 2, 240]), lb);
-        assert!(l.contains("gratuitous") && l.contains("another host"), "{l}");
+        assert!(
+            l.contains("192.0.2.240 is-at 02:00:00:00:00:01 (this node)"),
+            "{l}"
+        );
+        let l = arp_line(
+            &obs(arp::Dir::Rx, 2, [192, 0, 2, 240], [192, 0, 2, 240]),
+            lb,
+        );
+        assert!(
+            l.contains("gratuitous") && l.contains("another host"),
+            "{l}"
+        );
     }
 }

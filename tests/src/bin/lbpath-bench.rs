@@ -47,7 +47,10 @@ fn main() {
 }
 
 fn lbp_stats() -> (u64, u64, Vec<bpf::ProgStats>) {
-    let progs: Vec<_> = bpf::programs().into_iter().filter(|p| p.name.starts_with("lbp_")).collect();
+    let progs: Vec<_> = bpf::programs()
+        .into_iter()
+        .filter(|p| p.name.starts_with("lbp_"))
+        .collect();
     let t = progs.iter().map(|p| p.run_time_ns).sum();
     let c = progs.iter().map(|p| p.run_cnt).sum();
     (t, c, progs)
@@ -79,14 +82,22 @@ fn run() -> Result<()> {
     while let Some(a) = args.next() {
         if a == "--lbpath" {
             // SAFETY: single-threaded here.
-            unsafe { std::env::set_var("LBPATH_BIN", PathBuf::from(args.next().context("--lbpath needs a path")?)) };
+            unsafe {
+                std::env::set_var(
+                    "LBPATH_BIN",
+                    PathBuf::from(args.next().context("--lbpath needs a path")?),
+                )
+            };
         }
     }
     lab::remove_stale("lbt-bench-");
     let mut lab = Lab::new("bench", LabSpec::default())?;
     let sink = SocketAddr::from((lab::POD, 9000));
     lab.keep(netns::sink_server(&lab.pod(), sink)?);
-    lab.keep(netns::sink_server(&lab.router(), SocketAddr::from((lab::ROUTER, 9000)))?);
+    lab.keep(netns::sink_server(
+        &lab.router(),
+        SocketAddr::from((lab::ROUTER, 9000)),
+    )?);
     // The LB service for the bulk test: port 80 → pod 8080; add 9000 → pod 9000 via a second rule set.
     let mut svc = lab::web_service(vec![lab::pod_endpoint()], false);
     svc.port = 9000;
@@ -99,7 +110,10 @@ fn run() -> Result<()> {
     let lb_bulk = SocketAddr::from((lab::LB, 9000));
     let unrelated = SocketAddr::from((lab::ROUTER, 9000));
 
-    println!("lbpath bench: {} MiB bulk transfers, {FLOWS} short flows", BULK >> 20);
+    println!(
+        "lbpath bench: {} MiB bulk transfers, {FLOWS} short flows",
+        BULK >> 20
+    );
     // Warm up ARP and conntrack.
     netns::bulk_send(&lab.client(), lb_bulk, 1 << 20)?;
     netns::bulk_send(&lab.client(), unrelated, 1 << 20)?;
@@ -112,7 +126,13 @@ fn run() -> Result<()> {
     let _ = bpf::set_stats(old);
     let out = w.stop()?;
     let verdict = result?;
-    let totals = out.stdout.lines().rev().find(|l| l.contains("\"totals\"")).unwrap_or("{}").to_string();
+    let totals = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"totals\""))
+        .unwrap_or("{}")
+        .to_string();
     println!("lbpath totals: {totals}");
     if !verdict {
         bail!("a goal was missed");
@@ -121,7 +141,14 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn measure(lab: &Lab, w: &Running, lb_bulk: SocketAddr, unrelated: SocketAddr, base_lb: Duration, base_other: Duration) -> Result<bool> {
+fn measure(
+    lab: &Lab,
+    w: &Running,
+    lb_bulk: SocketAddr,
+    unrelated: SocketAddr,
+    base_lb: Duration,
+    base_other: Duration,
+) -> Result<bool> {
     let pid = w.pid();
     // Unrelated traffic: every hook runs, none should do more than a compare.
     let (t0, c0, _) = lbp_stats();
@@ -154,41 +181,120 @@ fn measure(lab: &Lab, w: &Running, lb_bulk: SocketAddr, unrelated: SocketAddr, b
     std::thread::sleep(Duration::from_secs(2));
     let (rss, cpu1) = proc_stat(pid)?;
     let reported = netns::wait_for(Duration::from_secs(10), || {
-        let n = w.stdout().lines().filter(|l| l.contains("\"flow\"")).count();
+        let n = w
+            .stdout()
+            .lines()
+            .filter(|l| l.contains("\"flow\""))
+            .count();
         (n >= FLOWS).then_some(n)
     })
-    .unwrap_or_else(|| w.stdout().lines().filter(|l| l.contains("\"flow\"")).count());
+    .unwrap_or_else(|| {
+        w.stdout()
+            .lines()
+            .filter(|l| l.contains("\"flow\""))
+            .count()
+    });
 
     println!("\nkernel side (bpf_stats):");
-    println!("  unrelated bulk traffic : {per_call_other:>7.1} ns per program run, {per_pkt_other:>7.1} ns per packet ({} runs)", c1 - c0);
-    println!("  new flows to the LB IP : {per_pkt_lb:>7.1} ns per packet ({} runs)", c2 - c1);
-    println!("  steady stream to LB IP : {per_pkt_steady:>7.1} ns per packet (after the window closed)");
+    println!(
+        "  unrelated bulk traffic : {per_call_other:>7.1} ns per program run, {per_pkt_other:>7.1} ns per packet ({} runs)",
+        c1 - c0
+    );
+    println!(
+        "  new flows to the LB IP : {per_pkt_lb:>7.1} ns per packet ({} runs)",
+        c2 - c1
+    );
+    println!(
+        "  steady stream to LB IP : {per_pkt_steady:>7.1} ns per packet (after the window closed)"
+    );
     let mut top: Vec<_> = progs.iter().filter(|p| p.run_cnt > 0).collect();
     top.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
     for p in top.iter().take(16) {
-        println!("    {:<16} {:>10} runs {:>8.1} ns/run", p.name, p.run_cnt, p.run_time_ns as f64 / p.run_cnt as f64);
+        println!(
+            "    {:<16} {:>10} runs {:>8.1} ns/run",
+            p.name,
+            p.run_cnt,
+            p.run_time_ns as f64 / p.run_cnt as f64
+        );
     }
     println!("\nthroughput (one TCP stream through the lab):");
     let r_lb = mbps(BULK, d_lb) / mbps(BULK, base_lb);
     let r_other = mbps(BULK, d_other) / mbps(BULK, base_other);
     let r_steady = mbps(BULK, d_steady) / mbps(BULK, base_lb);
-    println!("  to the LB IP (DNAT)    : {:>8.0} Mbit/s without lbpath, {:>8.0} with ({:.0}%)", mbps(BULK, base_lb), mbps(BULK, d_lb), r_lb * 100.0);
-    println!("  steady stream to LB IP : {:>8.0} Mbit/s with lbpath ({:.0}%)", mbps(BULK, d_steady), r_steady * 100.0);
-    println!("  unrelated              : {:>8.0} Mbit/s without lbpath, {:>8.0} with ({:.0}%)", mbps(BULK, base_other), mbps(BULK, d_other), r_other * 100.0);
-    println!("\nlbpath under {FLOWS} new flows in {:.1}s ({:.0} flows/s):", burst.as_secs_f64(), FLOWS as f64 / burst.as_secs_f64());
-    println!("  RSS {rss:.1} MiB, CPU {:.2}s ({:.1} ms per flow), {reported} flows reported", cpu1 - cpu0, (cpu1 - cpu0) * 1000.0 / FLOWS as f64);
+    println!(
+        "  to the LB IP (DNAT)    : {:>8.0} Mbit/s without lbpath, {:>8.0} with ({:.0}%)",
+        mbps(BULK, base_lb),
+        mbps(BULK, d_lb),
+        r_lb * 100.0
+    );
+    println!(
+        "  steady stream to LB IP : {:>8.0} Mbit/s with lbpath ({:.0}%)",
+        mbps(BULK, d_steady),
+        r_steady * 100.0
+    );
+    println!(
+        "  unrelated              : {:>8.0} Mbit/s without lbpath, {:>8.0} with ({:.0}%)",
+        mbps(BULK, base_other),
+        mbps(BULK, d_other),
+        r_other * 100.0
+    );
+    println!(
+        "\nlbpath under {FLOWS} new flows in {:.1}s ({:.0} flows/s):",
+        burst.as_secs_f64(),
+        FLOWS as f64 / burst.as_secs_f64()
+    );
+    println!(
+        "  RSS {rss:.1} MiB, CPU {:.2}s ({:.1} ms per flow), {reported} flows reported",
+        cpu1 - cpu0,
+        (cpu1 - cpu0) * 1000.0 / FLOWS as f64
+    );
 
     let mut ok = true;
     let mut goal = |name: &str, met: bool, detail: String| {
-        println!("  goal {name:<38} {} ({detail})", if met { "met" } else { "MISSED" });
+        println!(
+            "  goal {name:<38} {} ({detail})",
+            if met { "met" } else { "MISSED" }
+        );
         ok &= met;
     };
     println!("\ngoals:");
-    goal("unrelated traffic per packet", per_pkt_other <= GOAL_UNRELATED_NS_PER_PKT, format!("{per_pkt_other:.0} ns ≤ {GOAL_UNRELATED_NS_PER_PKT} ns"));
-    goal("throughput to the LB IP kept", r_lb >= GOAL_THROUGHPUT_RATIO, format!("{:.0}% ≥ {:.0}%", r_lb * 100.0, GOAL_THROUGHPUT_RATIO * 100.0));
-    goal("steady stream per packet", per_pkt_steady <= GOAL_STEADY_NS_PER_PKT, format!("{per_pkt_steady:.0} ns ≤ {GOAL_STEADY_NS_PER_PKT} ns"));
-    goal("unrelated throughput kept", r_other >= GOAL_THROUGHPUT_RATIO, format!("{:.0}% ≥ {:.0}%", r_other * 100.0, GOAL_THROUGHPUT_RATIO * 100.0));
-    goal("lbpath RSS after the burst", rss <= GOAL_RSS_MB, format!("{rss:.1} MiB ≤ {GOAL_RSS_MB} MiB"));
-    goal("every flow reported", reported >= FLOWS, format!("{reported} of {FLOWS}"));
+    goal(
+        "unrelated traffic per packet",
+        per_pkt_other <= GOAL_UNRELATED_NS_PER_PKT,
+        format!("{per_pkt_other:.0} ns ≤ {GOAL_UNRELATED_NS_PER_PKT} ns"),
+    );
+    goal(
+        "throughput to the LB IP kept",
+        r_lb >= GOAL_THROUGHPUT_RATIO,
+        format!(
+            "{:.0}% ≥ {:.0}%",
+            r_lb * 100.0,
+            GOAL_THROUGHPUT_RATIO * 100.0
+        ),
+    );
+    goal(
+        "steady stream per packet",
+        per_pkt_steady <= GOAL_STEADY_NS_PER_PKT,
+        format!("{per_pkt_steady:.0} ns ≤ {GOAL_STEADY_NS_PER_PKT} ns"),
+    );
+    goal(
+        "unrelated throughput kept",
+        r_other >= GOAL_THROUGHPUT_RATIO,
+        format!(
+            "{:.0}% ≥ {:.0}%",
+            r_other * 100.0,
+            GOAL_THROUGHPUT_RATIO * 100.0
+        ),
+    );
+    goal(
+        "lbpath RSS after the burst",
+        rss <= GOAL_RSS_MB,
+        format!("{rss:.1} MiB ≤ {GOAL_RSS_MB} MiB"),
+    );
+    goal(
+        "every flow reported",
+        reported >= FLOWS,
+        format!("{reported} of {FLOWS}"),
+    );
     Ok(ok)
 }

@@ -31,8 +31,16 @@ fn run() -> Result<()> {
         }
     }
     lab::remove_stale("lbt-demo-");
-    step("building the lab: client, node (kube-proxy iptables-nft rules), pod, router, remote client");
-    let lab = Lab::new("demo", LabSpec { second_uplink: true, ..Default::default() })?;
+    step(
+        "building the lab: client, node (kube-proxy iptables-nft rules), pod, router, remote client",
+    );
+    let lab = Lab::new(
+        "demo",
+        LabSpec {
+            second_uplink: true,
+            ..Default::default()
+        },
+    )?;
     println!(
         "LoadBalancer IP {}:{} → Service default/web:http → pod {}:{} on this node",
         lab::LB,
@@ -41,7 +49,10 @@ fn run() -> Result<()> {
         lab::POD_PORT
     );
     let bin = lbpath_tests::run::lbpath_bin();
-    step(&format!("sudo lbpath watch {}   (running on the node)", lab::LB));
+    step(&format!(
+        "sudo lbpath watch {}   (running on the node)",
+        lab::LB
+    ));
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.node()])
         .arg(&bin)
@@ -52,21 +63,78 @@ fn run() -> Result<()> {
 
     step("1. a client on the LAN asks http://192.0.2.240/");
     let r = netns::http_get(&lab.client(), lab.lb_addr(), Duration::from_secs(3));
-    println!("client got: {}", r.as_ref().map(|b| b.lines().last().unwrap_or("").to_string()).unwrap_or_else(|e| e.to_string()));
+    println!(
+        "client got: {}",
+        r.as_ref()
+            .map(|b| b.lines().last().unwrap_or("").to_string())
+            .unwrap_or_else(|e| e.to_string())
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     step("2. a NetworkPolicy-like rule drops traffic to the pod (iptables FORWARD DROP)");
-    in_ns(&lab.node(), &["iptables-nft", "-I", "FORWARD", "-d", "10.244.1.5/32", "-p", "tcp", "--dport", "8080", "-j", "DROP"])?;
+    in_ns(
+        &lab.node(),
+        &[
+            "iptables-nft",
+            "-I",
+            "FORWARD",
+            "-d",
+            "10.244.1.5/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "DROP",
+        ],
+    )?;
     let r = netns::http_get(&lab.client(), lab.lb_addr(), Duration::from_secs(2));
-    println!("client got: {}", r.map(|_| "an answer".to_string()).unwrap_or_else(|e| format!("{e:#}")));
-    in_ns(&lab.node(), &["iptables-nft", "-D", "FORWARD", "-d", "10.244.1.5/32", "-p", "tcp", "--dport", "8080", "-j", "DROP"])?;
+    println!(
+        "client got: {}",
+        r.map(|_| "an answer".to_string())
+            .unwrap_or_else(|e| format!("{e:#}"))
+    );
+    in_ns(
+        &lab.node(),
+        &[
+            "iptables-nft",
+            "-D",
+            "FORWARD",
+            "-d",
+            "10.244.1.5/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "DROP",
+        ],
+    )?;
     std::thread::sleep(Duration::from_secs(2));
 
-    step("3. a client on another network, while the node routes that network out another interface (rp_filter strict)");
-    in_ns(&lab.node(), &["ip", "route", "add", "198.51.100.0/24", "via", "203.0.113.1", "dev", "eth1"])?;
+    step(
+        "3. a client on another network, while the node routes that network out another interface (rp_filter strict)",
+    );
+    in_ns(
+        &lab.node(),
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "203.0.113.1",
+            "dev",
+            "eth1",
+        ],
+    )?;
     lab.sysctl(&lab.node(), "net.ipv4.conf.all.rp_filter=1")?;
     let r = netns::http_get(&lab.remote(), lab.lb_addr(), Duration::from_secs(2));
-    println!("remote client got: {}", r.map(|_| "an answer".to_string()).unwrap_or_else(|e| format!("{e:#}")));
+    println!(
+        "remote client got: {}",
+        r.map(|_| "an answer".to_string())
+            .unwrap_or_else(|e| format!("{e:#}"))
+    );
     std::thread::sleep(Duration::from_secs(3));
 
     step("stopping lbpath (Ctrl-C)");

@@ -173,17 +173,22 @@ impl Tracer {
                 if *required {
                     return Err(e.context(format!("attaching to tracepoint {tp}")));
                 }
-                notices.push(format!("tracepoint {tp} unavailable on this kernel ({e:#}); its detail is left out"));
+                notices.push(format!(
+                    "tracepoint {tp} unavailable on this kernel ({e:#}); its detail is left out"
+                ));
             }
         }
 
-        if opts.bgp && !opts.tc_ifaces.is_empty() {
-            if let Err(e) = attach_tc(&mut ebpf, &opts.tc_ifaces) {
-                if let Some(u) = permission_hint(e.as_ref()) {
-                    return Err(anyhow!(u));
-                }
-                notices.push(format!("BGP capture unavailable (TC tcx links, kernel 6.6+: {e:#})"));
+        if opts.bgp
+            && !opts.tc_ifaces.is_empty()
+            && let Err(e) = attach_tc(&mut ebpf, &opts.tc_ifaces)
+        {
+            if let Some(u) = permission_hint(e.as_ref()) {
+                return Err(anyhow!(u));
             }
+            notices.push(format!(
+                "BGP capture unavailable (TC tcx links, kernel 6.6+: {e:#})"
+            ));
         }
 
         let mut nf_links = Vec::new();
@@ -232,7 +237,9 @@ impl Tracer {
     /// Events lost for lack of ring-buffer room, flows seen, packets traced.
     pub fn stats(&self) -> Result<Stats> {
         let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map("STATS").ok_or_else(|| anyhow!("STATS map missing"))?,
+            self.ebpf
+                .map("STATS")
+                .ok_or_else(|| anyhow!("STATS map missing"))?,
         )?;
         let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
         Ok(Stats {
@@ -281,7 +288,10 @@ impl Tracer {
 /// TC programs on each interface, both directions, as tcx links (they leave
 /// no qdisc behind and go away with the process).
 fn attach_tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<()> {
-    for (prog, dir) in [("lbp_tc_ingress", TcAttachType::Ingress), ("lbp_tc_egress", TcAttachType::Egress)] {
+    for (prog, dir) in [
+        ("lbp_tc_ingress", TcAttachType::Ingress),
+        ("lbp_tc_egress", TcAttachType::Egress),
+    ] {
         let p: &mut SchedClassifier = ebpf
             .program_mut(prog)
             .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
@@ -306,7 +316,10 @@ pub struct Stats {
 mod tests {
     #[test]
     fn hz() {
-        assert_eq!(super::hz_from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(
+            super::hz_from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
         assert_eq!(super::hz_from_config("nothing"), None);
     }
 }

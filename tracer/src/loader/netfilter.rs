@@ -210,7 +210,9 @@ impl NfPrograms {
             ..Default::default()
         };
         sys_bpf(BPF_LINK_CREATE, &mut attr).with_context(|| {
-            format!("attaching {name} to netfilter hook {hooknum} (family {pf}) at priority {priority}")
+            format!(
+                "attaching {name} to netfilter hook {hooknum} (family {pf}) at priority {priority}"
+            )
         })
     }
 }

@@ -47,7 +47,15 @@ impl B {
         }
     }
 
-    fn ev(&mut self, kind: Kind, dir: u8, seq: u16, pkt: (&str, &str), ifname: &str, ifindex: u32) -> &mut Event {
+    fn ev(
+        &mut self,
+        kind: Kind,
+        dir: u8,
+        seq: u16,
+        pkt: (&str, &str),
+        ifname: &str,
+        ifindex: u32,
+    ) -> &mut Event {
         self.ts += 10_000;
         self.evs.push(Event {
             kind: kind as u8,
@@ -80,7 +88,18 @@ impl B {
         self.evs.last_mut().unwrap()
     }
 
-    fn nf(&mut self, dir: u8, seq: u16, pkt: (&str, &str), hook: u8, pos: u8, ct: u8, inif: u32, outif: u32) {
+    #[allow(clippy::too_many_arguments)]
+    fn nf(
+        &mut self,
+        dir: u8,
+        seq: u16,
+        pkt: (&str, &str),
+        hook: u8,
+        pos: u8,
+        ct: u8,
+        inif: u32,
+        outif: u32,
+    ) {
         let e = self.ev(Kind::Nf, dir, seq, pkt, "", 0);
         e.hook = hook;
         e.pos = pos;
@@ -89,8 +108,25 @@ impl B {
         e.out_ifindex = outif;
     }
 
-    fn fib(&mut self, dir: u8, seq: u16, s: &str, d: &str, ifname: &str, ifindex: u32, gw: Option<&str>) {
-        let e = self.ev(Kind::Fib, dir, seq, (&format!("{s}:0"), &format!("{d}:0")), ifname, ifindex);
+    #[allow(clippy::too_many_arguments)]
+    fn fib(
+        &mut self,
+        dir: u8,
+        seq: u16,
+        s: &str,
+        d: &str,
+        ifname: &str,
+        ifindex: u32,
+        gw: Option<&str>,
+    ) {
+        let e = self.ev(
+            Kind::Fib,
+            dir,
+            seq,
+            (&format!("{s}:0"), &format!("{d}:0")),
+            ifname,
+            ifindex,
+        );
         e.fib.table = 254;
         if let Some(gw) = gw {
             e.fib.gw_family = AF_INET;
@@ -98,7 +134,17 @@ impl B {
         }
     }
 
-    fn drop_(&mut self, dir: u8, seq: u16, pkt: (&str, &str), ifname: &str, reason: u32, hook: u8, pos: u8) {
+    #[allow(clippy::too_many_arguments)]
+    fn drop_(
+        &mut self,
+        dir: u8,
+        seq: u16,
+        pkt: (&str, &str),
+        ifname: &str,
+        reason: u32,
+        hook: u8,
+        pos: u8,
+    ) {
         let e = self.ev(Kind::Drop, dir, seq, pkt, ifname, 0);
         e.reason = reason;
         e.hook = hook;
@@ -117,7 +163,9 @@ fn net() -> NetInfo {
         master,
         mtu: 1500,
         mac: None,
-        addrs: addr.map(|a| vec![(a.parse().unwrap(), 24)]).unwrap_or_default(),
+        addrs: addr
+            .map(|a| vec![(a.parse().unwrap(), 24)])
+            .unwrap_or_default(),
         up: true,
     };
     for i in [
@@ -256,17 +304,58 @@ fn healthy_flow_has_every_hop_and_is_answered() {
     let r = run(&b, &[svc(None)], &[]);
     assert_eq!(
         kinds(&r),
-        vec!["arrived", "conntrack", "dnat", "route", "left", "in_pod", "arrived", "conntrack", "route", "dnat", "left"]
+        vec![
+            "arrived",
+            "conntrack",
+            "dnat",
+            "route",
+            "left",
+            "in_pod",
+            "arrived",
+            "conntrack",
+            "route",
+            "dnat",
+            "left"
+        ]
     );
-    let HopKind::Dnat { from, to, hook, by } = &r.hops[2].kind else { panic!() };
-    assert_eq!((from.to_string(), to.to_string()), (LB.to_string(), P.to_string()));
+    let HopKind::Dnat { from, to, hook, by } = &r.hops[2].kind else {
+        panic!()
+    };
+    assert_eq!(
+        (from.to_string(), to.to_string()),
+        (LB.to_string(), P.to_string())
+    );
     assert!(hook.contains("nat table (DNAT)"), "{hook}");
-    assert_eq!(by.as_deref(), Some("kube-proxy KUBE-SEP-XYZ (default/web:http)"));
-    let HopKind::Route { decision, iface, .. } = &r.hops[3].kind else { panic!() };
-    assert_eq!((decision.as_str(), iface.as_deref()), ("forward", Some("cni0")));
-    let HopKind::Left { iface, role, towards, .. } = &r.hops[4].kind else { panic!() };
-    assert_eq!((iface.as_str(), *role, towards.as_str()), ("vethp", IfRole::PodVeth, "pod"));
-    let HopKind::Conntrack { state } = &r.hops[1].kind else { panic!() };
+    assert_eq!(
+        by.as_deref(),
+        Some("kube-proxy KUBE-SEP-XYZ (default/web:http)")
+    );
+    let HopKind::Route {
+        decision, iface, ..
+    } = &r.hops[3].kind
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (decision.as_str(), iface.as_deref()),
+        ("forward", Some("cni0"))
+    );
+    let HopKind::Left {
+        iface,
+        role,
+        towards,
+        ..
+    } = &r.hops[4].kind
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (iface.as_str(), *role, towards.as_str()),
+        ("vethp", IfRole::PodVeth, "pod")
+    );
+    let HopKind::Conntrack { state } = &r.hops[1].kind else {
+        panic!()
+    };
     assert_eq!(state, "new");
     assert_eq!(r.verdict.kind, VerdictKind::Answered);
     assert_eq!(r.service.as_ref().unwrap().name, "default/web:http");
@@ -291,14 +380,30 @@ fn reply_next_hop_not_resolving() {
     pod_side(&mut b, 1);
     b.ev(Kind::Arrive, 1, 1, (P, C), "vethp", 4);
     b.nf(1, 1, (P, C), PRE, 0, 0, 3, 0);
-    b.fib(1, 1, "10.244.1.5", "192.0.2.10", "eth1", 5, Some("203.0.113.1"));
+    b.fib(
+        1,
+        1,
+        "10.244.1.5",
+        "192.0.2.10",
+        "eth1",
+        5,
+        Some("203.0.113.1"),
+    );
     b.nf(1, 1, (P, C), FWD, 0, 4, 3, 5);
     b.nf(1, 1, (LB, C), POST, 2, 4, 0, 5);
     b.drop_(1, 1, (LB, C), "eth1", 58, POST, 3);
     let r = run(&b, &[svc(None)], &[]);
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
-    assert!(r.verdict.summary.contains("reply was dropped"), "{}", r.verdict.summary);
-    assert!(r.verdict.summary.contains("203.0.113.1"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict.summary.contains("reply was dropped"),
+        "{}",
+        r.verdict.summary
+    );
+    assert!(
+        r.verdict.summary.contains("203.0.113.1"),
+        "{}",
+        r.verdict.summary
+    );
 }
 
 #[test]
@@ -309,7 +414,15 @@ fn rp_filter_drop_names_interface_value_and_route_back() {
     b.nf(0, 1, (c, LB), PRE, 0, 0, 2, 0);
     b.nf(0, 1, (c, P), PRE, 5, 3, 2, 0);
     b.fib(0, 1, "198.51.100.10", "10.244.1.5", "cni0", 3, None);
-    b.fib(0, 1, "10.244.1.5", "198.51.100.10", "eth1", 5, Some("203.0.113.1"));
+    b.fib(
+        0,
+        1,
+        "10.244.1.5",
+        "198.51.100.10",
+        "eth1",
+        5,
+        Some("203.0.113.1"),
+    );
     b.drop_(0, 1, (c, P), "eth0", 16, PRE, 5);
     let r = run(&b, &[svc(None)], &[]);
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
@@ -338,11 +451,26 @@ fn netfilter_drop_in_forward_with_counter_attribution() {
     }];
     let r = run(&b, &[svc(None)], &hits);
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
-    let HopKind::Dropped { at, reason, hook, detail, .. } = &r.hops.last().unwrap().kind else { panic!() };
+    let HopKind::Dropped {
+        at,
+        reason,
+        hook,
+        detail,
+        ..
+    } = &r.hops.last().unwrap().kind
+    else {
+        panic!()
+    };
     assert_eq!(reason, "NETFILTER_DROP");
     assert_eq!(hook.as_deref(), Some("FORWARD"));
-    assert!(at.contains("FORWARD") && at.contains("filter table"), "{at}");
-    assert!(detail.contains("-A FORWARD -d 10.244.1.5/32 -j DROP") && detail.contains("counters"), "{detail}");
+    assert!(
+        at.contains("FORWARD") && at.contains("filter table"),
+        "{at}"
+    );
+    assert!(
+        detail.contains("-A FORWARD -d 10.244.1.5/32 -j DROP") && detail.contains("counters"),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -352,9 +480,19 @@ fn no_endpoints_reject_is_named() {
     b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
     b.nf(0, 1, (C, LB), FWD, 0, 3, 2, 2);
     b.drop_(0, 1, (C, LB), "eth0", 12, FWD, 1);
-    let r = run(&b, &[svc(Some(NoEndpointsView::Reject("KUBE-EXTERNAL-SERVICES".into())))], &[]);
+    let r = run(
+        &b,
+        &[svc(Some(NoEndpointsView::Reject(
+            "KUBE-EXTERNAL-SERVICES".into(),
+        )))],
+        &[],
+    );
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
-    assert!(r.verdict.summary.contains("has no endpoints"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict.summary.contains("has no endpoints"),
+        "{}",
+        r.verdict.summary
+    );
     assert!(r.verdict.hint.as_ref().unwrap().contains("endpointslices"));
 }
 
@@ -367,7 +505,13 @@ fn no_rule_at_all() {
     b.drop_(0, 1, (C, LB), "eth0", 3, NO_HOOK, 0);
     let r = run(&b, &[], &[]);
     assert_eq!(r.verdict.kind, VerdictKind::NoRule);
-    assert!(r.verdict.summary.contains("no kube-proxy rule for 192.0.2.240:80"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict
+            .summary
+            .contains("no kube-proxy rule for 192.0.2.240:80"),
+        "{}",
+        r.verdict.summary
+    );
     assert!(r.notes.iter().any(|n| n.contains("no kube-proxy rules")));
 }
 
@@ -408,13 +552,27 @@ fn pod_on_another_node() {
     b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
     b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
     b.nf(0, 1, (C, remote), PRE, 5, 3, 2, 0);
-    b.fib(0, 1, "192.0.2.10", "10.244.2.7", "eth0", 2, Some("192.0.2.3"));
+    b.fib(
+        0,
+        1,
+        "192.0.2.10",
+        "10.244.2.7",
+        "eth0",
+        2,
+        Some("192.0.2.3"),
+    );
     b.nf(0, 1, (C, remote), FWD, 0, 3, 2, 2);
     b.ev(Kind::Xmit, 0, 1, (C, remote), "eth0", 2);
     let r = run(&b, &[svc(None)], &[]);
     assert_eq!(r.verdict.kind, VerdictKind::LeftNode);
-    assert!(r.verdict.summary.contains("192.0.2.3"), "{}", r.verdict.summary);
-    let HopKind::Left { towards, .. } = &r.hops.last().unwrap().kind else { panic!() };
+    assert!(
+        r.verdict.summary.contains("192.0.2.3"),
+        "{}",
+        r.verdict.summary
+    );
+    let HopKind::Left { towards, .. } = &r.hops.last().unwrap().kind else {
+        panic!()
+    };
     assert_eq!(towards, "another node via 192.0.2.3");
 }
 
@@ -431,7 +589,11 @@ fn mtu_drop_after_the_handshake() {
     e.flags = EV_UNTRACED;
     let r = run(&b, &[svc(None)], &[]);
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
-    assert!(r.verdict.summary.contains("too big for the path MTU"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict.summary.contains("too big for the path MTU"),
+        "{}",
+        r.verdict.summary
+    );
     assert!(r.verdict.hint.as_ref().unwrap().contains("MTU 1400"));
 }
 
@@ -455,7 +617,11 @@ fn later_drops_count_only_before_the_connection_closes() {
     };
     let r = build(false);
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
-    assert!(r.verdict.summary.contains("later packets"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict.summary.contains("later packets"),
+        "{}",
+        r.verdict.summary
+    );
     assert_eq!(build(true).verdict.kind, VerdictKind::Answered);
 }
 
@@ -495,7 +661,15 @@ fn without_netfilter_links_nat_is_inferred() {
     b.fib(0, 1, "192.0.2.10", "10.244.1.5", "cni0", 3, None);
     b.ev(Kind::Xmit, 0, 1, (C, P), "vethp", 4);
     let r = run(&b, &[svc(None)], &[]);
-    let dnat = r.hops.iter().find(|h| matches!(h.kind, HopKind::Dnat { .. })).unwrap();
+    let dnat = r
+        .hops
+        .iter()
+        .find(|h| matches!(h.kind, HopKind::Dnat { .. }))
+        .unwrap();
     assert!(dnat.inferred);
-    assert!(r.hops.iter().any(|h| matches!(h.kind, HopKind::Route { .. }) && h.inferred));
+    assert!(
+        r.hops
+            .iter()
+            .any(|h| matches!(h.kind, HopKind::Route { .. }) && h.inferred)
+    );
 }
