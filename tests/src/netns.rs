@@ -483,3 +483,74 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn csum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += w as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one bare TCP segment (e.g. an ACK for a connection that does not
+/// exist) from `src` to `dst` through a raw socket inside `ns`.
+pub fn tcp_segment(ns: &str, src: SocketAddr, dst: SocketAddr, flags: u8) -> Result<()> {
+    let (SocketAddr::V4(s4), SocketAddr::V4(d4)) = (src, dst) else {
+        bail!("IPv4 only");
+    };
+    run_in(ns, move || {
+        let mut seg = vec![0u8; 20];
+        seg[0..2].copy_from_slice(&s4.port().to_be_bytes());
+        seg[2..4].copy_from_slice(&d4.port().to_be_bytes());
+        seg[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        seg[8..12].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = flags;
+        seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&s4.ip().octets());
+        pseudo.extend_from_slice(&d4.ip().octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        let mut sum = 0u32;
+        for c in pseudo.chunks(2) {
+            sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+        }
+        let c = csum(&seg, sum);
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        // SAFETY: plain socket calls with valid buffers.
+        let fd = Fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) });
+        if fd.raw() < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(d4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address.
+        let n = unsafe {
+            libc::sendto(
+                fd.raw(),
+                seg.as_ptr() as *const libc::c_void,
+                seg.len(),
+                0,
+                &sa as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n < 0 {
+            bail!("sendto: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}

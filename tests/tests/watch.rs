@@ -472,3 +472,34 @@ fn filters_and_counters() {
     assert!(c["reply_packets"].as_u64().unwrap() >= 2, "{c}");
     let _: SocketAddr = flow["flow"]["client"].as_str().unwrap().parse().unwrap();
 }
+
+#[test]
+fn conntrack_invalid_dropped_by_kube_forward() {
+    // A stray ACK for no connection: with loose tracking off, conntrack calls
+    // it INVALID, nothing DNATs it, and kube-proxy's KUBE-FORWARD drops it.
+    let lab = Lab::new("inv", LabSpec::default()).unwrap();
+    lab.sysctl(&lab.node(), "net.netfilter.nf_conntrack_tcp_loose=0")
+        .unwrap();
+    // The client must know the LB IP's MAC first.
+    let _ = netns::http_get(&lab.client(), lab.lb_addr(), T);
+    let w = watch(&lab, &[]);
+    netns::tcp_segment(
+        &lab.client(),
+        "192.0.2.10:45555".parse().unwrap(),
+        lab.lb_addr(),
+        0x10,
+    )
+    .unwrap();
+    let flow = w
+        .wait_flow(WAIT, |v| v["flow"]["client"] == "192.0.2.10:45555")
+        .expect("the stray ACK is reported");
+    let ct: Vec<_> = hops(&flow, "conntrack");
+    assert!(
+        ct[0]["state"].as_str().unwrap().starts_with("invalid"),
+        "{ct:?}"
+    );
+    assert_eq!(verdict(&flow), "dropped", "{}", summary(&flow));
+    let d = hops(&flow, "dropped")[0];
+    assert_eq!(d["reason"], "NETFILTER_DROP");
+    assert!(d["detail"].as_str().unwrap().contains("INVALID"), "{d}");
+}

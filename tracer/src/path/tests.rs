@@ -673,3 +673,27 @@ fn without_netfilter_links_nat_is_inferred() {
             .any(|h| matches!(h.kind, HopKind::Route { .. }) && h.inferred)
     );
 }
+
+/// Past the conntrack band with no entry attached: conntrack found the packet
+/// INVALID (kube-proxy's KUBE-FORWARD then drops it).
+#[test]
+fn conntrack_invalid_is_named() {
+    let mut b = B::new(C, LB);
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2).tcp_flags = 0x10;
+    b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
+    b.nf(0, 1, (C, LB), PRE, 5, 0, 2, 0);
+    b.nf(0, 1, (C, LB), FWD, 0, 0, 2, 2);
+    b.drop_(0, 1, (C, LB), "eth0", 12, FWD, 1);
+    let r = run(&b, &[svc(None)], &[]);
+    let states: Vec<&str> = r
+        .hops
+        .iter()
+        .filter_map(|h| match &h.kind {
+            HopKind::Conntrack { state } => Some(state.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states.len(), 1);
+    assert!(states[0].starts_with("invalid"), "{states:?}");
+    assert_eq!(r.verdict.kind, VerdictKind::Dropped);
+}
