@@ -503,3 +503,21 @@ fn conntrack_invalid_dropped_by_kube_forward() {
     assert_eq!(d["reason"], "NETFILTER_DROP");
     assert!(d["detail"].as_str().unwrap().contains("INVALID"), "{d}");
 }
+
+#[test]
+fn client_on_the_node_itself() {
+    // A process on the node: kube-proxy's OUTPUT chain does the DNAT.
+    let lab = Lab::new("local", LabSpec::default()).unwrap();
+    let w = watch(&lab, &[]);
+    let body = netns::http_get(&lab.node(), lab.lb_addr(), T).unwrap();
+    assert!(body.contains("hello from pod"));
+    let flow = w.wait_flow(WAIT, |_| true).unwrap();
+    assert_eq!(hops(&flow, "local_out").len(), 1, "{flow}");
+    let dnat = hops(&flow, "dnat");
+    assert_eq!(dnat[0]["to"], "10.244.1.5:8080");
+    assert!(
+        dnat[0]["hook"].as_str().unwrap().contains("OUTPUT"),
+        "{dnat:?}"
+    );
+    assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
+}

@@ -357,6 +357,21 @@ fn packet_hops(evs: &[&Event], ctx: &Context, t0: u64, flow: &Tuple) -> (Vec<Hop
                 if e.hook == NF_INET_PRE_ROUTING || e.hook == NF_INET_LOCAL_OUT {
                     fibs.clear();
                 }
+                // Past INPUT's last point: handed to the node's own stack (a
+                // socket's consumption is not always traced, e.g. a SYN-ACK).
+                if e.hook == NF_INET_LOCAL_IN
+                    && ctx.plan.priority(e.hook, e.pos.saturating_add(1)).is_none()
+                    && !out.delivered_node
+                {
+                    out.delivered_node = true;
+                    w.push(
+                        e.ts,
+                        HopKind::Delivered {
+                            at: "the node's own stack (passed INPUT)".into(),
+                        },
+                        false,
+                    );
+                }
                 last_nf = Some((e.hook, e.pos, e.pkt));
             }
             Some(Kind::Fib) => {
@@ -954,6 +969,8 @@ fn verdict(
         Some((iface, role, nh)) if *role != IfRole::PodVeth => Some((iface.clone(), *nh)),
         _ => None,
     });
+    // A client on the node itself: the answer ends in a local socket.
+    let reply_local = rep.iter().any(|o| o.delivered_node);
     let pod_dnat = req.iter().find_map(|o| o.dnat_to);
     let in_pod = req.iter().any(|o| o.in_pod);
 
@@ -1035,6 +1052,14 @@ fn verdict(
                 d.summary
             ),
             d.hint,
+        );
+    }
+    if reply_local {
+        let to = pod_dnat.map(|p| format!(" ({p})")).unwrap_or_default();
+        return v(
+            VerdictKind::Answered,
+            format!("reached the pod{to} and its answer reached the client on this node"),
+            None,
         );
     }
     if let Some(d) = req.iter().find_map(bad) {
