@@ -432,25 +432,29 @@ fn send_arp(
         r.extend_from_slice(&spa.octets());
         r.extend_from_slice(&tha);
         r.extend_from_slice(&tpa.octets());
-        // SAFETY: valid buffer and address.
-        let sent = unsafe {
-            libc::sendto(
-                fd.raw(),
-                r.as_ptr() as *const libc::c_void,
-                r.len(),
-                0,
-                &sll as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if sent < 0 {
-            bail!(
-                "sending gratuitous ARP: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        send_to(&fd, &r, &sll).context("sending ARP")?;
         Ok(())
     })
+}
+
+/// sendto(2) on a raw or packet socket, to a sockaddr_in / sockaddr_ll.
+fn send_to<A>(fd: &Fd, buf: &[u8], addr: &A) -> std::io::Result<()> {
+    // SAFETY: valid buffer, and `addr` is a complete sockaddr of its size.
+    let n = unsafe {
+        libc::sendto(
+            fd.raw(),
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            0,
+            addr as *const A as *const libc::sockaddr,
+            size_of::<A>() as u32,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 struct Fd(i32);
@@ -537,20 +541,7 @@ pub fn tcp_segment(ns: &str, src: SocketAddr, dst: SocketAddr, flags: u8) -> Res
             },
             sin_zero: [0; 8],
         };
-        // SAFETY: valid buffer and address.
-        let n = unsafe {
-            libc::sendto(
-                fd.raw(),
-                seg.as_ptr() as *const libc::c_void,
-                seg.len(),
-                0,
-                &sa as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if n < 0 {
-            bail!("sendto: {}", std::io::Error::last_os_error());
-        }
+        send_to(&fd, &seg, &sa).context("sending the TCP segment")?;
         Ok(())
     })
 }

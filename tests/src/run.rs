@@ -28,6 +28,16 @@ pub struct Finished {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Finished {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+}
+
 impl Finished {
     /// JSON lines that are flow reports.
     pub fn flows(&self) -> Vec<Value> {

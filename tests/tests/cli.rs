@@ -65,22 +65,18 @@ fn bad_input_one_line_exit_2() {
     );
 
     // No BTF for this kernel.
-    let out = std::process::Command::new("ip")
+    let out: lbpath_tests::run::Finished = std::process::Command::new("ip")
         .args(["netns", "exec", &node])
         .arg(lbpath_bin())
         .args(["watch", "192.0.2.240"])
         .env("LBPATH_BTF", "/nonexistent/vmlinux")
         .output()
-        .unwrap();
-    let out = lbpath_tests::run::Finished {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    };
+        .unwrap()
+        .into();
     one_line_exit_2(&out, "no kernel BTF at /nonexistent/vmlinux");
 
     // Not root, no capabilities.
-    let out = std::process::Command::new("ip")
+    let out: lbpath_tests::run::Finished = std::process::Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -94,12 +90,8 @@ fn bad_input_one_line_exit_2() {
         .arg(lbpath_bin())
         .args(["watch", "192.0.2.240"])
         .output()
-        .unwrap();
-    let out = lbpath_tests::run::Finished {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    };
+        .unwrap()
+        .into();
     one_line_exit_2(&out, "needs root");
 }
 

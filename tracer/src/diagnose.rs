@@ -292,12 +292,7 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     let mut outs: Vec<Output> = Vec::new();
     loop {
         tokio::select! {
-            guard = s.ring.readable_mut() => {
-                let mut guard = guard?;
-                guard.clear_ready();
-                drop(guard);
-                outs.extend(s.drain());
-            }
+            new = s.next_events() => outs.extend(new?),
             _ = tick.tick() => {
                 outs.extend(s.engine.tick(&s.tracer));
                 if countdown {

@@ -952,6 +952,17 @@ fn verdict(
         summary,
         hint,
     };
+    let reply_dropped = |d: DropSeen| {
+        v(
+            VerdictKind::Dropped,
+            format!(
+                "the pod answered, but its reply was dropped {}: {}",
+                d_at(&d),
+                d.summary
+            ),
+            d.hint,
+        )
+    };
     let bad = |o: &Outcome| {
         o.drop
             .as_ref()
@@ -999,15 +1010,7 @@ fn verdict(
     }
     if let Some((iface, nh)) = &reply_left {
         if let Some(d) = rep.iter().find_map(bad) {
-            return v(
-                VerdictKind::Dropped,
-                format!(
-                    "the pod answered, but its reply was dropped {}: {}",
-                    d_at(&d),
-                    d.summary
-                ),
-                d.hint,
-            );
+            return reply_dropped(d);
         }
         if let Some(d) = later_bad {
             return v(
@@ -1044,15 +1047,7 @@ fn verdict(
         );
     }
     if let Some(d) = rep.iter().find_map(bad) {
-        return v(
-            VerdictKind::Dropped,
-            format!(
-                "the pod answered, but its reply was dropped {}: {}",
-                d_at(&d),
-                d.summary
-            ),
-            d.hint,
-        );
+        return reply_dropped(d);
     }
     if reply_local {
         let to = pod_dnat.map(|p| format!(" ({p})")).unwrap_or_default();

@@ -110,6 +110,14 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
 }
 
 impl Session {
+    /// Waits until the kernel has written records, then takes them all.
+    pub async fn next_events(&mut self) -> Result<Vec<Output>> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        drop(guard);
+        Ok(self.drain())
+    }
+
     /// Drains the ring buffer into the engine.
     pub fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
@@ -192,13 +200,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     loop {
         tokio::select! {
-            guard = s.ring.readable_mut() => {
-                let mut guard = guard?;
-                guard.clear_ready();
-                drop(guard);
-                let outs = s.drain();
-                s.print(&outs);
-            }
+            outs = s.next_events() => s.print(&outs?),
             _ = tick.tick() => {
                 let outs = s.engine.tick(&s.tracer);
                 s.print(&outs);

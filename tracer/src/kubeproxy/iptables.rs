@@ -19,8 +19,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::{
-    AddressKind, BaseChain, Endpoint, FilterRule, Mode, NoEndpoints, ParseError, Proto, Ruleset,
-    ServicePort, unspecified,
+    AddressKind, BaseChain, FilterRule, Mode, NoEndpoints, ParseError, Proto, Ruleset, ServicePort,
+    dedup_endpoints, unspecified,
 };
 
 /// Parses `iptables-save` / `ip6tables-save` output (`-c` counters optional).
@@ -760,21 +760,6 @@ fn local_set(nat: &Nat, hash: &str) -> Option<HashSet<(IpAddr, u16)>> {
         );
     }
     None
-}
-
-fn dedup_endpoints(found: &[(IpAddr, u16, String, bool)]) -> Vec<Endpoint> {
-    let mut out: Vec<Endpoint> = Vec::new();
-    for (ip, port, chain, _) in found {
-        if !out.iter().any(|e| e.ip == *ip && e.port == *port) {
-            out.push(Endpoint {
-                ip: *ip,
-                port: *port,
-                chain: chain.clone(),
-                local: None,
-            });
-        }
-    }
-    out
 }
 
 fn collect_filter_rules(t: &Table, family: &str, out: &mut Vec<FilterRule>) {

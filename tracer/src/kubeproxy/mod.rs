@@ -720,6 +720,23 @@ pub fn counter_deltas(before: &[FilterRule], after: &[FilterRule]) -> Vec<(Filte
     out
 }
 
+/// Endpoints reached from an entry chain, once each (a chain can reach the
+/// same endpoint through several paths: SVC and SVL, affinity rules).
+pub(crate) fn dedup_endpoints(found: &[(IpAddr, u16, String, bool)]) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for (ip, port, chain, _) in found {
+        if !out.iter().any(|e| e.ip == *ip && e.port == *port) {
+            out.push(Endpoint {
+                ip: *ip,
+                port: *port,
+                chain: chain.clone(),
+                local: None,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

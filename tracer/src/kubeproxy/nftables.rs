@@ -25,8 +25,8 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use super::{
-    AddressKind, BaseChain, Endpoint, FilterRule, Mode, NoEndpoints, ParseError, Proto, Ruleset,
-    ServicePort, unspecified,
+    AddressKind, BaseChain, FilterRule, Mode, NoEndpoints, ParseError, Proto, Ruleset, ServicePort,
+    dedup_endpoints, unspecified,
 };
 
 /// Parses `nft -j list ruleset` output.
@@ -601,7 +601,7 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
                     proto,
                     kind,
                     entry_chain: target.to_string(),
-                    endpoints: dedup(&w.endpoints),
+                    endpoints: dedup_endpoints(&w.endpoints),
                     local_only: w.visited_local,
                     no_endpoints: None,
                     source_ranges: Vec::new(),
@@ -766,21 +766,6 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
             _ => None,
         }
     }
-}
-
-fn dedup(found: &[(IpAddr, u16, String, bool)]) -> Vec<Endpoint> {
-    let mut out: Vec<Endpoint> = Vec::new();
-    for (ip, port, chain, _) in found {
-        if !out.iter().any(|e| e.ip == *ip && e.port == *port) {
-            out.push(Endpoint {
-                ip: *ip,
-                port: *port,
-                chain: chain.clone(),
-                local: None,
-            });
-        }
-    }
-    out
 }
 
 // --- rendering rules as nft prints them ---------------------------------------
