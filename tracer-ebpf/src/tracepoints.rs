@@ -403,11 +403,7 @@ fn on_fib(table: u32, fl: u64, nhc: u64, err: i32) {
 #[inline(always)]
 fn fib_event(skb: u64, tr: *const Track, table: u32, fl: u64, nhc: u64, err: i32) {
     let Some(mut e) = EVENTS.reserve::<Event>(0) else {
-        unsafe {
-            if let Some(c) = crate::maps::STATS.get_ptr_mut(STAT_LOST_EVENTS) {
-                *c += 1;
-            }
-        }
+        stat_inc(STAT_LOST_EVENTS);
         return;
     };
     let ev: *mut Event = e.as_mut_ptr();

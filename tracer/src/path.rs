@@ -536,67 +536,49 @@ fn nat_hops(
     last_nf: Option<(u8, u8, Tuple)>,
     out: &mut Outcome,
 ) {
-    let hook = hook_name(e.hook).to_string();
     // Every point records the packet, but only changes are reported: the
     // rewrite happened just before the first point that saw it.
     let band = match last_nf {
         Some((h, _, _)) if h == e.hook && e.pos > 0 => {
             w.ctx.plan.band_after(h, e.pos - 1).to_string()
         }
-        _ => hook.clone(),
+        _ => hook_name(e.hook).to_string(),
     };
+    push_nat(w, e, prev, band, false, out);
+}
+
+/// Without netfilter links, NAT shows as a changed tuple between hooks.
+fn nat_inferred(w: &mut Walk, e: &Event, prev: &Tuple, out: &mut Outcome) {
+    push_nat(w, e, prev, "netfilter".into(), true, out);
+}
+
+/// DNAT/SNAT hops for a tuple that changed from `prev` to `e.pkt` in `band`.
+fn push_nat(
+    w: &mut Walk,
+    e: &Event,
+    prev: &Tuple,
+    band: String,
+    inferred: bool,
+    out: &mut Outcome,
+) {
     if dst(prev) != dst(&e.pkt) {
         let by = if w.dir == Dir::Request {
+            out.dnat_to = Some(dst(&e.pkt));
             endpoint_rule(w.ctx, &e.pkt)
         } else {
             None
         };
-        if w.dir == Dir::Request {
-            out.dnat_to = Some(dst(&e.pkt));
-        }
         w.push(
             e.ts,
             nat_hop(w.dir, false, dst(prev), dst(&e.pkt), band.clone(), by),
-            false,
+            inferred,
         );
     }
     if src(prev) != src(&e.pkt) {
         w.push(
             e.ts,
             nat_hop(w.dir, true, src(prev), src(&e.pkt), band, None),
-            false,
-        );
-    }
-}
-
-fn nat_inferred(w: &mut Walk, e: &Event, prev: &Tuple, out: &mut Outcome) {
-    if dst(prev) != dst(&e.pkt) {
-        let by = if w.dir == Dir::Request {
-            endpoint_rule(w.ctx, &e.pkt)
-        } else {
-            None
-        };
-        if w.dir == Dir::Request {
-            out.dnat_to = Some(dst(&e.pkt));
-        }
-        w.push(
-            e.ts,
-            nat_hop(w.dir, false, dst(prev), dst(&e.pkt), "netfilter".into(), by),
-            true,
-        );
-    }
-    if src(prev) != src(&e.pkt) {
-        w.push(
-            e.ts,
-            nat_hop(
-                w.dir,
-                true,
-                src(prev),
-                src(&e.pkt),
-                "netfilter".into(),
-                None,
-            ),
-            true,
+            inferred,
         );
     }
 }
