@@ -263,6 +263,9 @@ pub struct FlowCounters {
 pub const STAT_LOST_EVENTS: u32 = 0;
 pub const STAT_FLOWS: u32 = 1;
 pub const STAT_TRACKED: u32 = 2;
+/// Events skipped because programs nested deeper on one CPU than the
+/// kernel side has scratch slots for (lost like ring-buffer overflows).
+pub const STAT_NESTED: u32 = 3;
 pub const STAT_COUNT: u32 = 4;
 
 /// Kernel struct offsets, resolved from the running kernel's BTF at load.

@@ -3,19 +3,28 @@
 //! One module per hook family: `tracepoints` (tp_btf: receive, transmit, free,
 //! routing, TCP reset), `netfilter` (BPF netfilter links around the
 //! built-in priorities) and `tc` (tcx links on uplinks: BGP segments);
-//! `wire` reads ARP for the tracepoints. `skb` holds what they share: reading kernel structs at
-//! offsets resolved from BTF by userspace, header parsing, packet tracking and
-//! event emission. `maps` holds the maps and the load-time configuration.
+//! `wire` reads ARP for the tracepoints. What they share:
+//! - `kernel`: reading kernel structs at offsets userspace resolved from BTF;
+//! - `parse`: IP and L4 headers;
+//! - `track`: which packets are traced and following them between hooks;
+//! - `emit`: writing events into the ring buffer;
+//! - `scratch`: per-CPU memory for big values (the pre-6.13 verifier allows
+//!   512 bytes of stack for a whole call chain);
+//! - `maps`: the maps and the load-time configuration.
 //!
 //! Nothing here changes a packet: tracepoints cannot, netfilter programs always
 //! return NF_ACCEPT.
 #![no_std]
 #![no_main]
 
+mod emit;
+mod kernel;
 mod maps;
 mod netfilter;
-mod skb;
+mod parse;
+mod scratch;
 mod tc;
+mod track;
 mod tracepoints;
 mod wire;
 

@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{Config, FlowCounters, STAT_COUNT, Tuple};
 
+use crate::scratch::{SCRATCH_SLOTS, Scratch};
+
 /// Written by userspace before load (frozen, so the verifier sees constants).
 #[unsafe(no_mangle)]
 pub static CONFIG: Config = Config {
@@ -134,6 +136,17 @@ pub static POD_IFS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static NF_SEEN: PerCpuArray<NfSeen> = PerCpuArray::with_max_entries(1, 0);
 
+/// Big per-event values (parsed headers, event details, a track being
+/// built) live here, not on the BPF stack: before 6.13 a program's whole
+/// call chain gets 512 bytes of stack. One slot per nesting level on a CPU
+/// (a softirq may interrupt a program running in process context).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// [0]: how many programs on this CPU hold a SCRATCH slot right now.
+#[map]
+pub static NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FlowState {
@@ -161,7 +174,7 @@ pub struct Track {
     pub ts: u64,
     /// `skb->head` when last verified.
     pub head: u64,
-    /// [`crate::skb::Parsed::sig`] of the packet.
+    /// [`crate::parse::Parsed::sig`] of the packet.
     pub sig: u32,
     /// Namespace the packet was last seen in.
     pub netns: u32,

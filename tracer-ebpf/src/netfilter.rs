@@ -18,8 +18,12 @@ use core::ffi::c_void;
 use tracer_common::{Kind, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING};
 
 use crate::{
-    maps::{NF_SEEN, T_CT_SEEN, conf, off},
-    skb::*,
+    emit::emit,
+    kernel::*,
+    maps::{CtFlow, NF_SEEN, Track, conf, off},
+    parse::*,
+    scratch::{Frame, Scratch},
+    track::*,
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -53,8 +57,7 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     // struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }
     let state = unsafe { *(ctx as *const u64) };
     let skb = unsafe { *(ctx as *const u64).add(1) };
-    let now = jiffies();
-    let open = window_open(now);
+    let open = window_open(jiffies());
     // Window closed: only OUTPUT's first point has work (clients on the node).
     if !open && pos != 0 {
         return;
@@ -63,72 +66,106 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     if !open && hook != NF_INET_LOCAL_OUT {
         return;
     }
-    let mut p = Parsed::default();
-    let proto = skb_protocol(skb);
     let l3 = skb_network(skb);
+    let at = Point { skb, state, hook, pos };
+    // Each case calls its own function instead of setting a flag the cases
+    // share afterwards: the 6.1 verifier can prune a path chosen by such a
+    // flag as dead code.
+    if open {
+        let nfct = skb_nfct(skb);
+        if let Some(seen) = NF_SEEN.get_ptr(0)
+            && unsafe { (*seen).skb == skb && (*seen).nfct == nfct }
+        {
+            // Already found untraced at an earlier point, nothing changed since.
+            return;
+        }
+        if let Some(tr) = tracked(skb)
+            && again_at(&at, tr, l3)
+        {
+            return;
+        }
+        // Replies and packets the kernel copied: by their conntrack entry.
+        if let Some((cf, dir)) = ct_flow(nfct) {
+            if !by_conntrack(&at, l3, cf, dir) {
+                remember_untraced(skb, nfct);
+            }
+            return;
+        }
+        if hook != NF_INET_LOCAL_OUT || pos != 0 {
+            remember_untraced(skb, nfct);
+            return;
+        }
+    }
+    // A request sent by a process on the node itself is first seen here.
+    if matches!(peek_daddr(l3, skb_protocol(skb)), Some(d) if is_lb(&d)) {
+        local_request(&at, l3);
+    }
+}
 
-    let mut parsed = false;
-    let mut tr = None;
-    let nfct_now = if open { skb_nfct(skb) } else { 0 };
-    if open && let Some(seen) = NF_SEEN.get_ptr_mut(0) {
-        // Already found untraced at an earlier point, nothing changed since.
-        if unsafe { (*seen).skb == skb && (*seen).nfct == nfct_now } {
-            return;
-        }
+/// Where a program runs: the packet, the hook's state, hook and point.
+struct Point {
+    skb: u64,
+    state: u64,
+    hook: u8,
+    pos: u8,
+}
+
+/// A packet already traced reaches this point: report it. False when the
+/// entry turned out stale (the skb address was reused).
+#[inline(never)]
+fn again_at(at: &Point, tr: *mut Track, l3: u64) -> bool {
+    let Some(f) = Frame::enter() else {
+        return true;
+    };
+    let s = f.get();
+    if !again(at.skb, tr, l3, skb_protocol(at.skb), s) {
+        return false;
     }
-    if open && let Some(t) = tracked(skb) {
-        parsed = parse_ip(l3, proto, &mut p);
-        let pp = if parsed {
-            &p as *const Parsed
-        } else {
-            core::ptr::null()
-        };
-        if verify(skb, t, pp) {
-            tr = Some(t);
-        }
+    observe(at, tr, s);
+    true
+}
+
+/// A packet whose conntrack entry belongs to a traced flow.
+#[inline(never)]
+fn by_conntrack(at: &Point, l3: u64, cf: *mut CtFlow, dir: u8) -> bool {
+    let Some(f) = Frame::enter() else {
+        return true;
+    };
+    let s = f.get();
+    if !parse_ip(l3, skb_protocol(at.skb), &mut s.p) || !ct_seen(at.skb, cf, dir, s) {
+        return false;
     }
-    if tr.is_none() {
-        // Locally generated requests (a client on the node itself) are first
-        // seen here; replies and copies are recognised by their conntrack entry.
-        let first = if hook == NF_INET_LOCAL_OUT && pos == 0 {
-            match peek_daddr(l3, proto) {
-                Some(d) if is_lb(&d) => {
-                    parsed = parse_ip(l3, proto, &mut p);
-                    parsed && request_seen(skb, &p)
-                }
-                _ => false,
-            }
-        } else if open {
-            // One probe read and one lookup; parse only for a flow still being traced.
-            match ct_flow(nfct_now) {
-                Some((cf, dir)) => {
-                    parsed = parse_ip(l3, proto, &mut p);
-                    parsed && ct_seen(skb, cf, dir, &p)
-                }
-                None => false,
-            }
-        } else {
-            false
-        };
-        if !first {
-            if open && let Some(seen) = NF_SEEN.get_ptr_mut(0) {
-                unsafe {
-                    (*seen).skb = skb;
-                    (*seen).nfct = nfct_now;
-                }
-            }
-            return;
-        }
-        tr = tracked(skb);
+    if let Some(tr) = tracked(at.skb) {
+        observe(at, tr, s);
     }
-    let Some(tr) = tr else {
+    true
+}
+
+/// A request to the LB IP sent from the node itself.
+#[inline(never)]
+fn local_request(at: &Point, l3: u64) {
+    let Some(f) = Frame::enter() else {
         return;
     };
+    let s = f.get();
+    if parse_ip(l3, skb_protocol(at.skb), &mut s.p)
+        && request_seen(at.skb, s)
+        && let Some(tr) = tracked(at.skb)
+    {
+        observe(at, tr, s);
+    }
+}
 
+/// A traced packet (headers in `s.p`) at this point: note where it was
+/// last seen, and report the hook's first and last points and changes (NAT,
+/// conntrack state).
+#[inline(never)]
+fn observe(at: &Point, tr: *mut Track, s: &mut Scratch) {
+    let (skb, hook, pos) = (at.skb, at.hook, at.pos);
     let nfct = skb_nfct(skb);
     let ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
-    let sum = if parsed { tuple_sum(&p.t) } else { 0 };
-    unsafe { (*tr).netns = conf!(node_netns) };
+    let parsed = s.p.ok != 0;
+    let sum = if parsed { tuple_sum(&s.p.t) } else { 0 };
     let last = conf!(nf_last_pos);
     let last = if (hook as usize) < last.len() {
         last[hook as usize]
@@ -136,6 +173,7 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         0xff
     };
     let report = unsafe {
+        (*tr).netns = conf!(node_netns);
         let report = pos == 0
             || pos == last
             || (*tr).last_hook != hook
@@ -145,34 +183,35 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         (*tr).last_pos = pos;
         (*tr).last_sum = sum;
         (*tr).last_ct = ct;
-        if nfct & !7 != 0 && (*tr).flags & T_CT_SEEN == 0 {
-            remember_ct(tr, nfct);
-            (*tr).flags |= T_CT_SEEN;
-        }
         report
     };
+    remember_ct(tr, nfct);
     if parsed && (hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT) {
         // The routing decision comes next on this CPU.
-        set_current(skb, &p.t, now);
+        set_current(skb, &s.p.t, jiffies());
     }
     if !report {
         return;
     }
-    let dev_in = rd::<u64>(state + off!(state_in)).unwrap_or(0);
-    let dev_out = rd::<u64>(state + off!(state_out)).unwrap_or(0);
-    let x = Extra {
-        dev: if dev_out != 0 { dev_out } else { dev_in },
-        nfct,
-        dev_in,
-        dev_out,
-        hook,
-        pos,
-        ..Extra::default()
-    };
-    let pp = if parsed {
-        &p as *const Parsed
-    } else {
-        core::ptr::null()
-    };
-    emit(Kind::Nf as u8, skb, tr, pp, &x);
+    let dev_in = rd::<u64>(at.state + off!(state_in)).unwrap_or(0);
+    let dev_out = rd::<u64>(at.state + off!(state_out)).unwrap_or(0);
+    s.x.reset(if dev_out != 0 { dev_out } else { dev_in });
+    s.x.nfct = nfct;
+    s.x.dev_in = dev_in;
+    s.x.dev_out = dev_out;
+    s.x.hook = hook;
+    s.x.pos = pos;
+    emit(Kind::Nf as u8, skb, tr, s);
+}
+
+/// The next points of this hook skip a packet found untraced here, as long
+/// as its conntrack word does not change.
+#[inline(always)]
+fn remember_untraced(skb: u64, nfct: u64) {
+    if let Some(seen) = NF_SEEN.get_ptr_mut(0) {
+        unsafe {
+            (*seen).skb = skb;
+            (*seen).nfct = nfct;
+        }
+    }
 }

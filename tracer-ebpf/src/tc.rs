@@ -8,7 +8,8 @@ use tracer_common::{AF_INET, AF_INET6, Kind, SEG_PAYLOAD, STAT_LOST_EVENTS, SegE
 
 use crate::{
     maps::{EVENTS, conf},
-    skb::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, now, stat_inc},
+    kernel::{now, stat_inc},
+    parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
 };
 
 /// tcx: run the next program / continue normally.

@@ -9,21 +9,31 @@
 //! - `fib:fib_table_lookup`: the routing decision made for the packet being
 //!   handled on this CPU, including rp_filter's reverse lookup;
 //! - `tcp:tcp_send_reset`: TCP refused the packet.
+//!
+//! Tracepoint arguments differ between kernels, and a tp_btf program may
+//! only read the arguments its kernel has: `kfree_skb` gained `reason` in
+//! 5.17, `consume_skb` `location` in 6.3, `tcp_send_reset` `reason` in 6.10.
+//! Each of those has a variant per signature; userspace loads the one the
+//! running kernel's BTF (`btf_trace_<name>`) describes.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{
-    AF_INET, DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Event, Kind, NO_HOOK, STAT_LOST_EVENTS,
-};
+use tracer_common::{DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Kind, Tuple};
 
 use crate::{
-    maps::{CT_FLOWS, CURRENT, EVENTS, FLOWS, POD_IFS, T_FOLLOW, Track, conf, off},
-    skb::*,
+    emit::emit,
+    kernel::*,
+    maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, conf, off},
+    parse::*,
+    scratch::{Frame, Scratch},
+    track::*,
     wire,
 };
 
-/// How long a routing lookup may follow the packet it is attributed to: the
-/// same or the next jiffy (it comes right after, on the same CPU).
-const FIB_MAX_DELAY_JIFFIES: u64 = 1;
+/// How long a routing lookup may follow the packet it is attributed to, in
+/// jiffies. It comes right after on the same CPU, but netfilter's NAT runs in
+/// between, which takes several jiffies on a slow (emulated) machine; the
+/// address must match as well.
+const FIB_MAX_DELAY_JIFFIES: u64 = 25;
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
@@ -38,29 +48,26 @@ fn on_receive(skb: u64) {
     // On receive the MAC header is already pulled: data is the L3 header.
     let l3 = skb_data(skb);
     let open = window_open(now);
-    let mut p = Parsed::default();
-    let mut x = Extra::default();
-    if open && let Some(tr) = tracked(skb) {
+    if open
+        && let Some(tr) = tracked(skb)
+        && let Some(f) = Frame::enter()
+    {
         // A traced packet arriving again: bridge, veth into the pod ...
-        x.dev = skb_dev(skb);
-        let netns = dev_netns(x.dev);
-        let parsed = parse_ip(l3, proto, &mut p);
-        let pp = if parsed {
-            &p as *const Parsed
-        } else {
-            core::ptr::null()
-        };
-        if verify(skb, tr, pp) {
+        let s = f.get();
+        if again(skb, tr, l3, proto, s) {
+            let dev = skb_dev(skb);
+            let netns = dev_netns(dev);
             unsafe { (*tr).netns = netns };
             if in_scope(tr, netns) {
-                if parsed {
-                    set_current(skb, &p.t, now);
+                if s.p.ok != 0 {
+                    set_current(skb, &s.p.t, now);
                 }
-                emit(Kind::Arrive as u8, skb, tr, pp, &x);
+                s.x.reset(dev);
+                emit(Kind::Arrive as u8, skb, tr, s);
             }
             return;
         }
-        // A stale entry (reused skb address): treat the packet as new.
+        // A stale entry (reused skb address): the packet is new.
     }
     if proto == ETH_P_ARP {
         wire::arp(skb, skb_mac(skb), l3, 0);
@@ -70,23 +77,39 @@ fn on_receive(skb: u64) {
     let Some(daddr) = peek_daddr(l3, proto) else {
         return;
     };
-    let lb = is_lb(&daddr);
-    if !lb && !open {
+    // Two calls rather than one with a flag: a flag merged from both paths
+    // lets the 6.1 verifier prune the reply path as dead code.
+    if is_lb(&daddr) {
+        first_sight::<false>(skb, l3, proto, now);
+    } else if open {
+        first_sight::<true>(skb, l3, proto, now);
+    }
+}
+
+/// A packet not traced yet, arriving on the node: a request to the LB IP,
+/// or (`REPLY`) perhaps the answer a traced request is waiting for.
+#[inline(never)]
+fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
+    let dev = skb_dev(skb);
+    if dev_netns(dev) != conf!(node_netns) {
         return;
     }
-    x.dev = skb_dev(skb);
-    let netns = dev_netns(x.dev);
-    if netns != conf!(node_netns) || !parse_ip(l3, proto, &mut p) {
+    let Some(f) = Frame::enter() else {
+        return;
+    };
+    let s = f.get();
+    if !parse_ip(l3, proto, &mut s.p) {
         return;
     }
-    let traced = if lb {
-        request_seen(skb, &p)
+    let traced = if REPLY {
+        reply_seen(skb, s)
     } else {
-        open && reply_seen(skb, &p)
+        request_seen(skb, s)
     };
     if traced && let Some(tr) = tracked(skb) {
-        set_current(skb, &p.t, now);
-        emit(Kind::Arrive as u8, skb, tr, &p, &x);
+        set_current(skb, &s.p.t, now);
+        s.x.reset(dev);
+        emit(Kind::Arrive as u8, skb, tr, s);
     }
 }
 
@@ -101,41 +124,32 @@ fn on_xmit(skb: u64, dev: u64) {
     let now = jiffies();
     let proto = skb_protocol(skb);
     let l3 = skb_network(skb);
-    let mut p = Parsed::default();
-    let x = Extra {
-        dev,
-        ..Extra::default()
-    };
     if window_open(now)
         && let Some(tr) = tracked(skb)
+        && let Some(f) = Frame::enter()
     {
-        let netns = dev_netns(dev);
-        let parsed = parse_ip(l3, proto, &mut p);
-        let pp = if parsed {
-            &p as *const Parsed
-        } else {
-            core::ptr::null()
-        };
-        if verify(skb, tr, pp) {
+        let s = f.get();
+        if again(skb, tr, l3, proto, s) {
+            let netns = dev_netns(dev);
             unsafe { (*tr).netns = netns };
             if !in_scope(tr, netns) {
                 return;
             }
             if netns == conf!(node_netns) {
                 if unsafe { (*tr).dir } == DIR_REQUEST {
-                    let ifindex = dev_ifindex(dev);
-                    if unsafe { POD_IFS.get(ifindex) }.is_some() {
-                        unsafe { (*tr).flags |= T_FOLLOW };
+                    if unsafe { POD_IFS.get(&dev_ifindex(dev)) }.is_some() {
+                        follow_into_pod(tr);
                     }
-                    if parsed {
-                        expect_reply(tr, &p);
+                    if s.p.ok != 0 {
+                        expect_reply(tr, &s.p);
                     }
-                } else if parsed && is_lb(&p.t.saddr) {
+                } else if s.p.ok != 0 && is_lb(&s.p.t.saddr) {
                     // Traced answers count like the others.
-                    count_reply(skb, &p);
+                    count_reply(skb, &s.p.t);
                 }
             }
-            emit(Kind::Xmit as u8, skb, tr, pp, &x);
+            s.x.reset(dev);
+            emit(Kind::Xmit as u8, skb, tr, s);
             return;
         }
     }
@@ -146,24 +160,27 @@ fn on_xmit(skb: u64, dev: u64) {
         return;
     }
     // Untraced answers leaving the node: count them for their flow.
-    let saddr = match proto {
-        ETH_P_IP => rd::<[u8; 4]>(l3 + 12).map(v4),
-        ETH_P_IPV6 => rd::<[u8; 16]>(l3 + 8),
-        _ => None,
-    };
-    let Some(saddr) = saddr else {
+    let Some(saddr) = peek_saddr(l3, proto) else {
         return;
     };
-    if !is_lb(&saddr) || dev_netns(dev) != conf!(node_netns) || !parse_ip(l3, proto, &mut p) {
+    if !is_lb(&saddr) || dev_netns(dev) != conf!(node_netns) {
         return;
     }
-    count_reply(skb, &p);
+    let Some(f) = Frame::enter() else {
+        return;
+    };
+    let s = f.get();
+    if parse_ip(l3, proto, &mut s.p) {
+        count_reply(skb, &s.p.t);
+    }
 }
 
+/// Counts an answer (tuple `t`, from the LB IP) for its flow.
 #[inline(never)]
-fn count_reply(skb: u64, p: &Parsed) {
-    let flow = p.t.reversed();
-    if let Some(c) = counters(&flow) {
+fn count_reply(skb: u64, t: &Tuple) {
+    let flow = t.reversed();
+    let c = counters(&flow);
+    if !c.is_null() {
         unsafe {
             (*c).rep_pkts += 1;
             (*c).rep_bytes += skb_len(skb) as u64;
@@ -171,9 +188,18 @@ fn count_reply(skb: u64, p: &Parsed) {
     }
 }
 
+/// 5.17+: `kfree_skb(skb, location, reason, ...)`.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn lbp_kfree(ctx: BtfTracePointContext) -> i32 {
     on_kfree(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u32>(2));
+    0
+}
+
+/// Before 5.17: `kfree_skb(skb, location)`; userspace names the cause from
+/// the freeing function.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn lbp_kfree_noreason(ctx: BtfTracePointContext) -> i32 {
+    on_kfree(ctx.arg::<u64>(0), ctx.arg::<u64>(1), 0);
     0
 }
 
@@ -182,28 +208,20 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
     let proto = skb_protocol(skb);
     if window_open(jiffies())
         && let Some(tr) = tracked(skb)
+        && let Some(f) = Frame::enter()
     {
-        let mut p = Parsed::default();
-        let pp = if parse_ip(skb_network(skb), proto, &mut p) {
-            &p as *const Parsed
-        } else {
-            core::ptr::null()
-        };
-        if verify(skb, tr, pp) {
+        let s = f.get();
+        if again(skb, tr, skb_network(skb), proto, s) {
             let dev = skb_dev(skb);
-            let netns = dev_netns(dev);
-            if in_scope(tr, netns) {
-                let x = unsafe {
-                    Extra {
-                        dev,
-                        location,
-                        reason,
-                        hook: (*tr).last_hook,
-                        pos: (*tr).last_pos,
-                        ..Extra::default()
-                    }
-                };
-                emit(Kind::Drop as u8, skb, tr, pp, &x);
+            if in_scope(tr, dev_netns(dev)) {
+                s.x.reset(dev);
+                s.x.location = location;
+                s.x.reason = reason;
+                unsafe {
+                    s.x.hook = (*tr).last_hook;
+                    s.x.pos = (*tr).last_pos;
+                }
+                emit(Kind::Drop as u8, skb, tr, s);
             }
             // Deleted only now: the event above read through the entry.
             untrack(skb);
@@ -220,57 +238,89 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
 /// reported a few times per flow. Out of line: its own stack frame.
 #[inline(never)]
 fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
-    let mut p = Parsed::default();
-    if !parse_ip(skb_network(skb), proto, &mut p) {
+    let l3 = skb_network(skb);
+    let (Some(daddr), Some(saddr)) = (peek_daddr(l3, proto), peek_saddr(l3, proto)) else {
         return;
+    };
+    let proto_reason = (reason as u64) << 16 | proto as u64;
+    // Still addressed to the LB IP (the flow's own tuple), from it (an
+    // answer), or neither (NATed): then only its conntrack entry tells.
+    // One call per case, not a flag (see on_receive).
+    if is_lb(&daddr) {
+        untraced_drop_as::<TO_LB>(skb, location, proto_reason, 0);
+    } else if is_lb(&saddr) {
+        untraced_drop_as::<FROM_LB>(skb, location, proto_reason, 0);
+    } else {
+        let nfct = skb_nfct(skb);
+        let ct = nfct & !7;
+        if ct != 0 && !ctinfo_is_related(nfct & 7) && CT_FLOWS.get_ptr(&ct).is_some() {
+            untraced_drop_as::<BY_CT>(skb, location, proto_reason, nfct);
+        }
     }
+}
+
+const TO_LB: u8 = 0;
+const FROM_LB: u8 = 1;
+const BY_CT: u8 = 2;
+
+/// The untraced drop of a packet of a flow found as `HOW` says: its flow
+/// and direction go into `s.tr` (its own tuple, the reverse of an
+/// answer's, or its conntrack entry's flow from `nfct`).
+#[inline(never)]
+fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, nfct: u64) {
     let dev = skb_dev(skb);
     if dev != 0 && dev_netns(dev) != conf!(node_netns) {
         return;
     }
-    let mut tr = Track {
-        flow: p.t,
-        ts: 0,
-        head: 0,
-        sig: 0,
-        netns: conf!(node_netns),
-        seq: 0,
-        dir: DIR_REQUEST,
-        flags: 0,
-        last_hook: NO_HOOK,
-        last_pos: 0,
-        last_ct: 0,
-        _pad: 0,
-        last_sum: 0,
-    };
-    if is_lb(&p.t.daddr) {
-        // Still addressed to the LB IP: the flow's own tuple.
-    } else if is_lb(&p.t.saddr) {
-        tr.flow = p.t.reversed();
-        tr.dir = DIR_REPLY;
-    } else {
-        let nfct = skb_nfct(skb);
-        let ct = nfct & !7;
-        if ct == 0 {
-            return;
-        }
-        let ctinfo = nfct & 7;
-        if ctinfo == 1 || ctinfo == 4 {
-            // RELATED: an ICMP error about the flow, not one of its packets.
-            return;
-        }
-        match unsafe { CT_FLOWS.get(ct) } {
-            Some(f) => tr.flow = f.flow,
-            None => return,
-        }
-        if ctinfo >= 3 {
-            tr.dir = DIR_REPLY;
-        }
-    }
-    let Some(fs) = FLOWS.get_ptr_mut(tr.flow) else {
+    let Some(f) = Frame::enter() else {
         return;
     };
-    if let Some(c) = counters(&tr.flow) {
+    let s = f.get();
+    if !parse_ip(skb_network(skb), proto_reason as u16, &mut s.p) {
+        return;
+    }
+    let t = &s.p.t;
+    let flow = &mut s.tr.flow;
+    match HOW {
+        TO_LB => {
+            *flow = *t;
+            s.tr.dir = DIR_REQUEST;
+        }
+        FROM_LB => {
+            flow.saddr = t.daddr;
+            flow.daddr = t.saddr;
+            flow.sport = t.dport;
+            flow.dport = t.sport;
+            flow.proto = t.proto;
+            flow.family = t.family;
+            flow._pad = [0; 2];
+            s.tr.dir = DIR_REPLY;
+        }
+        _ => {
+            let Some(cf) = CT_FLOWS.get_ptr(&(nfct & !7)) else {
+                return;
+            };
+            *flow = unsafe { (*cf).flow };
+            // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.
+            s.tr.dir = if nfct & 7 >= 3 { DIR_REPLY } else { DIR_REQUEST };
+        }
+    }
+    s.x.reset(dev);
+    s.x.location = location;
+    s.x.reason = (proto_reason >> 16) as u32;
+    s.x.flags = EV_UNTRACED;
+    report_untraced_drop(skb, s);
+}
+
+/// Counts the drop (stand-in track in `s.tr`, event details in `s.x`) and
+/// reports it while the flow's drop-event budget lasts.
+#[inline(never)]
+fn report_untraced_drop(skb: u64, s: &mut Scratch) {
+    let Some(fs) = FLOWS.get_ptr_mut(&s.tr.flow) else {
+        return;
+    };
+    let c = counters(&s.tr.flow);
+    if !c.is_null() {
         unsafe { (*c).drops += 1 };
     }
     unsafe {
@@ -279,20 +329,27 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
         }
         (*fs).drop_events += 1;
     }
-    let x = Extra {
-        dev,
-        location,
-        reason,
-        hook: NO_HOOK,
-        flags: EV_UNTRACED,
-        ..Extra::default()
-    };
-    emit(Kind::Drop as u8, skb, &tr, &p, &x);
+    let tr = &mut s.tr;
+    tr.ts = 0;
+    tr.head = 0;
+    tr.sig = 0;
+    tr.netns = conf!(node_netns);
+    tr.seq = 0;
+    tr.flags = 0;
+    emit(Kind::Drop as u8, skb, &raw const s.tr, s);
 }
 
+/// 6.3+: `consume_skb(skb, location)`.
 #[btf_tracepoint(function = "consume_skb")]
 pub fn lbp_consume(ctx: BtfTracePointContext) -> i32 {
     on_consume(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    0
+}
+
+/// Before 6.3: `consume_skb(skb)`.
+#[btf_tracepoint(function = "consume_skb")]
+pub fn lbp_consume_noloc(ctx: BtfTracePointContext) -> i32 {
+    on_consume(ctx.arg::<u64>(0), 0);
     0
 }
 
@@ -304,31 +361,33 @@ fn on_consume(skb: u64, location: u64) {
     let Some(tr) = tracked(skb) else {
         return;
     };
-    let mut p = Parsed::default();
-    let pp = if parse_ip(skb_network(skb), skb_protocol(skb), &mut p) {
-        &p as *const Parsed
-    } else {
-        core::ptr::null()
+    let Some(f) = Frame::enter() else {
+        return;
     };
-    if !verify(skb, tr, pp) {
+    let s = f.get();
+    if !again(skb, tr, skb_network(skb), skb_protocol(skb), s) {
         return;
     }
     let dev = skb_dev(skb);
     if in_scope(tr, dev_netns(dev)) {
-        let x = Extra {
-            dev,
-            location,
-            hook: NO_HOOK,
-            ..Extra::default()
-        };
-        emit(Kind::Consume as u8, skb, tr, pp, &x);
+        s.x.reset(dev);
+        s.x.location = location;
+        emit(Kind::Consume as u8, skb, tr, s);
     }
     untrack(skb);
 }
 
+/// 6.10+: `tcp_send_reset(sk, skb, reason)`.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn lbp_tcp_reset(ctx: BtfTracePointContext) -> i32 {
     on_reset(ctx.arg::<u64>(1), ctx.arg::<u32>(2));
+    0
+}
+
+/// Before 6.10: `tcp_send_reset(sk, skb)`.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn lbp_tcp_reset_noreason(ctx: BtfTracePointContext) -> i32 {
+    on_reset(ctx.arg::<u64>(1), 0);
     0
 }
 
@@ -340,26 +399,29 @@ fn on_reset(skb: u64, reason: u32) {
     let Some(tr) = tracked(skb) else {
         return;
     };
-    let mut p = Parsed::default();
-    let pp = if parse_ip(skb_network(skb), skb_protocol(skb), &mut p) {
-        &p as *const Parsed
-    } else {
-        core::ptr::null()
+    let Some(f) = Frame::enter() else {
+        return;
     };
-    if !verify(skb, tr, pp) {
+    let s = f.get();
+    if !again(skb, tr, skb_network(skb), skb_protocol(skb), s) {
         return;
     }
     let dev = skb_dev(skb);
     if !in_scope(tr, dev_netns(dev)) {
         return;
     }
-    let x = Extra {
-        dev,
-        reason,
-        hook: NO_HOOK,
-        ..Extra::default()
-    };
-    emit(Kind::Reset as u8, skb, tr, pp, &x);
+    s.x.reset(dev);
+    s.x.reason = reason;
+    emit(Kind::Reset as u8, skb, tr, s);
+}
+
+/// Whether `addr` is the IPv4 source or destination in `skb`'s header now.
+#[inline(never)]
+fn lookup_is_for(skb: u64, addr: [u8; 4]) -> bool {
+    match rd::<[u8; 8]>(skb_network(skb) + 12) {
+        Some(a) => a[..4] == addr || a[4..] == addr,
+        None => false,
+    }
 }
 
 #[btf_tracepoint(function = "fib_table_lookup")]
@@ -389,65 +451,29 @@ fn on_fib(table: u32, fl: u64, nhc: u64, err: i32) {
         return;
     };
     // The forward lookup is for the packet's destination; rp_filter's reverse
-    // lookup is for its source.
-    if daddr != cur.daddr && daddr != cur.saddr {
+    // lookup is for its source. Both as last noted, or (NAT since, and no
+    // netfilter point to note it) as its header says now.
+    let skb = cur.skb;
+    if daddr != cur.daddr && daddr != cur.saddr && !lookup_is_for(skb, daddr) {
         return;
     }
-    let skb = cur.skb;
     let Some(tr) = tracked(skb) else {
         return;
     };
-    fib_event(skb, tr, table, fl, nhc, err);
-}
-
-#[inline(always)]
-fn fib_event(skb: u64, tr: *const Track, table: u32, fl: u64, nhc: u64, err: i32) {
-    let Some(mut e) = EVENTS.reserve::<Event>(0) else {
-        stat_inc(STAT_LOST_EVENTS);
+    let Some(f) = Frame::enter() else {
         return;
     };
-    let ev: *mut Event = e.as_mut_ptr();
+    let s = f.get();
     let dev = if err == 0 && nhc != 0 {
         rd::<u64>(nhc + off!(nhc_dev)).unwrap_or(0)
     } else {
         0
     };
-    unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
-        (*ev).kind = Kind::Fib as u8;
-        (*ev).hook = NO_HOOK;
-        (*ev).ts = now();
-        (*ev).skb = skb;
-        (*ev).dir = (*tr).dir;
-        (*ev).seq = (*tr).seq;
-        (*ev).flow = (*tr).flow;
-        (*ev).netns = if dev != 0 {
-            dev_netns(dev)
-        } else {
-            (*tr).netns
-        };
-        if (*ev).netns != conf!(node_netns) {
-            (*ev).flags |= tracer_common::EV_POD_NS;
-        }
-        (*ev).pkt.family = AF_INET;
-        (*ev).pkt.saddr = v4(rd::<[u8; 4]>(fl + off!(fl4_saddr)).unwrap_or([0; 4]));
-        (*ev).pkt.daddr = v4(rd::<[u8; 4]>(fl + off!(fl4_daddr)).unwrap_or([0; 4]));
-        (*ev).pkt.proto = rd::<u8>(fl + off!(fl4_proto)).unwrap_or(0);
-        (*ev).fib.table = table;
-        (*ev).fib.err = err;
-        (*ev).fib.flow_iif = rd::<u32>(fl + off!(fl4_iif)).unwrap_or(0);
-        (*ev).fib.flow_oif = rd::<u32>(fl + off!(fl4_oif)).unwrap_or(0);
-        if dev != 0 {
-            (*ev).ifindex = dev_ifindex(dev);
-            dev_name(dev, &mut (*ev).ifname);
-            let fam = rd::<u8>(nhc + off!(nhc_gw_family)).unwrap_or(0);
-            (*ev).fib.gw_family = fam;
-            if fam == AF_INET {
-                (*ev).fib.gw = v4(rd::<[u8; 4]>(nhc + off!(nhc_gw)).unwrap_or([0; 4]));
-            } else if fam != 0 {
-                (*ev).fib.gw = rd::<[u8; 16]>(nhc + off!(nhc_gw)).unwrap_or([0; 16]);
-            }
-        }
-    }
-    e.submit(0);
+    s.p.ok = 0;
+    s.x.reset(dev);
+    s.x.fl = fl;
+    s.x.nhc = nhc;
+    s.x.fib_table = table;
+    s.x.fib_err = err;
+    emit(Kind::Fib as u8, skb, tr, s);
 }

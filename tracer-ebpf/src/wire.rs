@@ -7,7 +7,7 @@ use tracer_common::{AF_INET, ArpEvent, CFG_ARP, Kind, STAT_LOST_EVENTS};
 
 use crate::{
     maps::{EVENTS, conf},
-    skb::{dev_ifindex, dev_name, dev_netns, rd, skb_dev, stat_inc},
+    kernel::{dev_ifindex, dev_name, dev_netns, now, rd, skb_dev, stat_inc},
 };
 
 /// An ARP packet at `arp` (kernel address; `mac` is its Ethernet header):
@@ -47,7 +47,7 @@ pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
         (*ev).op = u16::from_be_bytes(h.oper);
         (*ev).netns = netns;
         (*ev).ifindex = dev_ifindex(dev);
-        (*ev).ts = crate::skb::now();
+        (*ev).ts = now();
         dev_name(dev, &mut (*ev).ifname);
         (*ev).sha = h.sha;
         (*ev).spa = h.spa;

@@ -1,0 +1,155 @@
+//! Events for userspace: one function writes every path event straight into
+//! ring-buffer memory (nothing big on the BPF stack); a full ring buffer is
+//! counted, never silent.
+
+use tracer_common::{AF_INET, EV_POD_NS, Event, Kind, NO_HOOK, STAT_LOST_EVENTS};
+
+use crate::{
+    kernel::*,
+    maps::{EVENTS, Track, conf, off},
+    parse::v4,
+    scratch::Scratch,
+};
+
+/// What an event adds to the packet and its tracking state.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Extra {
+    /// Device the event happened on (0: none).
+    pub dev: u64,
+    /// Drop / Consume: freeing function.
+    pub location: u64,
+    /// Netfilter: `skb->_nfct`, and the hook's devices.
+    pub nfct: u64,
+    pub dev_in: u64,
+    pub dev_out: u64,
+    /// Fib: the looked-up `struct flowi4` and the resulting `struct fib_nh_common`.
+    pub fl: u64,
+    pub nhc: u64,
+    /// Drop: `enum skb_drop_reason`; Reset: `enum sk_rst_reason`.
+    pub reason: u32,
+    pub fib_table: u32,
+    pub fib_err: i32,
+    pub hook: u8,
+    pub pos: u8,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+impl Extra {
+    /// Only the device; everything else empty.
+    #[inline(always)]
+    pub fn reset(&mut self, dev: u64) {
+        self.dev = dev;
+        self.location = 0;
+        self.nfct = 0;
+        self.dev_in = 0;
+        self.dev_out = 0;
+        self.fl = 0;
+        self.nhc = 0;
+        self.reason = 0;
+        self.fib_table = 0;
+        self.fib_err = 0;
+        self.hook = NO_HOOK;
+        self.pos = 0;
+        self.flags = 0;
+    }
+}
+
+/// Emits one event of `kind` for traced packet `skb` (tracking state `tr`),
+/// with the packet's headers and details from `s`.
+#[inline(never)]
+pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
+    let Some(mut e) = EVENTS.reserve::<Event>(0) else {
+        stat_inc(STAT_LOST_EVENTS);
+        return;
+    };
+    let ev: &mut Event = unsafe { &mut *e.as_mut_ptr() };
+    let x = &s.x;
+    let dev = x.dev;
+    let node = conf!(node_netns);
+    unsafe { core::ptr::write_bytes(ev as *mut Event, 0, 1) };
+    ev.kind = kind;
+    ev.ts = now();
+    ev.skb = skb;
+    unsafe {
+        ev.dir = (*tr).dir;
+        ev.seq = (*tr).seq;
+        ev.flow = (*tr).flow;
+    }
+    ev.hook = x.hook;
+    ev.pos = x.pos;
+    ev.reason = x.reason;
+    ev.location = x.location;
+    ev.flags = x.flags;
+    ev.netns = if kind == Kind::Nf as u8 {
+        node
+    } else if kind == Kind::Fib as u8 && dev == 0 {
+        unsafe { (*tr).netns }
+    } else {
+        dev_netns(dev)
+    };
+    if ev.netns != 0 && ev.netns != node {
+        ev.flags |= EV_POD_NS;
+    }
+    if dev != 0 {
+        ev.ifindex = dev_ifindex(dev);
+        ev.mtu = dev_mtu(dev);
+        dev_name(dev, &mut ev.ifname);
+    }
+    if kind == Kind::Fib as u8 {
+        fib_detail(ev, x);
+    } else {
+        if s.p.ok != 0 {
+            ev.pkt = s.p.t;
+            ev.tcp_flags = s.p.tcp_flags;
+        }
+        ev.len = skb_len(skb);
+    }
+    if kind == Kind::Arrive as u8 {
+        let mac = skb_mac(skb);
+        if mac != 0 {
+            rd_into(mac + 6, &mut ev.mac_src);
+        }
+    }
+    if kind == Kind::Nf as u8 {
+        let nfct = x.nfct;
+        ev.ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
+        ev.in_ifindex = dev_ifindex(x.dev_in);
+        ev.out_ifindex = dev_ifindex(x.dev_out);
+        let ct = nfct & !7;
+        if ct != 0 && (nfct & 7) != 7 {
+            ct_tuple(ct + off!(ct_tuple_reply), ev.pkt.family, &mut ev.ct_reply);
+            ev.ct_status = rd::<u32>(ct + off!(ct_status)).unwrap_or(0);
+        }
+    } else if kind != Kind::Fib as u8 {
+        // The conntrack state is also where netfilter cannot be observed
+        // (before 6.4): the packet carries it past the hooks.
+        let nfct = skb_nfct(skb);
+        ev.ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
+    }
+    e.submit(0);
+}
+
+/// The routing lookup: the looked-up flow (in `pkt`) and its result.
+#[inline(always)]
+fn fib_detail(ev: &mut Event, x: &Extra) {
+    let fl = x.fl;
+    ev.pkt.family = AF_INET;
+    ev.pkt.saddr = v4(rd::<[u8; 4]>(fl + off!(fl4_saddr)).unwrap_or([0; 4]));
+    ev.pkt.daddr = v4(rd::<[u8; 4]>(fl + off!(fl4_daddr)).unwrap_or([0; 4]));
+    ev.pkt.proto = rd::<u8>(fl + off!(fl4_proto)).unwrap_or(0);
+    ev.fib.table = x.fib_table;
+    ev.fib.err = x.fib_err;
+    ev.fib.flow_iif = rd::<u32>(fl + off!(fl4_iif)).unwrap_or(0);
+    ev.fib.flow_oif = rd::<u32>(fl + off!(fl4_oif)).unwrap_or(0);
+    if x.dev != 0 && x.nhc != 0 {
+        let fam = rd::<u8>(x.nhc + off!(nhc_gw_family)).unwrap_or(0);
+        ev.fib.gw_family = fam;
+        if fam == AF_INET {
+            rd_into(x.nhc + off!(nhc_gw), &mut ev.fib.gw[..4]);
+        } else if fam != 0 {
+            rd_into(x.nhc + off!(nhc_gw), &mut ev.fib.gw);
+        }
+    }
+}

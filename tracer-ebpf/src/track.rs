@@ -1,0 +1,308 @@
+//! Which packets are traced, and following them from hook to hook.
+//!
+//! Tracking identity: a traced packet is keyed by its `struct sk_buff`
+//! address from the moment it is first seen until it is freed (kfree_skb /
+//! consume_skb remove the entry). The address survives NAT, bridging and veth
+//! crossings. Packets the kernel re-allocates, and the pod's replies, are
+//! found again through their conntrack entry (CT_FLOWS) or the tuple the reply
+//! will carry (REPLIES).
+
+use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowCounters, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple};
+
+use crate::{
+    kernel::{ctinfo_is_related, now, jiffies, skb_head, skb_len, stat_inc},
+    maps::{
+        COUNTERS, CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowState, REPLIES, T_CT_SEEN, T_FOLLOW,
+        TRACKED, Track, WINDOW, conf,
+    },
+    parse::{Parsed, parse_ip},
+    scratch::Scratch,
+};
+
+/// True while some packet was traced recently (`j` is jiffies now): only
+/// then do the following hooks pay for map lookups.
+#[inline(always)]
+pub fn window_open(j: u64) -> bool {
+    match WINDOW.get(0) {
+        Some(last) => j.wrapping_sub(*last) < conf!(window_jiffies),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn touch_window() {
+    if let Some(p) = WINDOW.get_ptr_mut(0) {
+        unsafe { *p = jiffies() };
+    }
+}
+
+#[inline(always)]
+fn wanted(t: &Tuple) -> bool {
+    let port = conf!(port);
+    let proto = conf!(proto);
+    (port == 0 || t.dport == port) && (proto == 0 || t.proto == proto)
+}
+
+/// The flow's per-CPU counters, created on first use.
+#[inline(never)]
+pub fn counters(key: &Tuple) -> *mut FlowCounters {
+    if let Some(c) = COUNTERS.get_ptr_mut(key) {
+        return c;
+    }
+    let zero = FlowCounters::default();
+    let _ = COUNTERS.insert(key, zero, 0);
+    COUNTERS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
+}
+
+#[inline(always)]
+fn flow_state(key: &Tuple, now: u64, create: bool) -> Option<*mut FlowState> {
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        return Some(f);
+    }
+    if !create {
+        return None;
+    }
+    let fresh = FlowState {
+        first_ts: now,
+        req_traced: 0,
+        rep_traced: 0,
+        drop_events: 0,
+        _pad: 0,
+    };
+    let _ = FLOWS.insert(key, fresh, 0);
+    stat_inc(STAT_FLOWS);
+    FLOWS.get_ptr_mut(key)
+}
+
+/// Outcome of [`start_track`].
+pub const STARTED: u8 = 0;
+/// The flow's budget for that direction is spent.
+pub const SPENT: u8 = 1;
+pub const NOT_STARTED: u8 = 2;
+
+/// Starts tracing `skb` (headers in `s.p`) as the next packet of `flow` in
+/// direction `dir`, if the flow's budget for that direction allows. The
+/// track is built in `s.tr`; `flow` may point into `s.p` or a map, never
+/// into `s.tr`.
+#[inline(never)]
+fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scratch) -> u8 {
+    let now = now();
+    // SAFETY: both point to live map memory (scratch, flows); `flow` is only read.
+    let (flow, s) = unsafe { (&*flow, &mut *s) };
+    let Some(fs) = flow_state(flow, now, create) else {
+        return NOT_STARTED;
+    };
+    let budget = conf!(trace_packets) as u16;
+    let seq = unsafe {
+        let n = if dir == DIR_REQUEST {
+            &mut (*fs).req_traced
+        } else {
+            &mut (*fs).rep_traced
+        };
+        if *n >= budget {
+            return SPENT;
+        }
+        *n += 1;
+        *n
+    };
+    let tr = &mut s.tr;
+    tr.flow = *flow;
+    tr.ts = now;
+    tr.head = skb_head(skb);
+    tr.sig = s.p.sig;
+    tr.netns = conf!(node_netns);
+    tr.seq = seq;
+    tr.dir = dir;
+    tr.flags = 0;
+    tr.last_hook = NO_HOOK;
+    tr.last_pos = 0;
+    tr.last_ct = 0;
+    tr._pad = 0;
+    tr.last_sum = 0;
+    if TRACKED.insert(&skb, &s.tr, 0).is_err() {
+        return NOT_STARTED;
+    }
+    stat_inc(STAT_TRACKED);
+    touch_window();
+    STARTED
+}
+
+/// First sight of a packet to the LB IP (headers in `s.p`) in the node's
+/// namespace: count it, and trace it if its flow's budget allows.
+#[inline(never)]
+pub fn request_seen(skb: u64, s: &mut Scratch) -> bool {
+    if !wanted(&s.p.t) {
+        return false;
+    }
+    let c = counters(&s.p.t);
+    if !c.is_null() {
+        unsafe {
+            (*c).req_pkts += 1;
+            (*c).req_bytes += skb_len(skb) as u64;
+            if (*c).spent != 0 {
+                // The bulk of a flow: counted, nothing more.
+                return false;
+            }
+        }
+    }
+    match start_track(skb, &raw const s.p.t, DIR_REQUEST, true, s) {
+        STARTED => true,
+        SPENT => {
+            if !c.is_null() {
+                unsafe { (*c).spent = 1 };
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+/// A packet arriving on the node (headers in `s.p`) that carries the tuple
+/// of an expected reply.
+#[inline(never)]
+pub fn reply_seen(skb: u64, s: &mut Scratch) -> bool {
+    match REPLIES.get_ptr(&s.p.t) {
+        Some(flow) => start_track(skb, flow, DIR_REPLY, false, s) == STARTED,
+        None => false,
+    }
+}
+
+/// The traced flow a conntrack entry belongs to, with the direction of the
+/// packet carrying it; None for RELATED packets (ICMP errors about the flow,
+/// not its packets) and directions whose budget is spent.
+#[inline(always)]
+pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
+    let ct = nfct & !7;
+    if ct == 0 {
+        return None;
+    }
+    let ctinfo = nfct & 7;
+    if ctinfo_is_related(ctinfo) {
+        return None;
+    }
+    // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.
+    let dir = if ctinfo >= 3 { DIR_REPLY } else { DIR_REQUEST };
+    let cf = CT_FLOWS.get_ptr_mut(&ct)?;
+    if unsafe { (*cf).spent } & (1 << dir) != 0 {
+        return None;
+    }
+    Some((cf, dir))
+}
+
+/// A packet (headers in `s.p`) whose conntrack entry belongs to a traced
+/// flow (a reply first seen at netfilter, or a packet the kernel copied):
+/// trace it if the budget allows.
+#[inline(never)]
+pub fn ct_seen(skb: u64, cf: *mut CtFlow, dir: u8, s: &mut Scratch) -> bool {
+    match start_track(skb, unsafe { &raw const (*cf).flow }, dir, false, s) {
+        STARTED => true,
+        SPENT => {
+            // From now on this direction costs one lookup per packet.
+            unsafe { (*cf).spent |= 1 << dir };
+            false
+        }
+        _ => false,
+    }
+}
+
+#[inline(always)]
+pub fn tracked(skb: u64) -> Option<*mut Track> {
+    TRACKED.get_ptr_mut(&skb)
+}
+
+#[inline(always)]
+pub fn untrack(skb: u64) {
+    let _ = TRACKED.remove(&skb);
+}
+
+/// A tracked packet older than this is a leftover of a free we did not see.
+const MAX_TRACK_AGE_NS: u64 = 10_000_000_000;
+
+/// Is `tr` still about this very packet? Drops the entry when not. The
+/// kernel recycles an skb together with its data buffer, so neither the
+/// address nor `head` alone tells packets apart: when the packet parsed
+/// (`p.ok`) its signature must match too; `head` alone only decides for
+/// packets we cannot parse.
+#[inline(never)]
+fn verify(skb: u64, tr: *mut Track, p: &Parsed) -> bool {
+    let head = skb_head(skb);
+    unsafe {
+        if now().wrapping_sub((*tr).ts) < MAX_TRACK_AGE_NS {
+            if p.ok != 0 {
+                if p.sig == (*tr).sig {
+                    // Same packet, perhaps in a new buffer (pskb_expand_head).
+                    (*tr).head = head;
+                    return true;
+                }
+            } else if head == (*tr).head {
+                return true;
+            }
+        }
+    }
+    untrack(skb);
+    false
+}
+
+/// The preamble of every hook for a packet found in TRACKED: parse its
+/// headers at `l3` into `s.p` and check the entry is still about it.
+#[inline(always)]
+pub fn again(skb: u64, tr: *mut Track, l3: u64, proto: u16, s: &mut Scratch) -> bool {
+    parse_ip(l3, proto, &mut s.p);
+    verify(skb, tr, &s.p)
+}
+
+/// Should an event in namespace `netns` be reported for this packet? Always in
+/// the node's namespace; elsewhere only once it was sent towards a pod. 0
+/// (no device any more, e.g. delivered to a socket) means where it was last
+/// seen.
+#[inline(always)]
+pub fn in_scope(tr: *const Track, netns: u32) -> bool {
+    let netns = if netns == 0 {
+        unsafe { (*tr).netns }
+    } else {
+        netns
+    };
+    netns == conf!(node_netns) || unsafe { (*tr).flags } & T_FOLLOW != 0
+}
+
+/// Remembers the packet this CPU works on, for routing lookups.
+#[inline(always)]
+pub fn set_current(skb: u64, t: &Tuple, j: u64) {
+    if let Some(c) = CURRENT.get_ptr_mut(0) {
+        unsafe {
+            (*c).skb = skb;
+            (*c).ts = j;
+            (*c).saddr = [t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]];
+            (*c).daddr = [t.daddr[0], t.daddr[1], t.daddr[2], t.daddr[3]];
+        }
+    }
+}
+
+/// Records where the reply to this (request) packet will come from.
+#[inline(never)]
+pub fn expect_reply(tr: *const Track, p: &Parsed) {
+    let rev = p.t.reversed();
+    let _ = REPLIES.insert(&rev, unsafe { &(*tr).flow }, 0);
+}
+
+/// Records the packet's conntrack entry as belonging to its flow, once.
+#[inline(never)]
+pub fn remember_ct(tr: *mut Track, nfct: u64) {
+    let ct = nfct & !7;
+    if ct == 0 || unsafe { (*tr).flags } & T_CT_SEEN != 0 {
+        return;
+    }
+    let v = CtFlow {
+        flow: unsafe { (*tr).flow },
+        spent: 0,
+        _pad: [0; 7],
+    };
+    let _ = CT_FLOWS.insert(&ct, &v, 0);
+    unsafe { (*tr).flags |= T_CT_SEEN };
+}
+
+/// Marks the packet as sent towards a pod: it is followed into the pod.
+#[inline(always)]
+pub fn follow_into_pod(tr: *mut Track) {
+    unsafe { (*tr).flags |= T_FOLLOW };
+}
