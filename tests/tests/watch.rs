@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use lbpath_tests::{
+    kernel,
     kubeproxy_rules::EpSpec,
     lab::*,
     netns::{self, in_ns},
@@ -59,6 +60,8 @@ fn healthy(mode: KubeProxy, chain_word: &str) {
     assert!(body.contains("hello from pod"), "{body}");
     let flow = w.wait_flow(WAIT, |_| true).expect("a flow is reported");
     let out = w.stop().unwrap();
+    // Shown only when the test fails.
+    println!("flow: {flow}");
     assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
     assert_eq!(flow["flow"]["lb"], "192.0.2.240:80");
     assert_eq!(flow["service"]["name"], "default/web:http");
@@ -75,6 +78,12 @@ fn healthy(mode: KubeProxy, chain_word: &str) {
         "{by}"
     );
     assert!(dnat[0]["hook"].as_str().unwrap().contains("PREROUTING"));
+    // Without BPF netfilter links (before 6.4) the DNAT is inferred, and says so.
+    assert_eq!(
+        dnat[0]["inferred"].as_bool().unwrap_or(false),
+        !kernel::has_netfilter_links(),
+        "{dnat:?}"
+    );
     let route = hops(&flow, "route");
     assert_eq!(route[0]["decision"], "forward");
     let left: Vec<_> = hops(&flow, "left");

@@ -2,9 +2,14 @@
 //! be reported: soon after it is answered or dropped, or once it goes quiet.
 //! Bounded: a flood of flows or events is cut and counted, never unbounded.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    rc::Rc,
+};
 
 use tracer_common::{DIR_REPLY, EV_POD_NS, EV_UNTRACED, Event, Kind, Tuple};
+
+use crate::drops::DropNames;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -44,10 +49,11 @@ pub struct Assembler {
     /// Events dropped by these bounds.
     pub dropped_events: u64,
     node_netns: u32,
+    drops: Rc<DropNames>,
 }
 
 impl Assembler {
-    pub fn new(timing: Timing, node_netns: u32) -> Self {
+    pub fn new(timing: Timing, node_netns: u32, drops: Rc<DropNames>) -> Self {
         Self {
             timing,
             pending: HashMap::new(),
@@ -57,6 +63,7 @@ impl Assembler {
             max_events: 1024,
             dropped_events: 0,
             node_netns,
+            drops,
         }
     }
 
@@ -66,7 +73,9 @@ impl Assembler {
         let in_node = e.flags & EV_POD_NS == 0 && (e.netns == 0 || e.netns == self.node_netns);
         match Kind::from_u8(e.kind) {
             Some(Kind::Xmit) => e.dir == DIR_REPLY && in_node,
-            Some(Kind::Drop) => in_node || e.reason == 3,
+            // In the pod, only a refusal settles it (other drops there may be
+            // the endpoint's housekeeping).
+            Some(Kind::Drop) => in_node || self.drops.reason(e) == "NO_SOCKET",
             Some(Kind::Reset) => true,
             _ => false,
         }
@@ -209,7 +218,7 @@ mod tests {
 
     #[test]
     fn answered_flow_reported_after_settling() {
-        let mut a = Assembler::new(Timing::default(), 7);
+        let mut a = Assembler::new(Timing::default(), 7, Rc::new(DropNames::new(None)));
         a.push(ev(Kind::Arrive, 0, 10 * MS, 1));
         a.push(ev(Kind::Xmit, 1, 11 * MS, 1));
         assert!(a.ready(100 * MS).is_empty());
@@ -228,7 +237,7 @@ mod tests {
 
     #[test]
     fn silent_flow_reported_when_idle_or_old() {
-        let mut a = Assembler::new(Timing::default(), 7);
+        let mut a = Assembler::new(Timing::default(), 7, Rc::new(DropNames::new(None)));
         a.push(ev(Kind::Arrive, 0, 0, 2));
         assert!(a.ready(1_000 * MS).is_empty());
         assert_eq!(a.ready(1_600 * MS).len(), 1);
@@ -241,7 +250,7 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let mut a = Assembler::new(Timing::default(), 7);
+        let mut a = Assembler::new(Timing::default(), 7, Rc::new(DropNames::new(None)));
         a.max_flows = 2;
         a.max_events = 3;
         for i in 0..5 {

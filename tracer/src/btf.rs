@@ -227,6 +227,40 @@ impl KernelBtf {
         Err(BtfError::NoType(name.to_string()))
     }
 
+    /// How many arguments tracepoint `name` hands to BPF programs, from its
+    /// `btf_trace_<name>` typedef (a pointer to a function whose first
+    /// parameter is the probe's private data, not an argument). None when
+    /// the kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?;
+        types.into_iter().find_map(|t| {
+            let Type::Typedef(td) = t else {
+                return None;
+            };
+            let Type::Ptr(ptr) = self.chained(&td).ok()? else {
+                return None;
+            };
+            match self.chained(&ptr).ok()? {
+                Type::FuncProto(f) => Some(f.parameters.len().saturating_sub(1)),
+                _ => None,
+            }
+        })
+    }
+
+    /// Whether the kernel defines struct or union `name` (with members).
+    pub fn has_struct(&self, name: &str) -> bool {
+        self.struct_named(name).is_ok()
+    }
+
+    /// Whether enum `name` has a member called `member`.
+    pub fn has_enum_member(&self, name: &str, member: &str) -> bool {
+        self.enum_values(name)
+            .is_ok_and(|v| v.values().any(|m| m == member))
+    }
+
     /// Everything the eBPF programs read, for this kernel.
     pub fn layout(&self) -> Result<Layout, BtfError> {
         let o = |t: &str, f: &str| self.offset(t, f);
@@ -445,6 +479,15 @@ mod tests {
         }
         // IPv4 destination follows the source in struct flowi4.
         assert_eq!(l.fl4_daddr, l.fl4_saddr + 4);
+        // kfree_skb's arguments: skb and location, then the reason (5.17+).
+        assert!(btf.tracepoint_args("kfree_skb").unwrap() >= 3);
+        assert_eq!(btf.tracepoint_args("netif_receive_skb"), Some(1));
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
+        assert!(btf.has_struct("sk_buff"));
+        assert!(!btf.has_struct("no_such_struct_lbpath"));
+        assert!(btf.has_enum_member("bpf_attach_type", "BPF_TRACE_RAW_TP"));
+        // This machine runs lbpath, so the minimum-kernel check passes here.
+        assert!(crate::cli::check_kernel(|e, m| btf.has_enum_member(e, m)).is_ok());
         let reasons = EnumNames::from_btf(&btf, "skb_drop_reason", "SKB_DROP_REASON_");
         assert!(reasons.names.values().any(|n| n == "IP_RPFILTER"));
         assert!(reasons.names.values().any(|n| n == "NETFILTER_DROP"));

@@ -169,19 +169,32 @@ pub fn check_privileges() -> Result<(), UsageError> {
     ))
 }
 
-/// tp_btf and the BPF ring buffer need 5.8.
-pub fn check_kernel(release: &str) -> Result<(), UsageError> {
-    let mut it = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty());
-    let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if (major, minor) < (5, 8) {
-        return Err(UsageError(format!(
-            "kernel {release} is too old: lbpath needs 5.8 or newer (BTF tracepoints and the BPF ring buffer)"
-        )));
+/// What lbpath cannot run without, as the kernel's BTF shows it (never
+/// the version number: distributions backport). Each entry: (enum, member,
+/// what it is, the release that brought it).
+const REQUIRED: &[(&str, &str, &str, &str)] = &[
+    ("bpf_map_type", "BPF_MAP_TYPE_RINGBUF", "BPF ring buffers", "5.8"),
+    ("bpf_attach_type", "BPF_TRACE_RAW_TP", "BTF tracepoints", "5.5"),
+    ("bpf_func_id", "BPF_FUNC_probe_read_kernel", "bpf_probe_read_kernel", "5.5"),
+    ("bpf_func_id", "BPF_FUNC_jiffies64", "bpf_jiffies64", "5.5"),
+];
+
+/// One line when the kernel lacks something lbpath needs. `has(enum, member)`
+/// answers from the kernel's BTF.
+pub fn check_kernel(has: impl Fn(&str, &str) -> bool) -> Result<(), UsageError> {
+    let missing: Vec<String> = REQUIRED
+        .iter()
+        .filter(|(e, m, _, _)| !has(e, m))
+        .map(|(_, _, what, since)| format!("{what} (Linux {since})"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(UsageError(format!(
+        "this kernel ({}) is too old for lbpath: it lacks {}; lbpath runs on 5.10 and newer",
+        kernel_release(),
+        missing.join(", ")
+    )))
 }
 
 pub fn kernel_release() -> String {
@@ -240,14 +253,11 @@ mod tests {
 
     #[test]
     fn kernels() {
-        assert!(check_kernel("6.18.44-fc-v657").is_ok());
-        assert!(check_kernel("5.8.0").is_ok());
-        assert!(
-            check_kernel("5.4.0-150-generic")
-                .unwrap_err()
-                .0
-                .contains("too old")
-        );
-        assert!(check_kernel("4.19.0").is_err());
+        assert!(check_kernel(|_, _| true).is_ok());
+        let old = check_kernel(|_, m| m != "BPF_MAP_TYPE_RINGBUF").unwrap_err().0;
+        assert!(old.contains("too old") && old.contains("BPF ring buffers (Linux 5.8)"), "{old}");
+        assert!(!old.contains('\n'));
+        let older = check_kernel(|_, _| false).unwrap_err().0;
+        assert!(older.contains("BTF tracepoints"), "{older}");
     }
 }

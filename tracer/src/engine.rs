@@ -4,6 +4,7 @@
 
 use std::{
     net::IpAddr,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -13,7 +14,7 @@ use tracer_common::{Event, Kind, Tuple};
 use crate::{
     arp::ArpObservation,
     assembler::{Assembler, Timing, monotonic_ns},
-    btf::EnumNames,
+    drops::DropNames,
     events::{Record, ifname},
     kubeproxy::{self, AddressKind, NoEndpoints, NodeRules, Proto},
     loader::Tracer,
@@ -43,7 +44,7 @@ pub struct Engine {
     pub lb: IpAddr,
     pub net: NetInfo,
     pub plan: NfPlan,
-    pub reasons: EnumNames,
+    pub drops: Rc<DropNames>,
     pub rules: NodeRules,
     pub services: Vec<ServiceView>,
     pub filters: Filters,
@@ -66,13 +67,8 @@ pub fn occupants(rules: &NodeRules) -> Vec<Occupant> {
     let mut occ = Vec::new();
     for rs in &rules.rulesets {
         for c in &rs.base_chains {
-            let hook = match c.hook.as_str() {
-                "prerouting" => 0,
-                "input" => 1,
-                "forward" => 2,
-                "output" => 3,
-                "postrouting" => 4,
-                _ => continue,
+            let Some(hook) = hook_number(&c.hook) else {
+                continue;
             };
             if !matches!(c.family.as_str(), "ip" | "inet" | "ip6") {
                 continue;
@@ -94,6 +90,18 @@ pub fn occupants(rules: &NodeRules) -> Vec<Occupant> {
         }
     }
     occ
+}
+
+/// `enum nf_inet_hooks` for a hook as rule listings name it.
+fn hook_number(name: &str) -> Option<u8> {
+    Some(match name {
+        "prerouting" => 0,
+        "input" => 1,
+        "forward" => 2,
+        "output" => 3,
+        "postrouting" => 4,
+        _ => return None,
+    })
 }
 
 fn kind_name(k: &AddressKind) -> &'static str {
@@ -148,7 +156,7 @@ pub fn service_views(rules: &NodeRules, lb: IpAddr) -> Vec<ServiceView> {
 pub struct Node {
     pub net: NetInfo,
     pub plan: NfPlan,
-    pub reasons: EnumNames,
+    pub drops: DropNames,
     pub rules: NodeRules,
     /// Inode of the node's network namespace.
     pub netns: u32,
@@ -161,7 +169,7 @@ impl Engine {
         let Node {
             net,
             plan,
-            reasons,
+            drops,
             rules,
             netns: node_netns,
             netfilter_links,
@@ -172,17 +180,18 @@ impl Engine {
             .iter()
             .flat_map(|r| r.filter_rules.clone())
             .collect();
+        let drops = Rc::new(drops);
         Self {
             lb,
             net,
             plan,
-            reasons,
+            drops: drops.clone(),
             rules,
             services,
             filters,
             netfilter_links,
             node_netns,
-            assembler: Assembler::new(timing, node_netns),
+            assembler: Assembler::new(timing, node_netns, drops),
             baseline,
             last_rules_read: None,
             arp: Vec::new(),
@@ -286,6 +295,12 @@ impl Engine {
             .into_iter()
             .map(|(r, n)| RuleHit {
                 table: format!("{} {}", r.family, r.table),
+                hook: now
+                    .rulesets
+                    .iter()
+                    .flat_map(|rs| &rs.base_chains)
+                    .find(|c| c.family == r.family && c.table == r.table && c.chain == r.chain)
+                    .and_then(|c| hook_number(&c.hook)),
                 chain: r.chain.clone(),
                 rule: r.rule.clone(),
                 packets: n,
@@ -311,7 +326,7 @@ impl Engine {
             return None;
         }
         let nf_dropped = evs.iter().any(|e| {
-            e.kind == Kind::Drop as u8 && self.reasons.name(e.reason as u64) == "NETFILTER_DROP"
+            e.kind == Kind::Drop as u8 && self.drops.reason(e) == "NETFILTER_DROP"
         });
         let hits = if nf_dropped {
             self.rule_hits()
@@ -330,7 +345,7 @@ impl Engine {
             node_netns: self.node_netns,
             net: &self.net,
             plan: &self.plan,
-            reasons: &self.reasons,
+            drops: &self.drops,
             services: &self.services,
             kube_proxy_found: self.kube_proxy_found(),
             rule_hits: &hits,

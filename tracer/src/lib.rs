@@ -5,6 +5,7 @@
 //! - `loader`: loading and attaching the kernel programs (tp_btf, netfilter);
 //! - `nfplan`: where to observe each netfilter hook;
 //! - `events`: ring-buffer records;
+//! - `drops`: naming drops (kernel reasons, or the freeing function);
 //! - `assembler` + `path`: flows from events, hops and verdicts (pure);
 //! - `kubeproxy`: the node's kube-proxy rules (iptables, nftables), read-only;
 //! - `netinfo`: interfaces, routes, sysctls;
@@ -19,6 +20,7 @@ pub mod btf;
 pub mod checks;
 pub mod cli;
 pub mod diagnose;
+pub mod drops;
 pub mod engine;
 pub mod events;
 pub mod kubeproxy;

@@ -14,7 +14,7 @@ use lbpath::{
     name = "lbpath",
     version,
     about = "Trace packets to a Kubernetes LoadBalancer IP through this node: where they arrive, which kube-proxy rule DNATs them, where they go and why they stop.",
-    after_help = "Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) and a kernel with BTF (5.8+; netfilter hooks need 6.4+).\nExit codes: 0 ok, 1 a problem found (diagnose), 2 bad input or cannot run, 3 no traffic seen (diagnose)."
+    after_help = "Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) and a kernel with BTF (5.10+; netfilter hooks are observed from 6.4, inferred before).\nExit codes: 0 ok, 1 a problem found (diagnose), 2 bad input or cannot run, 3 no traffic seen (diagnose)."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::{
-    btf::EnumNames,
+    drops::DropNames,
     events::ifname,
     model::*,
     netinfo::{IfRole, NetInfo, rp_filter_name},
@@ -53,6 +53,8 @@ pub struct RuleHit {
     pub chain: String,
     pub rule: String,
     pub packets: u64,
+    /// The netfilter hook of its chain, when the chain is a base chain.
+    pub hook: Option<u8>,
 }
 
 /// Everything about the node that path assembly uses.
@@ -60,7 +62,7 @@ pub struct Context<'a> {
     pub node_netns: u32,
     pub net: &'a NetInfo,
     pub plan: &'a NfPlan,
-    pub reasons: &'a EnumNames,
+    pub drops: &'a DropNames,
     /// kube-proxy service ports for the LB IP (all ports).
     pub services: &'a [ServiceView],
     /// Whether any kube-proxy ruleset was found on the node.
@@ -122,6 +124,7 @@ fn benign(reason: &str) -> bool {
             | "TCP_OFO_DROP"
             | "SKB_CONSUMED"
             | "SKB_NOT_DROPPED_YET"
+            | "SOCKET_FILTER"
     )
 }
 
@@ -395,6 +398,18 @@ fn packet_hops(evs: &[&Event], ctx: &Context, t0: u64, flow: &Tuple) -> (Vec<Hop
                 if in_pod(e, ctx) {
                     continue;
                 }
+                if !ctx.netfilter_links && !ct_done && e.ct != 0 {
+                    // No netfilter points: the state the packet leaves with,
+                    // attached at its first hook.
+                    ct_done = true;
+                    w.push(
+                        first.ts,
+                        HopKind::Conntrack {
+                            state: ct_state(e.ct).into(),
+                        },
+                        true,
+                    );
+                }
                 let role = ctx.net.role(e.ifindex);
                 if !route_done && last_nf.is_none() && !fibs.is_empty() {
                     // No netfilter links: the lookup result is the decision.
@@ -487,17 +502,36 @@ fn packet_hops(evs: &[&Event], ctx: &Context, t0: u64, flow: &Tuple) -> (Vec<Hop
                 w.push(e.ts, HopKind::Reset { at: at.into() }, false);
             }
             Some(Kind::Drop) => {
+                if last_nf.is_none()
+                    && !in_pod(e, ctx)
+                    && let (Some(a), true) = (first_tuple, pkt_valid)
+                {
+                    // The dropped packet may show a NAT no later hook saw.
+                    nat_inferred(&mut w, e, &a, &mut out);
+                    first_tuple = Some(e.pkt);
+                }
                 let d = explain_drop(e, ctx, flow, &out, reverse_route.as_ref(), route_gw);
+                // Without netfilter points, a rule attributed by counters
+                // still tells the hook of its chain.
+                let (hook, inferred) = if e.hook != NO_HOOK {
+                    (Some(hook_name(e.hook).to_string()), false)
+                } else if d.1.reason == "NETFILTER_DROP"
+                    && let Some(h) = ctx.rule_hits.iter().find_map(|r| r.hook)
+                {
+                    (Some(hook_name(h).to_string()), true)
+                } else {
+                    (None, false)
+                };
                 w.push(
                     e.ts,
                     HopKind::Dropped {
                         at: d.0.clone(),
                         reason: d.1.reason.clone(),
-                        hook: (e.hook != NO_HOOK).then(|| hook_name(e.hook).to_string()),
+                        hook,
                         detail: d.1.summary.clone(),
                         later_packet: e.flags & EV_UNTRACED != 0,
                     },
-                    false,
+                    inferred,
                 );
                 out.drop = Some(d.1);
             }
@@ -548,8 +582,31 @@ fn nat_hops(
 }
 
 /// Without netfilter links, NAT shows as a changed tuple between hooks.
+/// Where it happened follows from what it rewrote: destinations are
+/// rewritten at PREROUTING (OUTPUT for the node's own packets), sources at
+/// POSTROUTING, in both directions.
 fn nat_inferred(w: &mut Walk, e: &Event, prev: &Tuple, out: &mut Outcome) {
-    push_nat(w, e, prev, "netfilter".into(), true, out);
+    let dst_hook = if out.arrived_on.is_some() {
+        "PREROUTING"
+    } else {
+        "OUTPUT"
+    };
+    if dst(prev) != dst(&e.pkt) {
+        let mut only_dst = e.pkt;
+        only_dst.saddr = prev.saddr;
+        only_dst.sport = prev.sport;
+        let mut de = *e;
+        de.pkt = only_dst;
+        push_nat(w, &de, prev, dst_hook.into(), true, out);
+    }
+    if src(prev) != src(&e.pkt) {
+        let mut only_src = *prev;
+        only_src.saddr = e.pkt.saddr;
+        only_src.sport = e.pkt.sport;
+        let mut se = *e;
+        se.pkt = only_src;
+        push_nat(w, &se, prev, "POSTROUTING".into(), true, out);
+    }
 }
 
 /// DNAT/SNAT hops for a tuple that changed from `prev` to `e.pkt` in `band`.
@@ -628,9 +685,9 @@ fn explain_drop(
     reverse: Option<&(String, Option<IpAddr>)>,
     route_gw: Option<IpAddr>,
 ) -> (String, DropSeen) {
-    let reason = ctx.reasons.name(e.reason as u64);
     let pod = in_pod(e, ctx);
     let dev = ifname(&e.ifname);
+    let (reason, out_mtu) = refine_reason(ctx.drops.reason(e), e, ctx, out, reverse);
     // The last netfilter point the packet passed locates netfilter drops;
     // other drops happen in the stack between hooks (routing, neighbours).
     let after = if e.hook != NO_HOOK {
@@ -650,6 +707,7 @@ fn explain_drop(
     } else if reason == "NETFILTER_DROP" && e.hook != NO_HOOK {
         format!("netfilter {}", ctx.plan.band_after(e.hook, e.pos))
     } else if reason == "IP_RPFILTER"
+        || reason == "IP_ROUTE_INPUT"
         || reason.starts_with("IP_IN")
         || reason.starts_with("IP_INVALID")
         || reason == "IP_LOCAL_SOURCE"
@@ -760,15 +818,15 @@ fn explain_drop(
             format!("next hop {nh} on {dev} did not answer ARP/ND (neighbour resolution failed)")
         }
         r if is_mtu(r) => {
-            let mtu = e.mtu;
+            let (mtu, mtu_dev) = out_mtu.unwrap_or((e.mtu, dev.clone()));
             hint = Some(format!(
                 "packet of {} bytes does not fit the MTU {} of {}: align the pod/overlay MTU with the path, or clamp TCP MSS",
                 e.len,
                 mtu,
-                if dev.is_empty() {
+                if mtu_dev.is_empty() {
                     "the next link".into()
                 } else {
-                    dev.clone()
+                    mtu_dev
                 }
             ));
             format!(
@@ -796,8 +854,20 @@ fn explain_drop(
             format!("no socket on this node for {pkt_dst}")
         }
         "OTHERHOST" => "not addressed to this host's MAC (frame for another host)".to_string(),
+        "IP_ROUTE_INPUT" => {
+            hint = Some(format!(
+                "check `ip route get {} from {} iif {}` on this node: no route, a martian source, or rp_filter",
+                pkt_dst.ip(),
+                src(&e.pkt).ip(),
+                out.arrived_on.clone().unwrap_or_else(|| dev.clone())
+            ));
+            "the input routing decision refused it".to_string()
+        }
         r if benign(r) => format!("{r} (normal TCP housekeeping)"),
-        r => format!("dropped: {r}"),
+        r => match ctx.drops.function(e) {
+            Some(f) => format!("dropped in the kernel function {f} ({r})"),
+            None => format!("dropped: {r}"),
+        },
     };
     (
         at,
@@ -810,6 +880,40 @@ fn explain_drop(
             hint,
         },
     )
+}
+
+/// Without kernel drop reasons, the freeing function gives a cause that the
+/// packet and the routing then make precise: an input-route refusal whose
+/// reverse route leaves by another interface is rp_filter, a forwarded
+/// packet larger than its way out's MTU is too big. Returns the reason and,
+/// for MTU drops, the MTU and interface of the way out.
+fn refine_reason(
+    reason: String,
+    e: &Event,
+    ctx: &Context,
+    out: &Outcome,
+    reverse: Option<&(String, Option<IpAddr>)>,
+) -> (String, Option<(u32, String)>) {
+    match reason.as_str() {
+        "IP_ROUTE_INPUT" => match (reverse, &out.arrived_on) {
+            (Some((back, _)), Some(arrived)) if back != arrived => ("IP_RPFILTER".into(), None),
+            _ => (reason, None),
+        },
+        "IP_FORWARD" | "PKT_TOO_BIG" => {
+            let way_out = ctx
+                .net
+                .route_to(dst(&e.pkt).ip())
+                .and_then(|r| r.oif)
+                .and_then(|i| ctx.net.ifaces.get(&i));
+            match way_out {
+                Some(i) if i.mtu != 0 && e.len > i.mtu => {
+                    ("PKT_TOO_BIG".into(), Some((i.mtu, i.name.clone())))
+                }
+                _ => (reason, None),
+            }
+        }
+        _ => (reason, None),
+    }
 }
 
 /// Packets of one flow: (dir, seq) → its events in time order.

@@ -14,6 +14,7 @@ use crate::{
     UsageError,
     assembler::Timing,
     btf::{BtfError, EnumNames, KernelBtf},
+    drops::DropNames,
     cli::{self, CommonArgs, WatchArgs},
     engine::{Engine, Filters, Node, Output, occupants},
     events, kubeproxy,
@@ -40,11 +41,10 @@ fn btf_usage(e: BtfError) -> anyhow::Error {
 /// node's interfaces and rules, loading.
 pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) -> Result<Session> {
     let target = cli::target(common)?;
-    cli::check_kernel(&cli::kernel_release())?;
     cli::check_privileges()?;
     let btf = KernelBtf::open_vmlinux().map_err(btf_usage)?;
+    cli::check_kernel(|e, m| btf.has_enum_member(e, m))?;
     let layout = btf.layout().map_err(btf_usage)?;
-    let reasons = EnumNames::from_btf(&btf, "skb_drop_reason", "SKB_DROP_REASON_");
 
     let net = NetInfo::read()
         .await
@@ -74,12 +74,14 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
             plan: plan.clone(),
         },
         layout,
+        &btf,
     )?;
     tracer.set_pod_ifs(&net.pod_ifaces())?;
-    let netfilter_links = tracer.notices.iter().all(|n| !n.contains("netfilter"));
+    let netfilter_links = tracer.caps.netfilter_links;
     for n in &tracer.notices {
         eprintln!("lbpath: notice: {n}");
     }
+    tracing::info!("attached: {}", tracer.attached.join("; "));
     let ring = tracer.take_events()?;
     // SAFETY: the ring buffer owns its fd for as long as AsyncFd holds it.
     let ring =
@@ -89,7 +91,9 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
         Node {
             net,
             plan,
-            reasons,
+            drops: DropNames::new(tracer.caps.drop_reasons.then(|| {
+                EnumNames::from_btf(&btf, "skb_drop_reason", "SKB_DROP_REASON_")
+            })),
             rules,
             netns: tracer.node_netns,
             netfilter_links,
@@ -187,11 +191,17 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
                 .join(", ")
         )
     };
+    let netfilter = if s.engine.netfilter_links {
+        format!(
+            "{} netfilter points",
+            s.engine.plan.points.iter().map(Vec::len).sum::<usize>()
+        )
+    } else {
+        "netfilter hops inferred".to_string()
+    };
     eprintln!(
-        "lbpath: watching {}{}; {} netfilter points; Ctrl-C to stop",
-        s.engine.lb,
-        port,
-        s.engine.plan.points.iter().map(Vec::len).sum::<usize>()
+        "lbpath: watching {}{}; {netfilter}; Ctrl-C to stop",
+        s.engine.lb, port,
     );
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

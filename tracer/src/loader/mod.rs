@@ -3,6 +3,8 @@
 //! (file descriptors): when lbpath exits or is killed, nothing stays behind.
 
 pub mod netfilter;
+#[cfg(test)]
+mod stack_check;
 
 use std::{
     net::IpAddr,
@@ -17,10 +19,10 @@ use aya::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, CFG_ARP, CFG_BGP, Config, FlowCounters, Layout, STAT_FLOWS,
-    STAT_LOST_EVENTS, STAT_TRACKED, Tuple,
+    STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
-use crate::{UsageError, nfplan::NfPlan};
+use crate::{UsageError, btf::KernelBtf, nfplan::NfPlan};
 
 /// The kernel programs, built by build.rs and embedded: one file to copy.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -30,16 +32,79 @@ pub fn object_size() -> usize {
     OBJECT.len()
 }
 
-/// tp_btf programs and the tracepoints they attach to. The last ones are
-/// enrichment: a kernel without them still traces the path.
-const TRACEPOINTS: &[(&str, &str, bool)] = &[
-    ("lbp_receive", "netif_receive_skb", true),
-    ("lbp_xmit", "net_dev_start_xmit", true),
-    ("lbp_kfree", "kfree_skb", true),
-    ("lbp_consume", "consume_skb", true),
-    ("lbp_fib", "fib_table_lookup", false),
-    ("lbp_tcp_reset", "tcp_send_reset", false),
+/// A tracepoint lbpath attaches to, with one program per argument list the
+/// kernel may give it (newest first).
+struct TracepointHook {
+    tracepoint: &'static str,
+    /// (program, arguments it reads): the first whose arguments the kernel
+    /// provides is loaded.
+    variants: &'static [(&'static str, usize)],
+    /// Without it nothing useful can be traced.
+    required: bool,
+    /// What is lost without it, for the notice.
+    without: &'static str,
+}
+
+const TRACEPOINTS: &[TracepointHook] = &[
+    TracepointHook {
+        tracepoint: "netif_receive_skb",
+        variants: &[("lbp_receive", 1)],
+        required: true,
+        without: "packets arriving",
+    },
+    TracepointHook {
+        tracepoint: "net_dev_start_xmit",
+        variants: &[("lbp_xmit", 2)],
+        required: false,
+        without: "packets leaving an interface (left hops and replies sent) are not seen",
+    },
+    TracepointHook {
+        tracepoint: "kfree_skb",
+        variants: &[("lbp_kfree", 3), ("lbp_kfree_noreason", 2)],
+        required: false,
+        without: "drops are not seen",
+    },
+    TracepointHook {
+        tracepoint: "consume_skb",
+        variants: &[("lbp_consume", 2), ("lbp_consume_noloc", 1)],
+        required: false,
+        without: "delivery to a socket is not seen",
+    },
+    TracepointHook {
+        tracepoint: "fib_table_lookup",
+        variants: &[("lbp_fib", 4)],
+        required: false,
+        without: "routing decisions are inferred from where packets leave",
+    },
+    TracepointHook {
+        tracepoint: "tcp_send_reset",
+        variants: &[("lbp_tcp_reset", 3), ("lbp_tcp_reset_noreason", 2)],
+        required: false,
+        without: "TCP resets are seen only as RST packets",
+    },
 ];
+
+/// The program variant for a tracepoint that passes `available` arguments.
+fn pick_variant(hook: &TracepointHook, available: usize) -> Option<&'static str> {
+    hook.variants
+        .iter()
+        .find(|(_, needs)| *needs <= available)
+        .map(|(p, _)| *p)
+}
+
+/// What this kernel let lbpath attach, for the path logic and the notices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// BPF netfilter links (6.4+): NAT and netfilter drops are observed, not inferred.
+    pub netfilter_links: bool,
+    /// `kfree_skb` carries `enum skb_drop_reason` (5.17+); else drops are
+    /// named after the freeing function.
+    pub drop_reasons: bool,
+    /// Routing lookups are observed (`fib_table_lookup`).
+    pub fib: bool,
+    /// tcx links (6.6+): BGP segments are captured.
+    pub tcx: bool,
+}
 
 pub struct LoadOptions {
     pub lb: IpAddr,
@@ -59,8 +124,11 @@ pub struct Tracer {
     _nf_links: Vec<OwnedFd>,
     pub node_netns: u32,
     pub plan: NfPlan,
+    pub caps: Capabilities,
     /// Degraded capabilities worth one line each (missing hooks on this kernel).
     pub notices: Vec<String>,
+    /// What is attached, for `-v` and bug reports: "tracepoint kfree_skb (lbp_kfree)" …
+    pub attached: Vec<String>,
 }
 
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -121,7 +189,7 @@ fn permission_hint(e: &(dyn std::error::Error + 'static)) -> Option<UsageError> 
 }
 
 impl Tracer {
-    pub fn load(opts: &LoadOptions, layout: Layout) -> Result<Self> {
+    pub fn load(opts: &LoadOptions, layout: Layout, kbtf: &KernelBtf) -> Result<Self> {
         let node_netns = own_netns()?;
         let (lb_addr, lb_family) = addr_bytes(opts.lb);
         let mut flags = 0;
@@ -155,66 +223,91 @@ impl Tracer {
 
         let btf = Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
             .context("reading the kernel BTF")?;
+        let mut caps = Capabilities::default();
         let mut notices = Vec::new();
-        for (prog, tp, required) in TRACEPOINTS {
-            let res = (|| -> Result<()> {
-                let p: &mut BtfTracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
-                    .try_into()?;
-                p.load(tp, &btf)?;
-                p.attach()?;
-                Ok(())
-            })();
-            if let Err(e) = res {
-                if let Some(u) = permission_hint(e.as_ref()) {
-                    return Err(anyhow!(u));
+        let mut attached = Vec::new();
+        for hook in TRACEPOINTS {
+            let tp = hook.tracepoint;
+            let available = kbtf.tracepoint_args(tp);
+            let prog = available.and_then(|n| pick_variant(hook, n));
+            let res = match prog {
+                Some(prog) => attach_tracepoint(&mut ebpf, &btf, prog, tp),
+                None => Err(anyhow!("this kernel has no such tracepoint")),
+            };
+            if res.is_ok() {
+                attached.push(format!("tracepoint {tp} ({})", prog.unwrap_or("?")));
+            }
+            match res {
+                Ok(()) => match prog {
+                    Some("lbp_kfree") => caps.drop_reasons = true,
+                    Some("lbp_kfree_noreason") => notices.push(
+                        "this kernel's kfree_skb carries no drop reason (before 5.17): drops are named after the kernel function that freed the packet".into(),
+                    ),
+                    Some("lbp_fib") => caps.fib = true,
+                    _ => {}
+                },
+                Err(e) => {
+                    if let Some(u) = permission_hint(e.as_ref()) {
+                        return Err(anyhow!(u));
+                    }
+                    if hook.required {
+                        return Err(e.context(format!("attaching to tracepoint {tp}")));
+                    }
+                    notices.push(format!(
+                        "tracepoint {tp} unavailable ({e:#}): {}",
+                        hook.without
+                    ));
                 }
-                if *required {
-                    return Err(e.context(format!("attaching to tracepoint {tp}")));
-                }
-                notices.push(format!(
-                    "tracepoint {tp} unavailable on this kernel ({e:#}); its detail is left out"
-                ));
             }
         }
 
-        if opts.bgp
-            && !opts.tc_ifaces.is_empty()
-            && let Err(e) = attach_tc(&mut ebpf, &opts.tc_ifaces)
-        {
-            if let Some(u) = permission_hint(e.as_ref()) {
-                return Err(anyhow!(u));
+        if opts.bgp && !opts.tc_ifaces.is_empty() {
+            match attach_tc(&mut ebpf, &opts.tc_ifaces) {
+                Ok(()) => {
+                    caps.tcx = true;
+                    attached.push(format!("tcx on {}", opts.tc_ifaces.join(", ")));
+                }
+                Err(e) => {
+                    if let Some(u) = permission_hint(e.as_ref()) {
+                        return Err(anyhow!(u));
+                    }
+                    notices.push(format!(
+                        "BGP capture unavailable (it needs TC tcx links, kernel 6.6+: {e:#}); BGP sessions are not shown"
+                    ));
+                }
             }
-            notices.push(format!(
-                "BGP capture unavailable (TC tcx links, kernel 6.6+: {e:#})"
-            ));
         }
 
         let mut nf_links = Vec::new();
-        match netfilter::load(OBJECT, &ebpf, "lbp_nf_") {
-            Ok(progs) => {
-                for (hook, points) in opts.plan.points.iter().enumerate() {
-                    for (pos, prio) in points.iter().enumerate() {
-                        let name = format!("lbp_nf_{pos}");
-                        let pfs: &[u32] = if lb_family == AF_INET {
-                            &[netfilter::NFPROTO_IPV4]
-                        } else {
-                            &[netfilter::NFPROTO_IPV6]
-                        };
-                        for pf in pfs {
-                            nf_links.push(progs.attach(&name, *pf, hook as u32, *prio)?);
+        if !kbtf.has_struct("bpf_nf_ctx") {
+            notices.push(
+                "this kernel has no BPF netfilter links (before 6.4): NAT and netfilter hops are inferred from the packets and conntrack, and marked so".into(),
+            );
+        } else {
+            match netfilter::load(OBJECT, &ebpf, "lbp_nf_") {
+                Ok(progs) => {
+                    let pf = if lb_family == AF_INET {
+                        netfilter::NFPROTO_IPV4
+                    } else {
+                        netfilter::NFPROTO_IPV6
+                    };
+                    for (hook, points) in opts.plan.points.iter().enumerate() {
+                        for (pos, prio) in points.iter().enumerate() {
+                            let name = format!("lbp_nf_{pos}");
+                            nf_links.push(progs.attach(&name, pf, hook as u32, *prio)?);
                         }
                     }
+                    caps.netfilter_links = true;
+                    attached.push(format!("{} netfilter links", nf_links.len()));
                 }
-            }
-            Err(e) => {
-                if let Some(u) = permission_hint(e.as_ref()) {
-                    return Err(anyhow!(u));
+                Err(e) => {
+                    if let Some(u) = permission_hint(e.as_ref()) {
+                        return Err(anyhow!(u));
+                    }
+                    notices.push(format!(
+                        "BPF netfilter programs did not load ({e:#}): NAT and netfilter hops are inferred"
+                    ));
                 }
-                notices.push(format!(
-                    "BPF netfilter links unavailable (kernel 6.4+ needed: {e:#}); netfilter hops are inferred from drops"
-                ));
             }
         }
         Ok(Self {
@@ -222,7 +315,9 @@ impl Tracer {
             _nf_links: nf_links,
             node_netns,
             plan: opts.plan.clone(),
+            caps,
             notices,
+            attached,
         })
     }
 
@@ -243,7 +338,7 @@ impl Tracer {
         )?;
         let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
         Ok(Stats {
-            lost_events: sum(STAT_LOST_EVENTS)?,
+            lost_events: sum(STAT_LOST_EVENTS)? + sum(STAT_NESTED)?,
             flows: sum(STAT_FLOWS)?,
             traced_packets: sum(STAT_TRACKED)?,
         })
@@ -285,6 +380,16 @@ impl Tracer {
     }
 }
 
+fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tp: &str) -> Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
+        .try_into()?;
+    p.load(tp, btf)?;
+    p.attach()?;
+    Ok(())
+}
+
 /// TC programs on each interface, both directions, as tcx links (they leave
 /// no qdisc behind and go away with the process).
 fn attach_tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<()> {
@@ -314,12 +419,31 @@ pub struct Stats {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_follow_the_kernels_arguments() {
+        let kfree = TRACEPOINTS.iter().find(|h| h.tracepoint == "kfree_skb").unwrap();
+        // 6.11+ (reason and receiving socket), 5.17+ (reason), 5.10 (none).
+        assert_eq!(pick_variant(kfree, 4), Some("lbp_kfree"));
+        assert_eq!(pick_variant(kfree, 3), Some("lbp_kfree"));
+        assert_eq!(pick_variant(kfree, 2), Some("lbp_kfree_noreason"));
+        assert_eq!(pick_variant(kfree, 1), None);
+        let consume = TRACEPOINTS.iter().find(|h| h.tracepoint == "consume_skb").unwrap();
+        assert_eq!(pick_variant(consume, 1), Some("lbp_consume_noloc"));
+        assert_eq!(pick_variant(consume, 2), Some("lbp_consume"));
+        let rst = TRACEPOINTS.iter().find(|h| h.tracepoint == "tcp_send_reset").unwrap();
+        assert_eq!(pick_variant(rst, 2), Some("lbp_tcp_reset_noreason"));
+        // Only the receive hook is indispensable.
+        assert_eq!(TRACEPOINTS.iter().filter(|h| h.required).count(), 1);
+    }
+
     #[test]
     fn hz() {
         assert_eq!(
-            super::hz_from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            hz_from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
             Some(250)
         );
-        assert_eq!(super::hz_from_config("nothing"), None);
+        assert_eq!(hz_from_config("nothing"), None);
     }
 }

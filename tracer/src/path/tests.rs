@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::{
+    btf::EnumNames,
     netinfo::{Iface, Route},
     nfplan::builtin_occupants,
 };
@@ -187,15 +188,18 @@ fn net() -> NetInfo {
     n
 }
 
-fn reasons() -> EnumNames {
-    EnumNames::from_pairs(&[
+fn reasons() -> DropNames {
+    DropNames::new(Some(EnumNames::from_pairs(&[
         (3, "NO_SOCKET"),
         (12, "NETFILTER_DROP"),
         (16, "IP_RPFILTER"),
         (58, "NEIGH_FAILED"),
         (93, "PKT_TOO_BIG"),
         (104, "QUEUE_PURGE"),
-    ])
+        // What kernels before 5.17 yield, named from the freeing function.
+        (200, "IP_ROUTE_INPUT"),
+        (201, "IP_FORWARD"),
+    ])))
 }
 
 fn svc(no_endpoints: Option<NoEndpointsView>) -> ServiceView {
@@ -228,7 +232,7 @@ fn run(b: &B, services: &[ServiceView], hits: &[RuleHit]) -> FlowReport {
         node_netns: NODE,
         net: &net,
         plan: &plan,
-        reasons: &reasons,
+        drops: &reasons,
         services,
         kube_proxy_found: !services.is_empty(),
         rule_hits: hits,
@@ -448,6 +452,7 @@ fn netfilter_drop_in_forward_with_counter_attribution() {
         chain: "FORWARD".into(),
         rule: "-A FORWARD -d 10.244.1.5/32 -j DROP".into(),
         packets: 1,
+        hook: Some(2),
     }];
     let r = run(&b, &[svc(None)], &hits);
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
@@ -667,11 +672,52 @@ fn without_netfilter_links_nat_is_inferred() {
         .find(|h| matches!(h.kind, HopKind::Dnat { .. }))
         .unwrap();
     assert!(dnat.inferred);
+    let HopKind::Dnat { hook, by, .. } = &dnat.kind else {
+        unreachable!()
+    };
+    // kube-proxy DNATs arriving packets at PREROUTING, and the Service is named.
+    assert_eq!(hook, "PREROUTING");
+    assert!(by.as_ref().unwrap().contains("default/web:http"), "{by:?}");
     assert!(
         r.hops
             .iter()
             .any(|h| matches!(h.kind, HopKind::Route { .. }) && h.inferred)
     );
+}
+
+/// Kernels before 5.17: a refusal by the input route lookup whose reverse
+/// route leaves by another interface is rp_filter.
+#[test]
+fn input_route_refusal_with_reverse_route_elsewhere_is_rp_filter() {
+    let c = "198.51.100.10:5555";
+    let mut b = B::new(c, LB);
+    b.ev(Kind::Arrive, 0, 1, (c, LB), "eth0", 2);
+    b.fib(0, 1, "198.51.100.10", "10.244.1.5", "cni0", 3, None);
+    b.fib(0, 1, "10.244.1.5", "198.51.100.10", "eth1", 5, Some("203.0.113.1"));
+    b.drop_(0, 1, (c, P), "eth0", 200, NO_HOOK, 0);
+    let r = run(&b, &[svc(None)], &[]);
+    assert!(r.verdict.summary.contains("reverse-path filter"), "{}", r.verdict.summary);
+    // Without a reverse route elsewhere it stays a routing refusal.
+    let mut b = B::new(c, LB);
+    b.ev(Kind::Arrive, 0, 1, (c, LB), "eth0", 2);
+    b.drop_(0, 1, (c, P), "eth0", 200, NO_HOOK, 0);
+    let r = run(&b, &[svc(None)], &[]);
+    assert!(r.verdict.summary.contains("input routing decision"), "{}", r.verdict.summary);
+}
+
+/// Kernels before 5.17: ip_forward dropping a packet bigger than its way
+/// out is an MTU drop, with that interface's MTU.
+#[test]
+fn forward_drop_of_a_packet_too_big_for_its_way_out_is_mtu() {
+    let mut b = B::new(C, LB);
+    request_to_pod(&mut b, 1);
+    let e = b.ev(Kind::Drop, 0, 0, (C, "198.51.100.7:80"), "eth0", 2);
+    e.reason = 201;
+    e.len = 1600;
+    e.flags = EV_UNTRACED;
+    let r = run(&b, &[svc(None)], &[]);
+    assert!(r.verdict.summary.contains("too big"), "{}", r.verdict.summary);
+    assert!(r.verdict.hint.as_ref().unwrap().contains("MTU 1500 of eth0"));
 }
 
 /// Past the conntrack band with no entry attached: conntrack found the packet
