@@ -6,6 +6,7 @@
 //! the README gives is enough on a fresh machine, and CI runs exactly that.
 
 mod bootstrap;
+mod kernels;
 mod linker;
 mod packages;
 mod run;
@@ -15,7 +16,7 @@ mod tasks;
 mod toolchain;
 mod workspace;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,22 +42,52 @@ enum Task {
     /// The nightly toolchain with rust-src; bpf-linker built against nightly's
     /// LLVM into target/lbpath-tools (or $LBPATH_TOOLS_DIR); and, as root with
     /// apt-get, the host packages the tests and the demo use: iproute2,
-    /// iptables, nftables, frr, conntrack, curl.
+    /// iptables, nftables, frr, conntrack, curl, and for the kernel matrix
+    /// qemu-system-x86, busybox-static, kmod, xz-utils.
     Bootstrap,
     /// Build the release `lbpath` binary (target/release/lbpath).
     Build,
-    /// Run the unit tests, then the integration tests. Needs root.
+    /// Run the unit tests, the integration tests, then the kernel matrix. Needs root.
     ///
     /// Runs `cargo test` on the workspace but lbpath-tests, builds the release
-    /// `lbpath`, then runs lbpath-tests with LBPATH_BIN set to it.
+    /// `lbpath`, runs lbpath-tests with LBPATH_BIN set to it, then
+    /// `test-kernels` with its defaults (also when the host tests failed).
     Test {
         /// How many integration tests run at once (libtest's --test-threads).
         #[arg(long, short = 'j', default_value_t = 2,
               value_parser = clap::value_parser!(u16).range(1..))]
         jobs: u16,
+        /// Skip the kernel matrix (quicker runs while developing).
+        #[arg(long)]
+        no_kernels: bool,
         /// Passed on to the integration test binaries, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under qemu and run selected
+    /// integration tests in each. Needs root.
+    ///
+    /// Downloads the newest kernel image of each series from Debian (private
+    /// apt configuration, kept in target/kernels), builds lbpath and the
+    /// lbpath-tests binaries, boots one VM per kernel with the host's / as a
+    /// read-only root and runs each selected test there. Logs are kept in
+    /// target/kernels/runs/<series>/.
+    TestKernels {
+        /// Only these series (repeat or comma-separate), e.g. --kernel 6.1.
+        #[arg(long = "kernel", value_name = "SERIES", value_delimiter = ',')]
+        kernels: Vec<String>,
+        /// How many VMs run at once.
+        #[arg(long, short = 'j', default_value_t = kernels::DEFAULT_JOBS,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: u16,
+        /// Seconds a kernel may take, boot and all tests; then qemu is killed.
+        #[arg(long, value_name = "SECS", default_value_t = kernels::DEFAULT_TIMEOUT_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// Tests to run instead of the built-in list, as binary::test_name
+        /// (e.g. watch::healthy_iptables_nft).
+        #[arg(last = true, value_name = "SELECTOR")]
+        selectors: Vec<String>,
     },
     /// Build `lbpath` and run it in the built-in network-namespace lab. Needs root.
     Demo {
@@ -95,13 +126,50 @@ fn dispatch(task: Task) -> Result<()> {
             bootstrap::run(&ws, Packages::WarnIfMissing)?;
             tasks::build(&ws).map(drop)
         }
-        Task::Test { jobs, args } => {
+        Task::Test {
+            jobs,
+            no_kernels,
+            args,
+        } => {
             run::require_root(
                 "cargo xtask test",
                 "the integration tests create network namespaces and load eBPF programs",
             )?;
             bootstrap::run(&ws, Packages::Require)?;
-            tasks::test(&ws, jobs, &args)
+            let host = tasks::test(&ws, jobs, &args);
+            if no_kernels {
+                return host;
+            }
+            if let Err(e) = &host {
+                eprintln!("xtask: host tests failed ({e:#}); running the kernel matrix anyway");
+            }
+            let matrix = kernels::run(&ws, &kernels::Options::default());
+            match (host, matrix) {
+                (Ok(()), m) => m,
+                (Err(h), Ok(())) => Err(h),
+                (Err(h), Err(m)) => Err(h.context(format!("{m:#}"))),
+            }
+        }
+        Task::TestKernels {
+            kernels,
+            jobs,
+            timeout,
+            selectors,
+        } => {
+            run::require_root(
+                "cargo xtask test-kernels",
+                "it downloads kernels with apt and exports / to the guests",
+            )?;
+            bootstrap::run(&ws, Packages::Require)?;
+            kernels::run(
+                &ws,
+                &kernels::Options {
+                    series: kernels,
+                    jobs: jobs.into(),
+                    timeout: Duration::from_secs(timeout),
+                    selectors,
+                },
+            )
         }
         Task::Demo { args } => {
             run::require_root(
@@ -132,16 +200,68 @@ mod tests {
 
     #[test]
     fn test_defaults_to_two_jobs_and_no_args() {
-        let Task::Test { jobs, args } = parse(&["test"]).unwrap() else {
+        let Task::Test {
+            jobs,
+            args,
+            no_kernels,
+        } = parse(&["test"]).unwrap()
+        else {
             panic!()
         };
         assert_eq!(jobs, 2);
         assert!(args.is_empty());
+        assert!(!no_kernels);
+        let Task::Test { no_kernels, .. } = parse(&["test", "--no-kernels"]).unwrap() else {
+            panic!()
+        };
+        assert!(no_kernels);
+    }
+
+    #[test]
+    fn test_kernels_takes_series_jobs_timeout_and_selectors() {
+        let Task::TestKernels {
+            kernels,
+            jobs,
+            timeout,
+            selectors,
+        } = parse(&["test-kernels"]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(kernels.is_empty() && selectors.is_empty());
+        assert_eq!((jobs, timeout), (2, 600));
+        let Task::TestKernels {
+            kernels,
+            jobs,
+            timeout,
+            selectors,
+        } = parse(&[
+            "test-kernels",
+            "--kernel",
+            "6.1",
+            "--kernel",
+            "5.10,6.12",
+            "-j",
+            "1",
+            "--timeout",
+            "900",
+            "--",
+            "watch::healthy_iptables_nft",
+        ])
+        .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(kernels, ["6.1", "5.10", "6.12"]);
+        assert_eq!((jobs, timeout), (1, 900));
+        assert_eq!(selectors, ["watch::healthy_iptables_nft"]);
+        assert!(parse(&["test-kernels", "--jobs", "0"]).is_err());
+        assert!(parse(&["test-kernels", "watch::x"]).is_err());
     }
 
     #[test]
     fn test_takes_jobs_and_passes_args_after_double_dash() {
-        let Task::Test { jobs, args } =
+        let Task::Test { jobs, args, .. } =
             parse(&["test", "--jobs", "1", "--", "bgp", "--nocapture"]).unwrap()
         else {
             panic!()

@@ -9,7 +9,7 @@ use crate::{run, workspace::Workspace};
 pub const DEMO_BIN: &str = "lbpath-demo";
 pub const BENCH_BIN: &str = "lbpath-bench";
 /// The package holding the integration tests and the lab binaries.
-const TESTS_PKG: &str = "lbpath-tests";
+pub const TESTS_PKG: &str = "lbpath-tests";
 
 /// Builds the release `lbpath` and returns its absolute path.
 pub fn build(ws: &Workspace) -> Result<PathBuf> {

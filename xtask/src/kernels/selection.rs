@@ -1,0 +1,127 @@
+//! Which integration tests the kernel matrix runs in every guest.
+//!
+//! This list is the one place to change: a test of lbpath-tests that
+//! depends on the kernel (hooks, verifier, drop reasons, netfilter links)
+//! belongs here. Each entry is `binary::test`: the test target
+//! (tests/tests/<binary>.rs) and the test's exact libtest name. Each is run
+//! alone as `<binary> <test> --exact --test-threads=1 --nocapture`.
+//! Selectors given after `--` on the command line replace the list.
+
+use anyhow::{Result, bail};
+
+pub const KERNEL_TESTS: &[&str] = &[
+    "watch::healthy_iptables_nft",
+    "watch::rp_filter_strict_drops_asymmetric_requests",
+    "watch::forward_drop_names_hook_and_rule",
+    "diagnose::healthy",
+    "diagnose::pod_not_answering",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// The test target, e.g. "watch".
+    pub binary: String,
+    /// The exact test name, e.g. "healthy" or "module::name".
+    pub test: String,
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Self> {
+        let Some((binary, test)) = s.split_once("::") else {
+            bail!(
+                "test selector {s:?} is not binary::test_name (e.g. watch::healthy_iptables_nft)"
+            );
+        };
+        let valid = |w: &str| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c))
+        };
+        if !valid(binary) || binary.contains(':') || !valid(test) {
+            bail!("test selector {s:?} is not binary::test_name (letters, digits, _ and -)");
+        }
+        Ok(Self {
+            binary: binary.to_string(),
+            test: test.to_string(),
+        })
+    }
+
+    /// A file-name-safe id, numbered to keep the run order: "02-watch-healthy".
+    pub fn id(&self, index: usize) -> String {
+        format!(
+            "{:02}-{}-{}",
+            index + 1,
+            self.binary,
+            self.test.replace("::", "-")
+        )
+    }
+
+    /// libtest's arguments for running this test alone.
+    pub fn libtest_args(&self) -> Vec<String> {
+        [
+            self.test.as_str(),
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}::{}", self.binary, self.test)
+    }
+}
+
+/// The caller's selectors if any, else [`KERNEL_TESTS`].
+pub fn selected(args: &[String]) -> Result<Vec<Selector>> {
+    if args.is_empty() {
+        KERNEL_TESTS.iter().map(|s| Selector::parse(s)).collect()
+    } else {
+        args.iter().map(|s| Selector::parse(s)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_list_parses() {
+        let sel = selected(&[]).unwrap();
+        assert_eq!(sel.len(), KERNEL_TESTS.len());
+        assert_eq!(sel[0].binary, "watch");
+        assert_eq!(sel[3].to_string(), "diagnose::healthy");
+    }
+
+    #[test]
+    fn callers_selectors_replace_the_list() {
+        let sel = selected(&["cli::bad_address".into(), "watch::a::b".into()]).unwrap();
+        assert_eq!(sel.len(), 2);
+        assert_eq!(
+            (sel[1].binary.as_str(), sel[1].test.as_str()),
+            ("watch", "a::b")
+        );
+        assert_eq!(sel[1].id(1), "02-watch-a-b");
+        assert_eq!(
+            sel[0].libtest_args(),
+            ["bad_address", "--exact", "--test-threads=1", "--nocapture"]
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_selectors() {
+        for bad in [
+            "healthy",
+            "::x",
+            "watch::",
+            "wa tch::x",
+            "watch::x y",
+            "a:b::c",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
