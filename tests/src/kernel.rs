@@ -19,6 +19,11 @@ pub fn has_netfilter_links() -> bool {
     has_name("bpf_nf_ctx")
 }
 
+/// tcx links (6.6+), which lbpath's BGP capture programs attach with.
+pub fn has_tcx() -> bool {
+    has_name("BPF_TCX_INGRESS")
+}
+
 /// `kfree_skb` passes a drop reason (5.17+).
 pub fn has_drop_reasons() -> bool {
     has_name("SKB_DROP_REASON_NOT_SPECIFIED")

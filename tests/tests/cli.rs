@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lbpath_tests::{
-    bpf,
+    bpf, kernel,
     lab::*,
     netns,
     run::{Running, lbpath_bin, run_once},
@@ -105,18 +105,35 @@ fn killed_lbpath_leaves_nothing_behind() {
         "programs of an earlier run are still loaded"
     );
     let w = Running::watch(&lab.node(), &["192.0.2.240", "--bgp", "--json"]).unwrap();
-    // Tracepoints, netfilter points and the TC programs.
+    // The tracepoint variants this kernel's BTF calls for, and the netfilter
+    // and TC programs where the kernel has those links (kernel names are
+    // cut at 15 characters).
     let names = bpf::program_names();
-    for p in [
+    let mut expected = vec![
         "lbp_receive",
-        "lbp_kfree",
-        "lbp_nf_0",
-        "lbp_nf_1",
-        "lbp_tc_ingress",
-        "lbp_tc_egress",
-    ] {
+        "lbp_xmit",
+        "lbp_fib",
+        if kernel::has_drop_reasons() {
+            "lbp_kfree"
+        } else {
+            "lbp_kfree_norea"
+        },
+    ];
+    if kernel::has_netfilter_links() {
+        expected.extend(["lbp_nf_0", "lbp_nf_1"]);
+    }
+    if kernel::has_tcx() {
+        expected.extend(["lbp_tc_ingress", "lbp_tc_egress"]);
+    }
+    for p in expected {
         assert!(names.iter().any(|n| n == p), "{p} not loaded: {names:?}");
     }
+    // Exactly one variant of each tracepoint.
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("lbp_kfree")).count(),
+        1,
+        "{names:?}"
+    );
     netns::http_get(&lab.client(), lab.lb_addr(), Duration::from_secs(3)).unwrap();
     w.kill9().unwrap();
     let gone = netns::wait_for(Duration::from_secs(10), || {

@@ -114,12 +114,23 @@ pub async fn start(common: &CommonArgs, arp: bool, bgp: bool, timing: Timing) ->
 }
 
 impl Session {
-    /// Waits until the kernel has written records, then takes them all.
+    /// Waits until the kernel has written records (or a packet socket has
+    /// a BGP segment), then takes them all.
     pub async fn next_events(&mut self) -> Result<Vec<Output>> {
-        let mut guard = self.ring.readable_mut().await?;
-        guard.clear_ready();
-        drop(guard);
-        Ok(self.drain())
+        let mut out = Vec::new();
+        match &mut self.tracer.packets {
+            Some(p) => {
+                tokio::select! {
+                    guard = self.ring.readable_mut() => guard?.clear_ready(),
+                    seg = p.rx.recv() => if let Some(seg) = seg {
+                        out.extend(self.engine.record(events::Record::Seg(Box::new(seg)), &self.tracer));
+                    },
+                }
+            }
+            None => self.ring.readable_mut().await?.clear_ready(),
+        }
+        out.extend(self.drain());
+        Ok(out)
     }
 
     /// Drains the ring buffer into the engine.

@@ -57,9 +57,25 @@ fn run() -> Result<()> {
         .args(["netns", "exec", &lab.node()])
         .arg(&bin)
         .args(["watch", &lab::LB.to_string()])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    std::thread::sleep(Duration::from_secs(2));
+    // Show lbpath's stderr as it comes, and send traffic only once it says
+    // every hook is in place (attaching takes seconds on a slow machine).
+    let (attached, ready) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().context("piped stderr")?;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.starts_with("lbpath: watching") {
+                let _ = attached.send(());
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(60))
+        .context("lbpath did not start watching within 60 s")?;
 
     step("1. a client on the LAN asks http://192.0.2.240/");
     let r = netns::http_get(&lab.client(), lab.lb_addr(), Duration::from_secs(3));

@@ -3,6 +3,7 @@
 //! (file descriptors): when lbpath exits or is killed, nothing stays behind.
 
 pub mod netfilter;
+pub mod packet;
 #[cfg(test)]
 mod stack_check;
 
@@ -129,6 +130,8 @@ pub struct Tracer {
     pub notices: Vec<String>,
     /// What is attached, for `-v` and bug reports: "tracepoint kfree_skb (lbp_kfree)" …
     pub attached: Vec<String>,
+    /// BGP segments read from packet sockets (kernels without tcx).
+    pub packets: Option<packet::PacketCapture>,
 }
 
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -261,8 +264,14 @@ impl Tracer {
             }
         }
 
+        let mut packets = None;
         if opts.bgp && !opts.tc_ifaces.is_empty() {
-            match attach_tc(&mut ebpf, &opts.tc_ifaces) {
+            let tcx = if kbtf.has_enum_member("bpf_attach_type", "BPF_TCX_INGRESS") {
+                attach_tc(&mut ebpf, &opts.tc_ifaces)
+            } else {
+                Err(anyhow!("this kernel has no tcx links (before 6.6)"))
+            };
+            match tcx {
                 Ok(()) => {
                     caps.tcx = true;
                     attached.push(format!("tcx on {}", opts.tc_ifaces.join(", ")));
@@ -271,9 +280,25 @@ impl Tracer {
                     if let Some(u) = permission_hint(e.as_ref()) {
                         return Err(anyhow!(u));
                     }
-                    notices.push(format!(
-                        "BGP capture unavailable (it needs TC tcx links, kernel 6.6+: {e:#}); BGP sessions are not shown"
-                    ));
+                    // The same segments through filtered packet sockets.
+                    let ifaces: Vec<(u32, String)> = opts
+                        .tc_ifaces
+                        .iter()
+                        .filter_map(|n| Some((ifindex(n)?, n.clone())))
+                        .collect();
+                    match packet::start(&ifaces) {
+                        Ok(p) => {
+                            packets = Some(p);
+                            attached.push(format!(
+                                "packet sockets on {}",
+                                opts.tc_ifaces.join(", ")
+                            ));
+                            tracing::info!("BGP capture through packet sockets: {e:#}");
+                        }
+                        Err(pe) => notices.push(format!(
+                            "BGP capture unavailable (tcx: {e:#}; packet sockets: {pe:#}); BGP sessions are not shown"
+                        )),
+                    }
                 }
             }
         }
@@ -318,6 +343,7 @@ impl Tracer {
             caps,
             notices,
             attached,
+            packets,
         })
     }
 
@@ -337,8 +363,12 @@ impl Tracer {
                 .ok_or_else(|| anyhow!("STATS map missing"))?,
         )?;
         let sum = |i: u32| -> Result<u64> { Ok(map.get(&i, 0)?.iter().sum()) };
+        let packets_lost = self
+            .packets
+            .as_ref()
+            .map_or(0, |p| p.lost.load(std::sync::atomic::Ordering::Relaxed));
         Ok(Stats {
-            lost_events: sum(STAT_LOST_EVENTS)? + sum(STAT_NESTED)?,
+            lost_events: sum(STAT_LOST_EVENTS)? + sum(STAT_NESTED)? + packets_lost,
             flows: sum(STAT_FLOWS)?,
             traced_packets: sum(STAT_TRACKED)?,
         })
@@ -378,6 +408,13 @@ impl Tracer {
         }
         Ok(())
     }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tp: &str) -> Result<()> {

@@ -15,6 +15,8 @@ pub const KERNEL_TESTS: &[&str] = &[
     "watch::forward_drop_names_hook_and_rule",
     "diagnose::healthy",
     "diagnose::pod_not_answering",
+    "diagnose::bgp_notification_decoded",
+    "cli::killed_lbpath_leaves_nothing_behind",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
