@@ -20,10 +20,14 @@ pub const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
 /// The kernel command line parameter naming the script the guest runs.
 pub const RUN_PARAM: &str = "lbpath.run";
+/// The one naming the workspace, exported on its own ("ws") and mounted at
+/// the same path over the tmpfs mounts.
+pub const WS_PARAM: &str = "lbpath.ws";
 
 /// /init: mounts the 9p root (host's /, read-only) with tmpfs over /tmp,
-/// /run and /var/tmp, the host directory tagged "out" on /tmp/out, and runs
-/// the script named by lbpath.run= there as the new init.
+/// /run and /var/tmp, the workspace (tagged "ws") again at its own path so a
+/// checkout under /tmp stays visible, the host directory tagged "out" on
+/// /tmp/out, and runs the script named by lbpath.run= there as the new init.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
@@ -31,6 +35,8 @@ cmd=$(sed -n 's/.*lbpath.run=\([^ ]*\).*/\1/p' /proc/cmdline)
 for m in /mods/*.ko; do insmod $m 2>/dev/null; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /newroot || { echo MOUNT FAILED; poweroff -f; }
 for d in tmp run var/tmp; do mount -t tmpfs tmpfs /newroot/$d; done
+ws=$(sed -n 's/.*lbpath.ws=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$ws" ]; then mkdir -p "/newroot$ws" 2>/dev/null; mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose ws "/newroot$ws" || echo WORKSPACE MOUNT FAILED; fi
 mkdir -p /newroot/tmp/out; mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /newroot/tmp/out
 mount -o move /proc /newroot/proc; mount -o move /sys /newroot/sys; mount -o move /dev /newroot/dev
 exec switch_root /newroot /bin/sh $cmd

@@ -145,6 +145,7 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
                 &p.initrd,
                 &busybox,
                 &runs.join("accel-probe"),
+                &ws.root,
             )?;
             eprintln!("kernels: accelerator {} ({why})", accel.name());
             accel
@@ -166,7 +167,7 @@ pub fn run(ws: &Workspace, opts: &Options) -> Result<()> {
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let Some((i, p)) = plans.get(n) else { break };
-                    let r = run_plan(p, accel, opts.timeout, &selectors);
+                    let r = run_plan(p, accel, opts.timeout, &selectors, &ws.root);
                     done.lock().unwrap().push((*i, r));
                 }
             });
@@ -336,7 +337,13 @@ fn plan(
 }
 
 /// Boots one kernel, runs its tests, and reads the results.
-fn run_plan(p: &Plan, accel: Accel, timeout: Duration, selectors: &[Selector]) -> KernelResult {
+fn run_plan(
+    p: &Plan,
+    accel: Accel,
+    timeout: Duration,
+    selectors: &[Selector],
+    workspace: &Path,
+) -> KernelResult {
     let k = &p.kernel;
     let tag = format!("[{}]", k.series);
     let out = qemu::out_dir(&p.dir);
@@ -357,6 +364,7 @@ fn run_plan(p: &Plan, accel: Accel, timeout: Duration, selectors: &[Selector]) -
         initrd: &p.initrd,
         script: &p.script,
         dir: &p.dir,
+        workspace,
         accel,
     };
     let mut up_seen = false;

@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{guest, initramfs::RUN_PARAM};
+use super::{
+    guest,
+    initramfs::{RUN_PARAM, WS_PARAM},
+};
 
 const MEMORY_MB: u32 = 2048;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +54,9 @@ pub struct Vm<'a> {
     pub initrd: &'a Path,
     pub script: &'a Path,
     pub dir: &'a Path,
+    /// The workspace, mounted at its own path in the guest: it may sit under
+    /// /tmp, which the guest covers with a tmpfs.
+    pub workspace: &'a Path,
     pub accel: Accel,
 }
 
@@ -84,6 +90,13 @@ impl Vm<'_> {
                 "the guest script's path {script:?} has whitespace: the kernel command line cannot carry it"
             );
         }
+        let workspace = self
+            .workspace
+            .to_str()
+            .context("workspace path is not UTF-8")?;
+        if workspace.chars().any(|c| c.is_whitespace() || c == ',') {
+            bail!("the workspace path {workspace:?} has whitespace or a comma: qemu and the kernel command line cannot carry it");
+        }
         let out = out_dir(self.dir);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(self.accel.args())
@@ -104,11 +117,17 @@ impl Vm<'_> {
             .arg("-initrd")
             .arg(self.initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 quiet {RUN_PARAM}={script}"))
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet {RUN_PARAM}={script} {WS_PARAM}={workspace}"
+            ))
             .args([
                 "-virtfs",
                 "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             ])
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={workspace},mount_tag=ws,security_model=none,readonly=on,multidevs=remap"
+            ))
             .arg("-virtfs")
             .arg(format!(
                 "local,path={},mount_tag=out,security_model=none",
@@ -184,6 +203,7 @@ pub fn choose_accel(
     initrd: &Path,
     busybox: &Path,
     dir: &Path,
+    workspace: &Path,
 ) -> Result<(Accel, String)> {
     if !Path::new("/dev/kvm").exists() {
         return Ok((Accel::Tcg, "no /dev/kvm".into()));
@@ -204,6 +224,7 @@ pub fn choose_accel(
         initrd,
         script: &script,
         dir,
+        workspace,
         accel: Accel::Kvm,
     };
     eprintln!(
@@ -288,6 +309,7 @@ mod tests {
             initrd: Path::new("/r/initramfs.cpio"),
             script: Path::new("/r/guest.sh"),
             dir: Path::new("/r"),
+            workspace: Path::new("/w"),
             accel: Accel::Tcg,
         };
         let line = crate::run::display(&vm.command().unwrap());
@@ -296,7 +318,10 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(" -serial file:/r/console.log "), "{line}");
-        assert!(line.contains(" -append console=ttyS0 panic=-1 quiet lbpath.run=/r/guest.sh "));
+        assert!(line.contains(
+            " -append console=ttyS0 panic=-1 quiet lbpath.run=/r/guest.sh lbpath.ws=/w "
+        ));
+        assert!(line.contains("path=/w,mount_tag=ws,security_model=none,readonly=on"));
         assert!(line.contains("path=/,mount_tag=hostroot,security_model=none,readonly=on"));
         assert!(line.ends_with(" -virtfs local,path=/r/out,mount_tag=out,security_model=none"));
         let spaced = Vm {
