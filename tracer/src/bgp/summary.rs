@@ -1,0 +1,277 @@
+//! The summary layer: all sessions by 4-tuple ([`Sessions`]), and per peer
+//! what happened to the LoadBalancer IP ([`summarize`]).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::message::Open;
+use super::session::{
+    Dir, NotificationEvent, RouteStatus, Segment, Session, SessionKey, SessionState,
+};
+
+/// Everything seen with one peer address, across its TCP connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerSummary {
+    pub peer: IpAddr,
+    pub local: IpAddr,
+    /// 4-tuples seen (each connection attempt usually has its own port).
+    pub sessions: usize,
+    /// State of the most recent session.
+    pub state: SessionState,
+    pub text: String,
+    pub local_asn: Option<u32>,
+    pub peer_asn: Option<u32>,
+    pub peer_hostname: Option<String>,
+    pub last_notification: Option<NotificationEvent>,
+    /// The LB IP as advertised by this node to the peer.
+    pub advertised: RouteStatus,
+    /// The LB IP as advertised by the peer to this node (e.g. reflected from
+    /// another speaker).
+    pub received: RouteStatus,
+    pub add_path: bool,
+    /// Messages lost to truncation or lost events, both directions.
+    pub messages_not_decoded: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LbBgpSummary {
+    pub lb_ip: IpAddr,
+    pub peers: Vec<PeerSummary>,
+}
+
+impl LbBgpSummary {
+    /// One line per finding, for the text report.
+    pub fn describe(&self) -> Vec<String> {
+        if self.peers.is_empty() {
+            return vec!["no BGP traffic (TCP 179) seen on this node".to_string()];
+        }
+        let mut lines = Vec::new();
+        for p in &self.peers {
+            p.describe_into(self.lb_ip, &mut lines);
+        }
+        lines
+    }
+}
+
+impl PeerSummary {
+    /// This peer's lines of [`LbBgpSummary::describe`] for the LB IP `ip`.
+    fn describe_into(&self, ip: IpAddr, lines: &mut Vec<String>) {
+        let tries = if self.sessions > 1 {
+            format!(" [{} connections]", self.sessions)
+        } else {
+            String::new()
+        };
+        lines.push(format!("{}{tries}", self.text));
+        if let Some(n) = &self.last_notification
+            && !matches!(self.state, SessionState::Notified { .. })
+        {
+            let by = if n.sent_by_peer {
+                self.peer.to_string()
+            } else {
+                "this node".into()
+            };
+            lines.push(format!(
+                "  earlier: {by} sent NOTIFICATION {}",
+                n.notification.describe()
+            ));
+        }
+        if let Some(h) = self
+            .last_notification
+            .as_ref()
+            .and_then(|n| n.notification.hint())
+        {
+            lines.push(format!("  hint: {h}"));
+        }
+        let peer = self.peer;
+        lines.push(match &self.advertised {
+            RouteStatus::NotSeen => format!(
+                "  no UPDATE announcing {ip} to {peer} seen (not announced by this node, or announced before the capture)"
+            ),
+            RouteStatus::Announced {
+                prefix, next_hop, ..
+            } => format!("  UPDATE announces {prefix} to {peer}{}", via(*next_hop)),
+            RouteStatus::Withdrawn { prefix, .. } => {
+                format!("  UPDATE withdraws {prefix} from {peer}")
+            }
+            RouteStatus::SessionDown { prefix, .. } => format!(
+                "  {prefix} was announced to {peer}, then the session went down (implicitly withdrawn)"
+            ),
+        });
+        if let RouteStatus::Announced {
+            prefix, next_hop, ..
+        } = &self.received
+        {
+            lines.push(format!(
+                "  {peer} advertises {prefix}{} to this node",
+                via(*next_hop)
+            ));
+        }
+        if self.add_path {
+            lines
+                .push("  ADD-PATH negotiated: prefixes of those families may be misdecoded".into());
+        }
+        if self.messages_not_decoded > 0 {
+            lines.push(format!(
+                "  {} message(s) not decoded (capture truncated or events lost)",
+                self.messages_not_decoded
+            ));
+        }
+    }
+}
+
+fn via(nh: Option<IpAddr>) -> String {
+    nh.map(|n| format!(" with next hop {n}"))
+        .unwrap_or_default()
+}
+
+/// For the LB IP: per peer, the session outcome and whether a covering
+/// prefix was announced, withdrawn, or never seen. Call
+/// [`Session::finish`] (or [`Sessions::finish`]) first.
+pub fn summarize<'a>(
+    sessions: impl IntoIterator<Item = &'a Session>,
+    lb_ip: IpAddr,
+) -> LbBgpSummary {
+    let mut by_peer: BTreeMap<(IpAddr, IpAddr), Vec<&Session>> = BTreeMap::new();
+    for s in sessions {
+        let key = s.key();
+        by_peer
+            .entry((key.peer.ip(), key.local.ip()))
+            .or_default()
+            .push(s);
+    }
+    let peers = by_peer
+        .into_iter()
+        .map(|((peer, local), ss)| summarize_peer(peer, local, ss, lb_ip))
+        .collect();
+    LbBgpSummary { lb_ip, peers }
+}
+
+/// One peer's sessions (at least one), whatever their order.
+fn summarize_peer(
+    peer: IpAddr,
+    local: IpAddr,
+    mut ss: Vec<&Session>,
+    lb_ip: IpAddr,
+) -> PeerSummary {
+    ss.sort_by_key(|s| (s.first_ts_ns(), s.last_ts_ns()));
+    let latest = ss[ss.len() - 1];
+    // The latest session with something to say about the prefix
+    // decides: older sessions' routes died with them.
+    let status = |dir| {
+        ss.iter()
+            .rev()
+            .map(|s| s.route_status(lb_ip, dir))
+            .find(|r| *r != RouteStatus::NotSeen)
+            .unwrap_or(RouteStatus::NotSeen)
+    };
+    let opens = |f: fn(&Session) -> Option<&Open>| ss.iter().rev().find_map(|s| f(s));
+    PeerSummary {
+        peer,
+        local,
+        sessions: ss.len(),
+        state: latest.state().clone(),
+        text: latest.describe(),
+        local_asn: opens(Session::local_open).map(Open::real_asn),
+        peer_asn: opens(Session::peer_open).map(Open::real_asn),
+        peer_hostname: opens(Session::peer_open)
+            .and_then(Open::hostname)
+            .map(str::to_string),
+        last_notification: ss
+            .iter()
+            .flat_map(|s| s.notifications().iter())
+            .max_by_key(|n| n.ts_ns)
+            .cloned(),
+        advertised: status(Dir::Tx),
+        received: status(Dir::Rx),
+        add_path: ss.iter().any(|s| s.add_path()),
+        messages_not_decoded: ss
+            .iter()
+            .map(|s| {
+                let (tx, rx) = s.capture();
+                tx.skipped + tx.malformed + rx.skipped + rx.malformed
+            })
+            .sum(),
+    }
+}
+
+/// Sessions by 4-tuple.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: BTreeMap<SessionKey, Session>,
+}
+
+impl Sessions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn observe(&mut self, key: SessionKey, seg: &Segment<'_>) {
+        self.map
+            .entry(key)
+            .or_insert_with(|| Session::new(key))
+            .observe(seg);
+    }
+
+    pub fn finish(&mut self) {
+        for s in self.map.values_mut() {
+            let ts = s.last_ts_ns();
+            s.finish(ts);
+        }
+    }
+
+    pub fn get(&self, key: &SessionKey) -> Option<&Session> {
+        self.map.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.map.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn summary(&self, lb_ip: IpAddr) -> LbBgpSummary {
+        summarize(self.iter(), lb_ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::bgp::session::TCP_SYN;
+    use crate::bgp::testutil::*;
+
+    #[test]
+    fn summary_groups_connection_attempts_per_peer() {
+        let mut ss = Sessions::new();
+        let peer: SocketAddr = "192.0.2.1:179".parse().unwrap();
+        for (i, port) in [50_000u16, 50_001, 50_002].into_iter().enumerate() {
+            let local = SocketAddr::new("10.0.0.5".parse().unwrap(), port);
+            let key = SessionKey::from_packet(Dir::Tx, local, peer);
+            assert_eq!(key, SessionKey::from_packet(Dir::Rx, peer, local));
+            let seg = Segment {
+                ts_ns: i as u64,
+                dir: Dir::Tx,
+                tcp_flags: TCP_SYN,
+                seq: 1,
+                payload: &[],
+                full_len: 0,
+            };
+            ss.observe(key, &seg);
+        }
+        let sum = ss.summary(LB);
+        assert_eq!(sum.peers.len(), 1);
+        assert_eq!(sum.peers[0].sessions, 3);
+        assert!(sum.describe()[0].contains("[3 connections]"));
+        assert!(Sessions::new().summary(LB).describe()[0].contains("no BGP traffic"));
+    }
+}
