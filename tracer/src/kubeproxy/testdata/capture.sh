@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-captures the kube-proxy fixtures in this folder with the real kernel
 # tools: installs lab-iptables.rules / lab-kube-proxy.nft (the output of
-# tests/src/kubeproxy_rules.rs) in a scratch "node" namespace, adds rules of
+# tests/src/kubeproxy_rules/) in a scratch "node" namespace, adds rules of
 # another component (NetworkPolicy-like drops), sends a few packets from a
 # scratch "client" namespace so counters move, and saves what
 # iptables-nft-save -c and nft -j list ruleset print.
