@@ -3,6 +3,12 @@
 
 use std::{env, path::PathBuf};
 
+/// The pinned nightly the eBPF programs are built with (`rust-toolchain-ebpf`
+/// at the workspace root, which xtask's bootstrap installs and builds
+/// bpf-linker against). Included rather than read so that changing it
+/// rebuilds this script, and so the object.
+const EBPF_TOOLCHAIN: &str = include_str!("../rust-toolchain-ebpf").trim_ascii();
+
 fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let workspace = manifest.parent().expect("tracer sits in the workspace");
@@ -31,6 +37,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: ebpf_dir.to_str().expect("utf-8 path"),
             ..Default::default()
         }],
-        aya_build::Toolchain::Nightly,
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }

@@ -67,7 +67,12 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         return;
     }
     let l3 = skb_network(skb);
-    let at = Point { skb, state, hook, pos };
+    let at = Point {
+        skb,
+        state,
+        hook,
+        pos,
+    };
     // Each case calls its own function instead of setting a flag the cases
     // share afterwards: the 6.1 verifier can prune a path chosen by such a
     // flag as dead code.

@@ -7,8 +7,8 @@ use aya_ebpf::{helpers::bpf_skb_load_bytes, macros::classifier, programs::TcCont
 use tracer_common::{AF_INET, AF_INET6, Kind, SEG_PAYLOAD, STAT_LOST_EVENTS, SegEvent, Tuple};
 
 use crate::{
-    maps::{EVENTS, conf},
     kernel::{now, stat_inc},
+    maps::{EVENTS, conf},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
 };
 

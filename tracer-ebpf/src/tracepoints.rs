@@ -302,7 +302,11 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
             };
             *flow = unsafe { (*cf).flow };
             // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.
-            s.tr.dir = if nfct & 7 >= 3 { DIR_REPLY } else { DIR_REQUEST };
+            s.tr.dir = if nfct & 7 >= 3 {
+                DIR_REPLY
+            } else {
+                DIR_REQUEST
+            };
         }
     }
     s.x.reset(dev);

@@ -7,10 +7,12 @@
 //! found again through their conntrack entry (CT_FLOWS) or the tuple the reply
 //! will carry (REPLIES).
 
-use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowCounters, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple};
+use tracer_common::{
+    DIR_REPLY, DIR_REQUEST, FlowCounters, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple,
+};
 
 use crate::{
-    kernel::{ctinfo_is_related, now, jiffies, skb_head, skb_len, stat_inc},
+    kernel::{ctinfo_is_related, jiffies, now, skb_head, skb_len, stat_inc},
     maps::{
         COUNTERS, CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowState, REPLIES, T_CT_SEEN, T_FOLLOW,
         TRACKED, Track, WINDOW, conf,

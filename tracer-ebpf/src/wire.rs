@@ -6,8 +6,8 @@ use network_types::arp::ArpHdr;
 use tracer_common::{AF_INET, ArpEvent, CFG_ARP, Kind, STAT_LOST_EVENTS};
 
 use crate::{
-    maps::{EVENTS, conf},
     kernel::{dev_ifindex, dev_name, dev_netns, now, rd, skb_dev, stat_inc},
+    maps::{EVENTS, conf},
 };
 
 /// An ARP packet at `arp` (kernel address; `mac` is its Ethernet header):

@@ -218,41 +218,27 @@ fn classify(o: &ArpObservation, lb: Ipv4Addr) -> Option<Kind> {
     }
 }
 
-/// Evidence about `lb_ip` from `observations`, given this node's MAC per
-/// interface (`own_macs`).
-pub fn analyze<S: AsRef<str>>(
-    lb_ip: Ipv4Addr,
-    own_macs: &[(S, [u8; 6])],
-    observations: &[ArpObservation],
-) -> ArpReport {
-    let own_by_if: BTreeMap<&str, Mac> = own_macs
-        .iter()
-        .map(|(name, mac)| (name.as_ref(), Mac(*mac)))
-        .collect();
-    let is_own = |mac: Mac| own_by_if.values().any(|m| *m == mac);
+/// What the observations add up to, before any conclusion.
+#[derive(Default)]
+struct Gathered<'a> {
+    ifs: BTreeMap<&'a str, Acc>,
+    claims: BTreeMap<Claimant, Option<Span>>,
+    /// This node's claims per (interface, MAC), to name the one it uses most.
+    own_use: BTreeMap<(&'a str, Mac), u64>,
+    probes: BTreeMap<Mac, u64>,
+}
 
-    let mut ifs: BTreeMap<&str, Acc> = BTreeMap::new();
-    let mut claims: BTreeMap<Claimant, Option<Span>> = BTreeMap::new();
-    // This node's claims per (interface, MAC), to name the one it uses most.
-    let mut own_use: BTreeMap<(&str, Mac), u64> = BTreeMap::new();
-    let mut probes: BTreeMap<Mac, u64> = BTreeMap::new();
-
-    for o in observations {
-        let Some(kind) = classify(o, lb_ip) else {
-            continue;
-        };
-        let acc = ifs.entry(o.ifname.as_str()).or_default();
+impl<'a> Gathered<'a> {
+    fn add(&mut self, o: &'a ArpObservation, kind: Kind, own: bool) {
+        let acc = self.ifs.entry(o.ifname.as_str()).or_default();
         let sha = Mac(o.sha);
-        // Sent by this node: leaving through its stack, or carrying its MAC
-        // (e.g. seen again on a bridge port).
-        let own = o.dir == Dir::Tx || is_own(sha);
         match kind {
             Kind::Request if own => acc.requests_sent += 1,
             Kind::Request => {
                 acc.requests_received += 1;
                 if o.spa.is_unspecified() {
                     // RFC 5227 probe: someone checks whether the IP is free.
-                    *probes.entry(sha).or_default() += 1;
+                    *self.probes.entry(sha).or_default() += 1;
                 }
                 let host = Host {
                     ip: o.spa,
@@ -278,8 +264,8 @@ pub fn analyze<S: AsRef<str>>(
                     ClaimKind::RequestFromLbIp => acc.requests_from_lb_ip_sent += 1,
                 }
                 *acc.reply_macs.entry(sha).or_default() += 1;
-                *own_use.entry((o.ifname.as_str(), sha)).or_default() += 1;
-                Span::add(claims.entry(Claimant::ThisNode).or_default(), o.ts_ns);
+                *self.own_use.entry((o.ifname.as_str(), sha)).or_default() += 1;
+                Span::add(self.claims.entry(Claimant::ThisNode).or_default(), o.ts_ns);
             }
             Kind::Claim(k) => {
                 let c = match acc.others.entry(sha) {
@@ -302,13 +288,54 @@ pub fn analyze<S: AsRef<str>>(
                 }
                 c.first_ts_ns = c.first_ts_ns.min(o.ts_ns);
                 c.last_ts_ns = c.last_ts_ns.max(o.ts_ns);
-                Span::add(claims.entry(Claimant::Foreign(sha)).or_default(), o.ts_ns);
+                Span::add(
+                    self.claims.entry(Claimant::Foreign(sha)).or_default(),
+                    o.ts_ns,
+                );
             }
         }
     }
+}
 
-    let interfaces: Vec<InterfaceArp> = ifs
-        .into_iter()
+/// Evidence about `lb_ip` from `observations`, given this node's MAC per
+/// interface (`own_macs`).
+pub fn analyze<S: AsRef<str>>(
+    lb_ip: Ipv4Addr,
+    own_macs: &[(S, [u8; 6])],
+    observations: &[ArpObservation],
+) -> ArpReport {
+    let own_by_if: BTreeMap<&str, Mac> = own_macs
+        .iter()
+        .map(|(name, mac)| (name.as_ref(), Mac(*mac)))
+        .collect();
+    let is_own = |mac: Mac| own_by_if.values().any(|m| *m == mac);
+    let mut g = Gathered::default();
+    for o in observations {
+        if let Some(kind) = classify(o, lb_ip) {
+            // Sent by this node: leaving through its stack, or carrying its
+            // MAC (e.g. seen again on a bridge port).
+            let own = o.dir == Dir::Tx || is_own(Mac(o.sha));
+            g.add(o, kind, own);
+        }
+    }
+    let probes = std::mem::take(&mut g.probes);
+    let interfaces = interfaces(std::mem::take(&mut g.ifs), &own_by_if);
+    let (verdict, earlier_claimants) = decide(&g, &interfaces);
+    let mut report = ArpReport {
+        lb_ip,
+        interfaces,
+        verdict,
+        earlier_claimants,
+        text: String::new(),
+        notes: Vec::new(),
+    };
+    report.text = report.describe();
+    report.notes = report.findings(&probes);
+    report
+}
+
+fn interfaces(ifs: BTreeMap<&str, Acc>, own_by_if: &BTreeMap<&str, Mac>) -> Vec<InterfaceArp> {
+    ifs.into_iter()
         .map(|(name, mut acc)| {
             for r in acc.requesters.values_mut() {
                 r.answered = acc.answered.get(&r.ip).copied().unwrap_or(0);
@@ -330,11 +357,15 @@ pub fn analyze<S: AsRef<str>>(
                 others,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let mut spans: Vec<(Claimant, Span)> = claims
-        .into_iter()
-        .filter_map(|(c, s)| s.map(|s| (c, s)))
+/// Who answers for the IP now, and who did before; or that nobody answers.
+fn decide(g: &Gathered, interfaces: &[InterfaceArp]) -> (ArpVerdict, Vec<Mac>) {
+    let mut spans: Vec<(Claimant, Span)> = g
+        .claims
+        .iter()
+        .filter_map(|(c, s)| s.map(|s| (*c, s)))
         .collect();
     spans.sort_by_key(|(c, s)| (s.first, *c));
     // Split brain: some claimant starts before another one has stopped.
@@ -344,16 +375,15 @@ pub fn analyze<S: AsRef<str>>(
             .iter()
             .any(|(_, b)| b.first <= a.last.saturating_add(SAME_TIME_NS))
     });
-    let own_main = own_use
+    let own_main = g
+        .own_use
         .iter()
         .max_by_key(|(_, n)| **n)
         .map(|((ifname, mac), _)| (ifname.to_string(), *mac));
-
-    let mut earlier_claimants = Vec::new();
-    let verdict = if simultaneous {
+    if simultaneous {
         let this_node = own_main.as_ref().map(|(_, m)| *m);
         // This node's MACs first, then the others in order of appearance.
-        let own = own_use.keys().map(|(_, m)| *m);
+        let own = g.own_use.keys().map(|(_, m)| *m);
         let foreign = spans.iter().filter_map(|(c, _)| match c {
             Claimant::Foreign(m) => Some(*m),
             Claimant::ThisNode => None,
@@ -364,56 +394,47 @@ pub fn analyze<S: AsRef<str>>(
                 macs.push(m);
             }
         }
-        ArpVerdict::Conflict { macs, this_node }
-    } else if let Some(((current, _), before)) = spans.split_last() {
-        earlier_claimants = before
+        return (ArpVerdict::Conflict { macs, this_node }, Vec::new());
+    }
+    if let Some(((current, _), before)) = spans.split_last() {
+        let earlier = before
             .iter()
             .map(|(c, _)| match c {
                 Claimant::ThisNode => own_main.as_ref().map(|(_, m)| *m).unwrap_or_default(),
                 Claimant::Foreign(m) => *m,
             })
             .collect();
-        match (current, own_main) {
+        let verdict = match (current, own_main) {
             (Claimant::ThisNode, Some((ifname, mac))) => {
                 ArpVerdict::AnsweredByThisNode { mac, ifname }
             }
             (Claimant::Foreign(m), _) => ArpVerdict::AnsweredElsewhere { macs: vec![*m] },
             // A ThisNode span always comes with an `own_use` entry.
             (Claimant::ThisNode, None) => ArpVerdict::NoArpSeen,
-        }
-    } else {
-        let requests: u64 = interfaces.iter().map(|i| i.requests_received).sum();
-        if requests > 0 {
-            let mut requesters: Vec<Host> = interfaces
-                .iter()
-                .flat_map(|i| &i.requesters)
-                .map(|r| Host {
-                    ip: r.ip,
-                    mac: r.mac,
-                })
-                .collect();
-            requesters.sort();
-            requesters.dedup();
-            ArpVerdict::NotAnswered {
-                requests,
-                requesters,
-            }
-        } else {
-            ArpVerdict::NoArpSeen
-        }
-    };
-
-    let mut report = ArpReport {
-        lb_ip,
-        interfaces,
-        verdict,
-        earlier_claimants,
-        text: String::new(),
-        notes: Vec::new(),
-    };
-    report.text = report.describe();
-    report.notes = report.findings(&probes);
-    report
+        };
+        return (verdict, earlier);
+    }
+    let requests: u64 = interfaces.iter().map(|i| i.requests_received).sum();
+    if requests == 0 {
+        return (ArpVerdict::NoArpSeen, Vec::new());
+    }
+    let mut requesters: Vec<Host> = interfaces
+        .iter()
+        .flat_map(|i| &i.requesters)
+        .map(|r| Host {
+            ip: r.ip,
+            mac: r.mac,
+        })
+        .collect();
+    requesters.sort();
+    requesters.dedup();
+    (
+        ArpVerdict::NotAnswered {
+            requests,
+            requesters,
+        },
+        Vec::new(),
+    )
 }
 
 impl ArpReport {

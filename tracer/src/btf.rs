@@ -305,6 +305,38 @@ impl KernelBtf {
     }
 }
 
+/// What lbpath needs to know about the running kernel, read from its BTF in
+/// one go, so the parsed BTF can be dropped before the loader parses it
+/// again for aya (which needs its own): the two never sit in memory together.
+#[derive(Debug, Clone)]
+pub struct KernelFacts {
+    pub layout: Layout,
+    /// Arguments each tracepoint lbpath may attach to passes (absent: no
+    /// such tracepoint).
+    pub tracepoint_args: HashMap<String, usize>,
+    /// BPF netfilter links (6.4+): `struct bpf_nf_ctx`.
+    pub netfilter_links: bool,
+    /// tcx links (6.6+).
+    pub tcx: bool,
+    /// `enum skb_drop_reason` names (empty before 5.17).
+    pub drop_reasons: EnumNames,
+}
+
+impl KernelFacts {
+    pub fn read(btf: &KernelBtf, tracepoints: &[&str]) -> Result<Self, BtfError> {
+        Ok(Self {
+            layout: btf.layout()?,
+            tracepoint_args: tracepoints
+                .iter()
+                .filter_map(|t| Some((t.to_string(), btf.tracepoint_args(t)?)))
+                .collect(),
+            netfilter_links: btf.has_struct("bpf_nf_ctx"),
+            tcx: btf.has_enum_member("bpf_attach_type", "BPF_TCX_INGRESS"),
+            drop_reasons: EnumNames::from_btf(btf, "skb_drop_reason", "SKB_DROP_REASON_"),
+        })
+    }
+}
+
 /// Kernel enum values to short names: `SKB_DROP_REASON_IP_RPFILTER` → `IP_RPFILTER`.
 #[derive(Debug, Clone, Default)]
 pub struct EnumNames {

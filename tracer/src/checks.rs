@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::{
+    hints::Hint,
+    kubeproxy::{NoEndpoints, ServicePort},
     netinfo::{IfRole, NetInfo, rp_filter_name},
-    path::{NoEndpointsView, ServiceView},
+    path::kind_label,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -79,20 +81,30 @@ impl Sysctls {
 pub fn run(
     lb: IpAddr,
     port: u16,
-    services: &[ServiceView],
+    services: &[ServicePort],
     kube_proxy_found: bool,
     net: &NetInfo,
     sys: &Sysctls,
 ) -> Vec<Finding> {
+    let mut out = kube_proxy(lb, port, services, kube_proxy_found);
+    out.push(address(lb, net));
+    out.extend(ip_forward(sys));
+    out.extend(rp_filters(sys));
+    out.extend(mtu(net));
+    out.extend(conntrack(sys));
+    out
+}
+
+/// kube-proxy's view of the IP: its Service ports, endpoints, and whether it
+/// turns the traffic away.
+fn kube_proxy(lb: IpAddr, port: u16, services: &[ServicePort], found: bool) -> Vec<Finding> {
     let mut out = Vec::new();
-    let svcs: Vec<&ServiceView> = services
+    let svcs: Vec<&ServicePort> = services
         .iter()
         .filter(|s| port == 0 || s.port == port)
         .collect();
-
-    // kube-proxy's view of the IP.
     if svcs.is_empty() {
-        let extra = if kube_proxy_found {
+        let extra = if found {
             ""
         } else {
             " (no kube-proxy ruleset found on this node at all: is kube-proxy running, or is a kube-proxy replacement in use?)"
@@ -100,55 +112,80 @@ pub fn run(
         out.push(f(
             "kube-proxy rules",
             Level::Problem,
-            format!("no kube-proxy rule for {lb}{}{extra}", if port != 0 { format!(":{port}") } else { String::new() }),
-            Some(format!("is the Service there and does it have endpoints? `kubectl get svc -A -o wide | grep {lb}`")),
+            format!(
+                "no kube-proxy rule for {lb}{}{extra}",
+                if port != 0 {
+                    format!(":{port}")
+                } else {
+                    String::new()
+                }
+            ),
+            Hint::NoRule { lb }.text(),
         ));
     }
     for s in &svcs {
-        let local = s.endpoints.iter().filter(|e| e.local == Some(true)).count();
-        let locality = if s.endpoints.iter().any(|e| e.local.is_some()) {
-            format!(", {local} on this node")
-        } else {
-            String::new()
-        };
-        let text = format!(
-            "{lb}:{} → {} ({}, chain {}): {} endpoint{}{locality}{}",
-            s.port,
-            s.service,
-            s.kind,
-            s.entry_chain,
-            s.endpoints.len(),
-            if s.endpoints.len() == 1 { "" } else { "s" },
-            if s.local_only {
-                ", externalTrafficPolicy=Local"
-            } else {
-                ""
-            }
-        );
-        match &s.no_endpoints {
-            Some(NoEndpointsView::Reject(rule)) => out.push(f(
-                "kube-proxy rules",
-                Level::Problem,
-                format!("{text}: kube-proxy REJECTs it, the Service has no endpoints ({rule})"),
-                Some(format!("check the Service's selector and the pods' readiness: `kubectl get endpointslices -A | grep {}`", s.service.split(['/', ':']).nth(1).unwrap_or(""))),
-            )),
-            Some(NoEndpointsView::DropNoLocal(rule)) => out.push(f(
-                "kube-proxy rules",
-                Level::Problem,
-                format!("{text}: externalTrafficPolicy=Local and no endpoint on this node, kube-proxy DROPs it ({rule})"),
-                Some("MetalLB should announce the IP only from nodes with a ready endpoint: check the speakers' logs, or use externalTrafficPolicy: Cluster".into()),
-            )),
-            None if s.local_only && local == 0 && s.endpoints.iter().any(|e| e.local.is_some()) => out.push(f(
-                "kube-proxy rules",
-                Level::Problem,
-                format!("{text}: none of them on this node"),
-                Some("externalTrafficPolicy=Local needs a local endpoint on the announcing node".into()),
-            )),
-            None => out.push(f("kube-proxy rules", Level::Ok, text, None)),
-        }
+        out.push(service(lb, s));
     }
+    out
+}
 
-    // Is the IP bound on this node (IPVS' kube-ipvs0, or someone added it)?
+fn service(lb: IpAddr, s: &ServicePort) -> Finding {
+    let local = s.endpoints.iter().filter(|e| e.local == Some(true)).count();
+    let locality = if s.endpoints.iter().any(|e| e.local.is_some()) {
+        format!(", {local} on this node")
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "{lb}:{} → {} ({}, chain {}): {} endpoint{}{locality}{}",
+        s.port,
+        s.service,
+        kind_label(s.kind),
+        s.entry_chain,
+        s.endpoints.len(),
+        if s.endpoints.len() == 1 { "" } else { "s" },
+        if s.local_only {
+            ", externalTrafficPolicy=Local"
+        } else {
+            ""
+        }
+    );
+    match &s.no_endpoints {
+        Some(NoEndpoints::Reject { rule }) => f(
+            "kube-proxy rules",
+            Level::Problem,
+            format!("{text}: kube-proxy REJECTs it, the Service has no endpoints ({rule})"),
+            Hint::NoEndpoints {
+                service: &s.service,
+            }
+            .text(),
+        ),
+        Some(NoEndpoints::DropNoLocal { rule }) => f(
+            "kube-proxy rules",
+            Level::Problem,
+            format!(
+                "{text}: externalTrafficPolicy=Local and no endpoint on this node, kube-proxy DROPs it ({rule})"
+            ),
+            Hint::NoLocalEndpoint {
+                service: &s.service,
+            }
+            .text(),
+        ),
+        None if s.local_only && local == 0 && s.endpoints.iter().any(|e| e.local.is_some()) => f(
+            "kube-proxy rules",
+            Level::Problem,
+            format!("{text}: none of them on this node"),
+            Hint::NoLocalEndpoint {
+                service: &s.service,
+            }
+            .text(),
+        ),
+        None => f("kube-proxy rules", Level::Ok, text, None),
+    }
+}
+
+/// Is the IP bound on this node (IPVS' kube-ipvs0, or someone added it)?
+fn address(lb: IpAddr, net: &NetInfo) -> Finding {
     let holders: Vec<&str> = net
         .ifaces
         .values()
@@ -156,112 +193,121 @@ pub fn run(
         .map(|i| i.name.as_str())
         .collect();
     if holders.is_empty() {
-        out.push(f("address", Level::Info, format!("{lb} is not assigned to an interface here (normal for iptables/nftables kube-proxy with MetalLB)"), None));
-    } else {
-        let ipvs = holders.contains(&"kube-ipvs0");
-        out.push(f(
+        return f(
             "address",
             Level::Info,
             format!(
-                "{lb} is assigned to {}{}",
-                holders.join(", "),
-                if ipvs { " (kube-proxy IPVS mode)" } else { "" }
+                "{lb} is not assigned to an interface here (normal for iptables/nftables kube-proxy with MetalLB)"
             ),
             None,
-        ));
+        );
     }
+    let ipvs = holders.contains(&"kube-ipvs0");
+    f(
+        "address",
+        Level::Info,
+        format!(
+            "{lb} is assigned to {}{}",
+            holders.join(", "),
+            if ipvs { " (kube-proxy IPVS mode)" } else { "" }
+        ),
+        None,
+    )
+}
 
-    match sys.ip_forward {
-        Some(0) => out.push(f(
+fn ip_forward(sys: &Sysctls) -> Option<Finding> {
+    match sys.ip_forward? {
+        0 => Some(f(
             "ip_forward",
             Level::Problem,
             "net.ipv4.ip_forward=0: this node does not forward, DNATed traffic cannot reach pods"
                 .into(),
-            Some("sysctl -w net.ipv4.ip_forward=1".into()),
+            Hint::IpForwardOff.text(),
         )),
-        Some(_) => out.push(f(
+        _ => Some(f(
             "ip_forward",
             Level::Ok,
             "net.ipv4.ip_forward=1".into(),
             None,
         )),
-        None => {}
     }
+}
 
-    for (iface, all, dev) in &sys.rp_filter {
-        let eff = (*all).max(*dev);
-        let level = if eff == 1 { Level::Warn } else { Level::Ok };
-        let next = (eff == 1).then(|| {
-            "strict reverse-path filtering drops traffic whose return route uses another interface (clients behind another router, BGP with several uplinks); use rp_filter=2 or keep routes symmetric".to_string()
-        });
-        out.push(f(
-            "rp_filter",
-            level,
-            format!(
-                "{iface}: rp_filter {} (all={all}, {iface}={dev})",
-                rp_filter_name(eff)
-            ),
-            next,
-        ));
-    }
+fn rp_filters(sys: &Sysctls) -> Vec<Finding> {
+    sys.rp_filter
+        .iter()
+        .map(|(iface, all, dev)| {
+            let eff = (*all).max(*dev);
+            let level = if eff == 1 { Level::Warn } else { Level::Ok };
+            let next = (eff == 1).then(|| Hint::RpFilterStrict.to_string());
+            f(
+                "rp_filter",
+                level,
+                format!(
+                    "{iface}: rp_filter {} (all={all}, {iface}={dev})",
+                    rp_filter_name(eff)
+                ),
+                next,
+            )
+        })
+        .collect()
+}
 
-    // Pod path MTU against the uplink's.
-    let uplink_mtu = net
+/// Pod path MTU against the uplink's.
+fn mtu(net: &NetInfo) -> Option<Finding> {
+    let up = net
         .default_route_ifaces()
         .iter()
         .filter_map(|i| net.ifaces.get(i))
         .map(|i| i.mtu)
-        .min();
-    let pod_mtu = net
+        .min()?;
+    let (name, pm) = net
         .ifaces
         .values()
         .filter(|i| matches!(net.role(i.index), IfRole::PodVeth | IfRole::Overlay))
         .map(|i| (i.name.clone(), i.mtu))
-        .min_by_key(|(_, m)| *m);
-    if let (Some(up), Some((name, pm))) = (uplink_mtu, pod_mtu) {
-        if pm < up {
-            out.push(f(
-                "mtu",
-                Level::Warn,
-                format!("pod path MTU {pm} ({name}) is smaller than the uplink MTU {up}: full-size packets from outside need fragmentation or PMTU discovery"),
-                Some("make sure ICMP 'fragmentation needed' reaches clients, or clamp TCP MSS to the pod MTU".into()),
-            ));
-        } else {
-            out.push(f(
-                "mtu",
-                Level::Ok,
-                format!("pod path MTU {pm} ({name}), uplink MTU {up}"),
-                None,
-            ));
-        }
-    }
+        .min_by_key(|(_, m)| *m)?;
+    Some(if pm < up {
+        f(
+            "mtu",
+            Level::Warn,
+            format!(
+                "pod path MTU {pm} ({name}) is smaller than the uplink MTU {up}: full-size packets from outside need fragmentation or PMTU discovery"
+            ),
+            Hint::PodMtuSmaller.text(),
+        )
+    } else {
+        f(
+            "mtu",
+            Level::Ok,
+            format!("pod path MTU {pm} ({name}), uplink MTU {up}"),
+            None,
+        )
+    })
+}
 
-    if let Some((count, max)) = sys.conntrack {
-        let pct = (count * 100).checked_div(max).unwrap_or(0);
-        let level = if pct >= 90 {
-            Level::Problem
-        } else if pct >= 75 {
-            Level::Warn
-        } else {
-            Level::Ok
-        };
-        out.push(f(
-            "conntrack",
-            level,
-            format!("conntrack table {count}/{max} ({pct}%)"),
-            (pct >= 75).then(|| "a full conntrack table drops new flows: raise net.netfilter.nf_conntrack_max or find the flood".into()),
-        ));
-    }
-    out
+fn conntrack(sys: &Sysctls) -> Option<Finding> {
+    let (count, max) = sys.conntrack?;
+    let pct = (count * 100).checked_div(max).unwrap_or(0);
+    let level = if pct >= 90 {
+        Level::Problem
+    } else if pct >= 75 {
+        Level::Warn
+    } else {
+        Level::Ok
+    };
+    Some(f(
+        "conntrack",
+        level,
+        format!("conntrack table {count}/{max} ({pct}%)"),
+        (pct >= 75).then(|| Hint::ConntrackFull.to_string()),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        netinfo::{Iface, Route},
-        path::EndpointView,
-    };
+    use crate::netinfo::{Iface, Route};
 
     fn net(pod_mtu: u32, lb_local: bool) -> NetInfo {
         let mut n = NetInfo::default();
@@ -299,21 +345,8 @@ mod tests {
         n
     }
 
-    fn svc(no: Option<NoEndpointsView>, local_only: bool, local: Option<bool>) -> ServiceView {
-        ServiceView {
-            service: "default/web:http".into(),
-            kind: "LoadBalancer".into(),
-            port: 80,
-            proto: 6,
-            entry_chain: "KUBE-EXT-X".into(),
-            endpoints: vec![EndpointView {
-                addr: "10.244.2.7:8080".parse().unwrap(),
-                chain: "KUBE-SEP-Y".into(),
-                local,
-            }],
-            local_only,
-            no_endpoints: no,
-        }
+    fn svc(no: Option<NoEndpoints>, local_only: bool, local: Option<bool>) -> ServicePort {
+        crate::path::web_service(no, local_only, local)
     }
 
     fn level_of(fs: &[Finding], check: &str) -> Level {
@@ -366,7 +399,11 @@ mod tests {
         let fs = run(
             lb,
             80,
-            &[svc(Some(NoEndpointsView::Reject("r".into())), false, None)],
+            &[svc(
+                Some(NoEndpoints::Reject { rule: "r".into() }),
+                false,
+                None,
+            )],
             true,
             &net(1500, false),
             &sys,

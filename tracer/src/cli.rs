@@ -173,9 +173,24 @@ pub fn check_privileges() -> Result<(), UsageError> {
 /// the version number: distributions backport). Each entry: (enum, member,
 /// what it is, the release that brought it).
 const REQUIRED: &[(&str, &str, &str, &str)] = &[
-    ("bpf_map_type", "BPF_MAP_TYPE_RINGBUF", "BPF ring buffers", "5.8"),
-    ("bpf_attach_type", "BPF_TRACE_RAW_TP", "BTF tracepoints", "5.5"),
-    ("bpf_func_id", "BPF_FUNC_probe_read_kernel", "bpf_probe_read_kernel", "5.5"),
+    (
+        "bpf_map_type",
+        "BPF_MAP_TYPE_RINGBUF",
+        "BPF ring buffers",
+        "5.8",
+    ),
+    (
+        "bpf_attach_type",
+        "BPF_TRACE_RAW_TP",
+        "BTF tracepoints",
+        "5.5",
+    ),
+    (
+        "bpf_func_id",
+        "BPF_FUNC_probe_read_kernel",
+        "bpf_probe_read_kernel",
+        "5.5",
+    ),
     ("bpf_func_id", "BPF_FUNC_jiffies64", "bpf_jiffies64", "5.5"),
 ];
 
@@ -192,15 +207,9 @@ pub fn check_kernel(has: impl Fn(&str, &str) -> bool) -> Result<(), UsageError> 
     }
     Err(UsageError(format!(
         "this kernel ({}) is too old for lbpath: it lacks {}; lbpath runs on 5.10 and newer",
-        kernel_release(),
+        crate::netinfo::kernel_release(),
         missing.join(", ")
     )))
-}
-
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -254,8 +263,13 @@ mod tests {
     #[test]
     fn kernels() {
         assert!(check_kernel(|_, _| true).is_ok());
-        let old = check_kernel(|_, m| m != "BPF_MAP_TYPE_RINGBUF").unwrap_err().0;
-        assert!(old.contains("too old") && old.contains("BPF ring buffers (Linux 5.8)"), "{old}");
+        let old = check_kernel(|_, m| m != "BPF_MAP_TYPE_RINGBUF")
+            .unwrap_err()
+            .0;
+        assert!(
+            old.contains("too old") && old.contains("BPF ring buffers (Linux 5.8)"),
+            "{old}"
+        );
         assert!(!old.contains('\n'));
         let older = check_kernel(|_, _| false).unwrap_err().0;
         assert!(older.contains("BTF tracepoints"), "{older}");

@@ -10,12 +10,10 @@ use std::{
     fmt::Write as _,
     io::{IsTerminal, Write},
     net::IpAddr,
-    time::Duration,
 };
 
 use anyhow::Result;
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     arp::{self, ArpReport, ArpVerdict},
@@ -24,9 +22,10 @@ use crate::{
     checks::{self, Finding, Level, Sysctls},
     cli::DiagnoseArgs,
     engine::Output,
+    hints::Hint,
     model::{FlowReport, VerdictKind},
     render::{self, Style},
-    watch,
+    session::{FrontEnd, Session, SessionOptions},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,141 +67,22 @@ fn is_problem(k: VerdictKind) -> bool {
     )
 }
 
-/// The verdict from everything gathered. Pure.
+/// The verdict from everything gathered, most telling layer first. Pure.
 pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wire) -> Diagnosis {
-    let mut evidence = Vec::new();
-    let static_problems: Vec<&Finding> = findings
-        .iter()
-        .filter(|f| f.level == Level::Problem)
-        .collect();
-
-    // Split brain on L2 is a problem whatever the traffic does.
-    if let Some(ArpReport {
-        verdict: ArpVerdict::Conflict { macs, .. },
-        ..
-    }) = wire.arp
-    {
-        let list: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
-        return Diagnosis {
-            layer: Layer::NotAnnounced,
-            summary: format!(
-                "two or more MACs answer ARP for {lb}: {} (split brain or duplicate IP)",
-                list.join(" and ")
-            ),
-            evidence: wire.arp.map(|a| vec![a.text.clone()]).unwrap_or_default(),
-            next_step: Some(format!(
-                "only the elected speaker may answer for {lb}: check the speakers (`kubectl -n metallb-system logs -l component=speaker`) and that no host has {lb} configured (`arping -D {lb}`)"
-            )),
-            exit_code: 1,
-        };
+    if let Some(d) = split_brain(lb, wire) {
+        return d;
     }
-
     if !flows.is_empty() {
-        for f in flows.iter().take(8) {
-            evidence.push(format!(
-                "{} → {}: {}",
-                f.flow.client, f.flow.lb, f.verdict.summary
-            ));
-        }
-        let problem = flows
-            .iter()
-            .filter(|f| is_problem(f.verdict.kind))
-            .max_by_key(|f| severity(f.verdict.kind));
-        let answered = flows
-            .iter()
-            .filter(|f| f.verdict.kind == VerdictKind::Answered)
-            .count();
-        let Some(p) = problem else {
-            return Diagnosis {
-                layer: Layer::Healthy,
-                summary: format!(
-                    "healthy: {answered} flow{} reached a pod and got an answer",
-                    if answered == 1 { "" } else { "s" }
-                ),
-                evidence,
-                next_step: None,
-                exit_code: 0,
-            };
-        };
-        let layer = match p.verdict.kind {
-            VerdictKind::Refused | VerdictKind::NoAnswer => Layer::PodNotAnswering,
-            _ => Layer::DroppedOnNode,
-        };
-        let what = match layer {
-            Layer::PodNotAnswering => "DNATed, but the pod does not answer",
-            _ => "traffic reaches this node but",
-        };
-        return Diagnosis {
-            layer,
-            summary: format!("{what}: {}", p.verdict.summary),
-            evidence,
-            next_step: p.verdict.hint.clone(),
-            exit_code: 1,
-        };
+        return from_flows(flows);
     }
-
-    // No traffic: what the announcement layers say.
-    if let Some(a) = wire.arp {
-        evidence.push(a.text.clone());
-        match &a.verdict {
-            ArpVerdict::NotAnswered { requests, .. } => {
-                return Diagnosis {
-                    layer: Layer::NotAnnounced,
-                    summary: format!(
-                        "this node is not announcing {lb}: {requests} ARP request(s) for it arrived and nobody answered"
-                    ),
-                    evidence,
-                    next_step: Some(format!(
-                        "another speaker may be the leader, or none is: check `kubectl describe svc` events for {lb}, the IPAddressPool/L2Advertisement, and the speaker pods"
-                    )),
-                    exit_code: 1,
-                };
-            }
-            ArpVerdict::AnsweredElsewhere { macs } => {
-                let list: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
-                return Diagnosis {
-                    layer: Layer::NotReachingNode,
-                    summary: format!(
-                        "{lb} is announced by another node ({}): traffic goes there, not here",
-                        list.join(", ")
-                    ),
-                    evidence,
-                    next_step: Some(format!(
-                        "run `lbpath diagnose {lb}` on the node with that MAC (`ip neigh | grep {lb}` on a client shows it)"
-                    )),
-                    exit_code: 3,
-                };
-            }
-            _ => {}
-        }
+    let mut evidence = Vec::new();
+    if let Some(d) = from_arp(lb, wire, &mut evidence) {
+        return d;
     }
-    for line in wire.bgp.describe() {
-        evidence.push(line);
+    if let Some(d) = from_bgp(wire, &mut evidence) {
+        return d;
     }
-    let down: Vec<_> = wire
-        .bgp
-        .peers
-        .iter()
-        .filter(|p| p.state.is_down())
-        .collect();
-    if let Some(p) = down.first() {
-        let failing = matches!(
-            p.state,
-            SessionState::Notified { .. }
-                | SessionState::Reset { .. }
-                | SessionState::SynSent { .. }
-        );
-        if failing {
-            return Diagnosis {
-                layer: Layer::NotAnnounced,
-                summary: format!("BGP session with {} is not up: {}", p.peer, p.text),
-                evidence,
-                next_step: Some("check the BGPPeer (peer address, ASNs, password) against the router's configuration, and `kubectl -n metallb-system logs` of the speaker".into()),
-                exit_code: 1,
-            };
-        }
-    }
-    if let Some(p) = static_problems.first() {
+    if let Some(p) = findings.iter().find(|f| f.level == Level::Problem) {
         return Diagnosis {
             layer: Layer::DroppedOnNode,
             summary: format!("no traffic seen, but {}", p.text),
@@ -211,6 +91,123 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
             exit_code: 1,
         };
     }
+    no_traffic(lb, wire, evidence)
+}
+
+/// Split brain on L2 is a problem whatever the traffic does.
+fn split_brain(lb: IpAddr, wire: &Wire) -> Option<Diagnosis> {
+    let Some(ArpReport {
+        verdict: ArpVerdict::Conflict { macs, .. },
+        ..
+    }) = wire.arp
+    else {
+        return None;
+    };
+    let list: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
+    Some(Diagnosis {
+        layer: Layer::NotAnnounced,
+        summary: format!(
+            "two or more MACs answer ARP for {lb}: {} (split brain or duplicate IP)",
+            list.join(" and ")
+        ),
+        evidence: wire.arp.map(|a| vec![a.text.clone()]).unwrap_or_default(),
+        next_step: Hint::SplitBrain { lb }.text(),
+        exit_code: 1,
+    })
+}
+
+/// Traffic was seen: the worst flow decides.
+fn from_flows(flows: &[FlowReport]) -> Diagnosis {
+    let evidence = flows
+        .iter()
+        .take(8)
+        .map(|f| format!("{} → {}: {}", f.flow.client, f.flow.lb, f.verdict.summary))
+        .collect();
+    let problem = flows
+        .iter()
+        .filter(|f| is_problem(f.verdict.kind))
+        .max_by_key(|f| severity(f.verdict.kind));
+    let Some(p) = problem else {
+        let answered = flows
+            .iter()
+            .filter(|f| f.verdict.kind == VerdictKind::Answered)
+            .count();
+        return Diagnosis {
+            layer: Layer::Healthy,
+            summary: format!(
+                "healthy: {answered} flow{} reached a pod and got an answer",
+                if answered == 1 { "" } else { "s" }
+            ),
+            evidence,
+            next_step: None,
+            exit_code: 0,
+        };
+    };
+    let (layer, what) = match p.verdict.kind {
+        VerdictKind::Refused | VerdictKind::NoAnswer => (
+            Layer::PodNotAnswering,
+            "DNATed, but the pod does not answer",
+        ),
+        _ => (Layer::DroppedOnNode, "traffic reaches this node but"),
+    };
+    Diagnosis {
+        layer,
+        summary: format!("{what}: {}", p.verdict.summary),
+        evidence,
+        next_step: p.verdict.hint.clone(),
+        exit_code: 1,
+    }
+}
+
+/// No traffic: what ARP for the IP says.
+fn from_arp(lb: IpAddr, wire: &Wire, evidence: &mut Vec<String>) -> Option<Diagnosis> {
+    let a = wire.arp?;
+    evidence.push(a.text.clone());
+    match &a.verdict {
+        ArpVerdict::NotAnswered { requests, .. } => Some(Diagnosis {
+            layer: Layer::NotAnnounced,
+            summary: format!(
+                "this node is not announcing {lb}: {requests} ARP request(s) for it arrived and nobody answered"
+            ),
+            evidence: evidence.clone(),
+            next_step: Hint::NotAnnounced { lb }.text(),
+            exit_code: 1,
+        }),
+        ArpVerdict::AnsweredElsewhere { macs } => {
+            let list: Vec<String> = macs.iter().map(|m| m.to_string()).collect();
+            Some(Diagnosis {
+                layer: Layer::NotReachingNode,
+                summary: format!(
+                    "{lb} is announced by another node ({}): traffic goes there, not here",
+                    list.join(", ")
+                ),
+                evidence: evidence.clone(),
+                next_step: Hint::AnnouncedElsewhere { lb }.text(),
+                exit_code: 3,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// No traffic: a failing BGP session.
+fn from_bgp(wire: &Wire, evidence: &mut Vec<String>) -> Option<Diagnosis> {
+    evidence.extend(wire.bgp.describe());
+    let p = wire.bgp.peers.iter().find(|p| p.state.is_down())?;
+    let failing = matches!(
+        p.state,
+        SessionState::Notified { .. } | SessionState::Reset { .. } | SessionState::SynSent { .. }
+    );
+    failing.then(|| Diagnosis {
+        layer: Layer::NotAnnounced,
+        summary: format!("BGP session with {} is not up: {}", p.peer, p.text),
+        evidence: evidence.clone(),
+        next_step: Hint::BgpDown.text(),
+        exit_code: 1,
+    })
+}
+
+fn no_traffic(lb: IpAddr, wire: &Wire, evidence: Vec<String>) -> Diagnosis {
     let announced = wire.bgp.peers.iter().find_map(|p| match &p.advertised {
         RouteStatus::Announced {
             prefix, next_hop, ..
@@ -231,9 +228,7 @@ pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wir
         layer: Layer::NoTraffic,
         summary,
         evidence,
-        next_step: Some(format!(
-            "send a request to {lb} while diagnosing (`--duration 30s`); if clients do get no answer, check where {lb} is announced (ARP/BGP) and the routers in between"
-        )),
+        next_step: Hint::NoTraffic { lb }.text(),
         exit_code: 3,
     }
 }
@@ -260,13 +255,53 @@ struct Report<'a> {
     verdict: &'a Diagnosis,
 }
 
+/// The live window: the engine keeps the flows, ARP and BGP it needs; this
+/// shows a countdown on a terminal.
+struct Window {
+    countdown: bool,
+    deadline: tokio::time::Instant,
+    until_first: bool,
+}
+
+impl FrontEnd for Window {
+    fn show(&mut self, s: &Session, _outs: Vec<Output>) -> bool {
+        self.until_first && !s.engine.flows_reported.is_empty()
+    }
+
+    fn tick(&mut self, s: &Session) {
+        if self.countdown {
+            let left = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs_f64()
+                .ceil();
+            eprint!(
+                "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions ",
+                s.engine.lb,
+                s.engine.flows_reported.len(),
+                s.engine.arp.len(),
+                s.engine.bgp.sessions.len()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
 pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     let timing = Timing {
         settle_ns: 200_000_000,
         idle_ns: 1_000_000_000,
         max_age_ns: 4_000_000_000,
     };
-    let mut s = watch::start(&args.common, true, true, timing).await?;
+    let mut s = Session::start(
+        &args.common,
+        SessionOptions {
+            arp: true,
+            bgp: true,
+            timing,
+        },
+    )
+    .await?;
     let lb = s.engine.lb;
     let port = args.common.port.unwrap_or(0);
     let sys = Sysctls::read(&s.engine.net);
@@ -282,38 +317,16 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
         "lbpath: diagnosing {lb} for {}s",
         args.duration.as_secs_f64()
     );
-
-    let countdown = std::io::stderr().is_terminal() && !args.common.json;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
     let start = tokio::time::Instant::now();
-    let deadline = start + args.duration;
-    let mut outs: Vec<Output> = Vec::new();
-    loop {
-        tokio::select! {
-            new = s.next_events() => outs.extend(new?),
-            _ = tick.tick() => {
-                outs.extend(s.engine.tick(&s.tracer));
-                if countdown {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs_f64().ceil();
-                    eprint!("\r  watching {lb}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions ", s.engine.flows_reported.len(), s.engine.arp.len(), s.engine.bgp.sessions.len());
-                    let _ = std::io::stderr().flush();
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-        if args.until_first && !s.engine.flows_reported.is_empty() {
-            break;
-        }
-    }
-    if countdown {
+    let mut window = Window {
+        countdown: std::io::stderr().is_terminal() && !args.common.json,
+        deadline: start + args.duration,
+        until_first: args.until_first,
+    };
+    s.run(Some(window.deadline), &mut window).await?;
+    if window.countdown {
         eprint!("\r{:80}\r", "");
     }
-    outs.extend(s.drain());
-    outs.extend(s.engine.finish(&s.tracer));
     s.engine.bgp.sessions.finish();
 
     let own_macs: Vec<(String, [u8; 6])> = s
@@ -361,16 +374,15 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
                 &bgp,
                 flows,
                 &d,
-                s.style
+                Style::detect()
             )
         );
     }
-    let stats = s.tracer.stats()?;
-    if stats.lost_events > 0 || s.engine.dropped_events() > 0 {
+    let (stats, cut) = s.losses()?;
+    if stats.lost_events > 0 || cut > 0 {
         eprintln!(
-            "lbpath: events lost (ring buffer full): {}; cut (per-flow bound): {}",
+            "lbpath: events lost (ring buffer full): {}; cut (per-flow bound): {cut}",
             stats.lost_events,
-            s.engine.dropped_events()
         );
     }
     Ok(d.exit_code)

@@ -114,7 +114,10 @@ pub fn reason_of_function(function: &str) -> Option<&'static str> {
             "IP_ROUTE_INPUT"
         }
         "ip_rcv_core" | "ip_rcv" | "ipv6_rcv" | "ip6_rcv_core" => "IP_RCV",
-        "__neigh_event_send" | "neigh_invalidate" | "arp_error_report" | "ndisc_error_report"
+        "__neigh_event_send"
+        | "neigh_invalidate"
+        | "arp_error_report"
+        | "ndisc_error_report"
         | "neigh_resolve_output" => "NEIGH_FAILED",
         "ip_finish_output2" | "ip6_finish_output2" => "NEIGH_CREATEFAIL",
         // Too big (with DF) or TTL exceeded: told apart by the packet size.

@@ -16,12 +16,12 @@ use crate::{
     assembler::{Assembler, Timing, monotonic_ns},
     drops::DropNames,
     events::{Record, ifname},
-    kubeproxy::{self, AddressKind, NoEndpoints, NodeRules, Proto},
+    kubeproxy::{self, NodeRules, ServicePort},
     loader::Tracer,
     model::{Counters, FlowReport},
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
-    path::{self, Context, EndpointView, NoEndpointsView, RuleHit, ServiceView},
+    path::{self, Context, RuleHit},
     wire::{self, BgpTracker},
 };
 
@@ -46,7 +46,7 @@ pub struct Engine {
     pub plan: NfPlan,
     pub drops: Rc<DropNames>,
     pub rules: NodeRules,
-    pub services: Vec<ServiceView>,
+    pub services: Vec<ServicePort>,
     pub filters: Filters,
     pub netfilter_links: bool,
     node_netns: u32,
@@ -104,52 +104,15 @@ fn hook_number(name: &str) -> Option<u8> {
     })
 }
 
-fn kind_name(k: &AddressKind) -> &'static str {
-    match k {
-        AddressKind::LoadBalancer => "LoadBalancer",
-        AddressKind::ExternalIp => "ExternalIP",
-        AddressKind::ClusterIp => "ClusterIP",
-        AddressKind::NodePort => "NodePort",
-    }
-}
-
-/// kube-proxy's service ports for the LB IP, in the shape path assembly wants.
-pub fn service_views(rules: &NodeRules, lb: IpAddr) -> Vec<ServiceView> {
-    let mut out = Vec::new();
-    for rs in &rules.rulesets {
-        for s in &rs.services {
-            if s.address != lb {
-                continue;
-            }
-            let proto = match s.proto {
-                Proto::Tcp => 6,
-                Proto::Udp => 17,
-                Proto::Sctp => 132,
-            };
-            out.push(ServiceView {
-                service: s.service.clone(),
-                kind: kind_name(&s.kind).into(),
-                port: s.port,
-                proto,
-                entry_chain: s.entry_chain.clone(),
-                endpoints: s
-                    .endpoints
-                    .iter()
-                    .map(|e| EndpointView {
-                        addr: std::net::SocketAddr::new(e.ip, e.port),
-                        chain: e.chain.clone(),
-                        local: e.local,
-                    })
-                    .collect(),
-                local_only: s.local_only,
-                no_endpoints: s.no_endpoints.as_ref().map(|n| match n {
-                    NoEndpoints::Reject { rule } => NoEndpointsView::Reject(rule.clone()),
-                    NoEndpoints::DropNoLocal { rule } => NoEndpointsView::DropNoLocal(rule.clone()),
-                }),
-            });
-        }
-    }
-    out
+/// kube-proxy's service ports for the LB IP.
+pub fn services_for(rules: &NodeRules, lb: IpAddr) -> Vec<ServicePort> {
+    rules
+        .rulesets
+        .iter()
+        .flat_map(|rs| &rs.services)
+        .filter(|s| s.address == lb)
+        .cloned()
+        .collect()
 }
 
 /// What a session knows about the node before any packet.
@@ -174,7 +137,7 @@ impl Engine {
             netns: node_netns,
             netfilter_links,
         } = node;
-        let services = service_views(&rules, lb);
+        let services = services_for(&rules, lb);
         let baseline = rules
             .rulesets
             .iter()
@@ -258,7 +221,11 @@ impl Engine {
 
     fn passes_filters(&self, flow: &Tuple, evs: &[Event]) -> bool {
         if let Some((net, len)) = self.filters.client
-            && !crate::netinfo::prefix_contains(net, len, path::ip(&flow.saddr, flow.family))
+            && !crate::netinfo::prefix_contains(
+                net,
+                len,
+                crate::events::ip(&flow.saddr, flow.family),
+            )
         {
             return false;
         }
@@ -319,15 +286,19 @@ impl Engine {
                     .entry(format!("{:?}", Kind::from_u8(e.kind)))
                     .or_insert(0) += 1;
             }
-            tracing::debug!("flow {}: {} events {kinds:?}", path::src(&flow), evs.len());
+            tracing::debug!(
+                "flow {}: {} events {kinds:?}",
+                crate::events::src(&flow),
+                evs.len()
+            );
         }
         if !self.passes_filters(&flow, evs) {
             self.filtered_out += 1;
             return None;
         }
-        let nf_dropped = evs.iter().any(|e| {
-            e.kind == Kind::Drop as u8 && self.drops.reason(e) == "NETFILTER_DROP"
-        });
+        let nf_dropped = evs
+            .iter()
+            .any(|e| e.kind == Kind::Drop as u8 && self.drops.reason(e) == "NETFILTER_DROP");
         let hits = if nf_dropped {
             self.rule_hits()
         } else {

@@ -1,7 +1,11 @@
 //! Ring-buffer records to Rust values. The kernel writes `#[repr(C)]` structs
 //! from tracer-common; every record starts with its `Kind` byte.
 
-use tracer_common::{ArpEvent, Event, Kind, SegEvent};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tracer_common::{AF_INET6, ArpEvent, Event, Kind, SegEvent, Tuple};
+
+use crate::kubeproxy::Proto;
 
 #[derive(Clone, Debug)]
 pub enum Record {
@@ -26,6 +30,33 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     }
 }
 
+/// An address as the kernel side encodes it (IPv4 in the first 4 bytes).
+pub fn ip(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+pub fn src(t: &Tuple) -> SocketAddr {
+    SocketAddr::new(ip(&t.saddr, t.family), t.sport)
+}
+
+pub fn dst(t: &Tuple) -> SocketAddr {
+    SocketAddr::new(ip(&t.daddr, t.family), t.dport)
+}
+
+/// An IP protocol number as people write it.
+pub fn proto_name(p: u8) -> String {
+    match (Proto::from_ip_proto(p), p) {
+        (Some(proto), _) => proto.as_str().into(),
+        (None, 1) => "icmp".into(),
+        (None, 58) => "icmpv6".into(),
+        (None, n) => format!("proto {n}"),
+    }
+}
+
 /// A NUL-padded kernel interface name.
 pub fn ifname(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
@@ -41,6 +72,23 @@ mod tests {
         assert!(decode(&[]).is_none());
         assert!(decode(&[200, 0, 0]).is_none());
         assert!(decode(&[Kind::Drop as u8, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn tuples_and_protocols() {
+        let mut t = Tuple {
+            family: 2,
+            sport: 5,
+            dport: 80,
+            ..Tuple::default()
+        };
+        t.daddr[..4].copy_from_slice(&[192, 0, 2, 240]);
+        assert_eq!(dst(&t).to_string(), "192.0.2.240:80");
+        assert_eq!(src(&t).to_string(), "0.0.0.0:5");
+        assert_eq!(proto_name(6), "tcp");
+        assert_eq!(proto_name(132), "sctp");
+        assert_eq!(proto_name(58), "icmpv6");
+        assert_eq!(proto_name(47), "proto 47");
     }
 
     #[test]

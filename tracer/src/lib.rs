@@ -7,11 +7,14 @@
 //! - `events`: ring-buffer records;
 //! - `drops`: naming drops (kernel reasons, or the freeing function);
 //! - `assembler` + `path`: flows from events, hops and verdicts (pure);
+//! - `hints`: what to do about each cause, one table for every output;
 //! - `kubeproxy`: the node's kube-proxy rules (iptables, nftables), read-only;
 //! - `netinfo`: interfaces, routes, sysctls;
 //! - `arp`, `bgp`, `wire`: the MetalLB layers (L2 ARP, BGP sessions);
 //! - `render`: text and JSON from one model;
-//! - `engine`, `watch`, `diagnose`, `checks`, `cli`: the commands.
+//! - `engine`: the node's view and the live state built from records;
+//! - `session`: load, attach and the record loop, shared by the commands;
+//! - `watch`, `diagnose` (+ `checks`), `cli`: the commands.
 
 pub mod arp;
 pub mod assembler;
@@ -23,6 +26,7 @@ pub mod diagnose;
 pub mod drops;
 pub mod engine;
 pub mod events;
+pub mod hints;
 pub mod kubeproxy;
 pub mod loader;
 pub mod model;
@@ -30,6 +34,7 @@ pub mod netinfo;
 pub mod nfplan;
 pub mod path;
 pub mod render;
+pub mod session;
 pub mod watch;
 pub mod wire;
 

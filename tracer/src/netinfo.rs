@@ -272,6 +272,13 @@ pub fn sysctl(path: &str) -> Option<i64> {
 
 /// rp_filter for an interface: (all, interface, effective). The kernel uses
 /// the maximum of the two.
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub fn rp_filter(iface: &str) -> (i64, i64, i64) {
     let all = sysctl("ipv4/conf/all/rp_filter").unwrap_or(0);
     let dev = sysctl(&format!("ipv4/conf/{iface}/rp_filter")).unwrap_or(0);

@@ -13,8 +13,8 @@ use crate::{
     arp::{self, ArpObservation},
     bgp::{self, RouteAction, SessionKey, SessionState, Sessions},
     events::ifname,
+    events::{dst, src},
     model::mac,
-    path::{dst, src},
 };
 
 pub fn arp_observation(e: &ArpEvent) -> ArpObservation {

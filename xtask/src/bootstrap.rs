@@ -27,7 +27,8 @@ pub fn run(ws: &Workspace, policy: Packages) -> Result<()> {
         linker::Outcome::Built => "built",
     };
     eprintln!(
-        "bootstrap: nightly (LLVM {}) with rust-src ok, bpf-linker {} {linker}, packages {pkgs} [{elapsed:.2}s]",
+        "bootstrap: {} (LLVM {}) with rust-src ok, bpf-linker {} {linker}, packages {pkgs} [{elapsed:.2}s]",
+        nightly.name,
         nightly.llvm_major,
         linker::VERSION,
     );

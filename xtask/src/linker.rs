@@ -1,11 +1,11 @@
-//! bpf-linker, which links the eBPF program, built against the nightly
-//! toolchain's own LLVM so that the bitcode rustc emits and the LLVM that
-//! links it are the same version.
+//! bpf-linker, which links the eBPF program, built against the pinned
+//! nightly toolchain's own LLVM so that the bitcode rustc emits and the LLVM
+//! that links it are the same version.
 //!
 //! Layout of the tools directory:
 //! - `bin/bpf-linker`, and `bin/bpf-linker.stamp` beside it: what it was
-//!   built against (nightly's `rustc -vV` and its libLLVM). A different stamp
-//!   means the toolchain changed and the linker is rebuilt.
+//!   built against (the toolchain's name, its `rustc -vV` and its libLLVM). A
+//!   different stamp means the toolchain changed and the linker is rebuilt.
 //! - `llvm/lib/`: the LLVM_PREFIX of the build, symlinks to nightly's libLLVM.
 //!   bpf-linker's RUNPATH points here, so it must outlive the build.
 
@@ -52,7 +52,7 @@ pub enum Outcome {
     Built,
 }
 
-/// Builds bpf-linker unless the one in `tools` was built for this nightly.
+/// Builds bpf-linker unless the one in `tools` was built for this toolchain.
 pub fn ensure(tools: &Path, nightly: &Nightly) -> Result<Outcome> {
     let layout = Layout::new(tools);
     let llvm = find_llvm_dylib(&nightly.sysroot.join("lib"), nightly.llvm_major)?;
@@ -61,7 +61,8 @@ pub fn ensure(tools: &Path, nightly: &Nightly) -> Result<Outcome> {
         return Ok(Outcome::UpToDate);
     }
     eprintln!(
-        "bootstrap: building bpf-linker {VERSION} against nightly's LLVM {} into {} (about a minute)",
+        "bootstrap: building bpf-linker {VERSION} against {}'s LLVM {} into {} (about a minute)",
+        nightly.name,
         nightly.llvm_major,
         layout.dir.display()
     );
@@ -99,8 +100,9 @@ pub fn find_llvm_dylib(lib_dir: &Path, major: u32) -> Result<PathBuf> {
 
 fn stamp_text(nightly: &Nightly, llvm: &Path) -> String {
     format!(
-        "bpf-linker {VERSION} --features llvm-{}\nlibLLVM: {}\n{}",
+        "bpf-linker {VERSION} --features llvm-{}\ntoolchain: {}\nlibLLVM: {}\n{}",
         nightly.llvm_major,
+        nightly.name,
         llvm.display(),
         nightly.version
     )
@@ -208,6 +210,7 @@ mod tests {
 
     fn nightly(sysroot: &Path, version: &str) -> Nightly {
         Nightly {
+            name: "nightly-2026-05-20",
             version: version.into(),
             llvm_major: 22,
             sysroot: sysroot.into(),
@@ -291,7 +294,10 @@ mod tests {
         );
         let stamp = stamp_text(&n, &llvm);
         assert!(
-            stamp.contains("llvm-22") && stamp.contains("e50aa6fba") && stamp.contains(VERSION)
+            stamp.contains("llvm-22")
+                && stamp.contains("e50aa6fba")
+                && stamp.contains(VERSION)
+                && stamp.contains("toolchain: nightly-2026-05-20\n")
         );
 
         // Nothing there yet.
@@ -307,6 +313,14 @@ mod tests {
             "rustc 1.97.0-nightly (0123456789 2026-05-20)\n",
         );
         assert!(!is_current(&layout, &stamp_text(&newer, &llvm)));
+        // So does another pin, even one that resolves to the same build
+        // (`nightly` today and `nightly-2026-05-20`).
+        let renamed = Nightly {
+            name: "nightly",
+            ..n.clone()
+        };
+        assert!(!is_current(&layout, &stamp_text(&renamed, &llvm)));
+        assert!(is_current(&layout, &stamp));
         // A linker that no longer runs, or is another version, is not current.
         fake_linker(&layout, "0.9.0");
         assert!(!is_current(&layout, &stamp));

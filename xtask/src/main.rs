@@ -1,5 +1,5 @@
-//! `cargo xtask`: set a machine up for lbpath, then build, test, demo or
-//! benchmark it.
+//! `cargo xtask`: set a machine up for lbpath, then build, lint, test, demo
+//! or benchmark it.
 //!
 //! Every subcommand starts with `bootstrap`, which installs only what is
 //! missing and costs well under a second when nothing is, so the one command
@@ -8,6 +8,7 @@
 mod bootstrap;
 mod kernels;
 mod linker;
+mod lint;
 mod packages;
 mod run;
 #[cfg(test)]
@@ -27,7 +28,7 @@ use crate::{bootstrap::Packages, workspace::Workspace};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Set up, build, test, demo and benchmark lbpath",
+    about = "Set up, build, lint, test, demo and benchmark lbpath",
     after_help = "Every subcommand runs `bootstrap` first; it does nothing when all is in place."
 )]
 struct Cli {
@@ -39,14 +40,24 @@ struct Cli {
 enum Task {
     /// Install what building and testing lbpath needs (idempotent).
     ///
-    /// The nightly toolchain with rust-src; bpf-linker built against nightly's
-    /// LLVM into target/lbpath-tools (or $LBPATH_TOOLS_DIR); and, as root with
+    /// The pinned nightly toolchain (rust-toolchain-ebpf) with rust-src;
+    /// bpf-linker built against its LLVM into target/lbpath-tools (or
+    /// $LBPATH_TOOLS_DIR); and, as root with
     /// apt-get, the host packages the tests and the demo use: iproute2,
     /// iptables, nftables, frr, conntrack, curl, and for the kernel matrix
     /// qemu-system-x86, busybox-static, kmod, xz-utils.
     Bootstrap,
     /// Build the release `lbpath` binary (target/release/lbpath).
     Build,
+    /// Run clippy (host crates, and tracer-ebpf for the BPF target) and
+    /// rustfmt's check; all parts run, then a summary names the failed ones.
+    ///
+    /// `cargo clippy --workspace --exclude tracer-ebpf --all-targets -- -D
+    /// warnings`; clippy on tracer-ebpf as aya-build builds it (the pinned
+    /// nightly, --release --target bpfel-unknown-none -Z build-std=core, its
+    /// rustflags) with -D warnings, in target/lint-ebpf; `cargo fmt --all --
+    /// --check`. Adds clippy and rustfmt to the toolchains that lack them.
+    Lint,
     /// Run the unit tests, the integration tests, then the kernel matrix. Needs root.
     ///
     /// Runs `cargo test` on the workspace but lbpath-tests, builds the release
@@ -125,6 +136,10 @@ fn dispatch(task: Task) -> Result<()> {
             // warning about them, not a failure.
             bootstrap::run(&ws, Packages::WarnIfMissing)?;
             tasks::build(&ws).map(drop)
+        }
+        Task::Lint => {
+            bootstrap::run(&ws, Packages::WarnIfMissing)?;
+            lint::run(&ws)
         }
         Task::Test {
             jobs,
@@ -294,9 +309,11 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_and_build_take_no_args() {
+    fn bootstrap_build_and_lint_take_no_args() {
         assert!(matches!(parse(&["bootstrap"]).unwrap(), Task::Bootstrap));
         assert!(matches!(parse(&["build"]).unwrap(), Task::Build));
         assert!(parse(&["build", "--", "x"]).is_err());
+        assert!(matches!(parse(&["lint"]).unwrap(), Task::Lint));
+        assert!(parse(&["lint", "--fix"]).is_err());
     }
 }

@@ -66,7 +66,10 @@ fn run() -> Result<()> {
     let stderr = child.stderr.take().context("piped stderr")?;
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("{line}");
             if line.starts_with("lbpath: watching") {
                 let _ = attached.send(());

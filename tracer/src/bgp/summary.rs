@@ -149,6 +149,38 @@ pub fn summarize<'a>(
 }
 
 /// One peer's sessions (at least one), whatever their order.
+/// How much a failed session says about why the peering fails: a peer
+/// refusing our OPEN or UPDATE (a configuration mismatch) says most; the
+/// FSM errors and collisions of the connections racing around it least.
+fn telling(state: &SessionState) -> u8 {
+    match state {
+        SessionState::Notified { notification, .. } if matches!(notification.code, 2 | 3) => 4,
+        SessionState::Notified {
+            sent_by_peer: true, ..
+        } => 3,
+        SessionState::Notified { .. } => 2,
+        SessionState::Reset { .. } | SessionState::SynSent { .. } | SessionState::Closed { .. } => {
+            1
+        }
+        _ => 0,
+    }
+}
+
+/// The session whose state speaks for the peer: the latest one, unless it
+/// failed and an attempt around it failed more tellingly (the latest of
+/// those). `ss` is sorted by time and not empty.
+fn decisive<'a>(ss: &[&'a Session]) -> &'a Session {
+    let latest = ss[ss.len() - 1];
+    if !latest.state().is_down() && !matches!(latest.state(), SessionState::Notified { .. }) {
+        return latest;
+    }
+    ss.iter()
+        .copied()
+        .max_by_key(|s| telling(s.state()))
+        .filter(|s| telling(s.state()) > telling(latest.state()))
+        .unwrap_or(latest)
+}
+
 fn summarize_peer(
     peer: IpAddr,
     local: IpAddr,
@@ -156,7 +188,7 @@ fn summarize_peer(
     lb_ip: IpAddr,
 ) -> PeerSummary {
     ss.sort_by_key(|s| (s.first_ts_ns(), s.last_ts_ns()));
-    let latest = ss[ss.len() - 1];
+    let latest = decisive(&ss);
     // The latest session with something to say about the prefix
     // decides: older sessions' routes died with them.
     let status = |dir| {
@@ -273,5 +305,41 @@ mod tests {
         assert_eq!(sum.peers[0].sessions, 3);
         assert!(sum.describe()[0].contains("[3 connections]"));
         assert!(Sessions::new().summary(LB).describe()[0].contains("no BGP traffic"));
+    }
+
+    /// Two connections race: the peer refuses the first OPEN (Bad Peer AS),
+    /// this node ends the second with an FSM error. The refusal is the cause.
+    #[test]
+    fn a_peer_refusal_outweighs_a_later_collision() {
+        let mut ss = Sessions::new();
+        let peer: SocketAddr = "192.0.2.1:179".parse().unwrap();
+        let send = |ss: &mut Sessions, port: u16, ts: u64, dir: Dir, payload: &[u8]| {
+            let local = SocketAddr::new("192.0.2.2".parse().unwrap(), port);
+            let key = SessionKey::from_packet(Dir::Tx, local, peer);
+            let seg = Segment {
+                ts_ns: ts,
+                dir,
+                tcp_flags: 0x18,
+                seq: if dir == Dir::Tx { 1 } else { 1000 },
+                payload,
+                full_len: payload.len(),
+            };
+            ss.observe(key, &seg);
+        };
+        let (open, bad_as, fsm) = (
+            crate::bgp::testutil::open_asn(64500),
+            crate::bgp::testutil::notification(2, 2, &[]),
+            crate::bgp::testutil::notification(5, 1, &[]),
+        );
+        send(&mut ss, 50_000, 1, Dir::Tx, &open);
+        send(&mut ss, 50_000, 2, Dir::Rx, &bad_as);
+        send(&mut ss, 50_001, 3, Dir::Tx, &fsm);
+        let sum = ss.summary(LB);
+        assert_eq!(sum.peers[0].sessions, 2);
+        assert!(
+            sum.peers[0].text.contains("Bad Peer AS"),
+            "{}",
+            sum.peers[0].text
+        );
     }
 }

@@ -19,11 +19,11 @@ use aya::{
     programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, Config, FlowCounters, Layout, STAT_FLOWS,
-    STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
+    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, Config, FlowCounters, STAT_FLOWS, STAT_LOST_EVENTS,
+    STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
-use crate::{UsageError, btf::KernelBtf, nfplan::NfPlan};
+use crate::{UsageError, btf::KernelFacts, nfplan::NfPlan};
 
 /// The kernel programs, built by build.rs and embedded: one file to copy.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -84,6 +84,11 @@ const TRACEPOINTS: &[TracepointHook] = &[
         without: "TCP resets are seen only as RST packets",
     },
 ];
+
+/// The tracepoints lbpath may attach to, for reading their signatures.
+pub fn tracepoint_names() -> Vec<&'static str> {
+    TRACEPOINTS.iter().map(|h| h.tracepoint).collect()
+}
 
 /// The program variant for a tracepoint that passes `available` arguments.
 fn pick_variant(hook: &TracepointHook, available: usize) -> Option<&'static str> {
@@ -155,7 +160,7 @@ pub fn kernel_hz() -> u64 {
         let _ = flate2::read::GzDecoder::new(f).read_to_string(&mut config);
     }
     if config.is_empty() {
-        let release = crate::cli::kernel_release();
+        let release = crate::netinfo::kernel_release();
         config = std::fs::read_to_string(format!("/boot/config-{release}")).unwrap_or_default();
     }
     hz_from_config(&config).unwrap_or(1000)
@@ -191,158 +196,43 @@ fn permission_hint(e: &(dyn std::error::Error + 'static)) -> Option<UsageError> 
     None
 }
 
+/// What attaching found, as it goes.
+#[derive(Default)]
+struct Attached {
+    caps: Capabilities,
+    notices: Vec<String>,
+    what: Vec<String>,
+}
+
+/// A refusal by privilege ends the start (one clear line); anything else
+/// is the caller's to degrade gracefully.
+fn privilege_first(e: anyhow::Error) -> Result<anyhow::Error> {
+    match permission_hint(e.as_ref()) {
+        Some(u) => Err(anyhow!(u)),
+        None => Ok(e),
+    }
+}
+
 impl Tracer {
-    pub fn load(opts: &LoadOptions, layout: Layout, kbtf: &KernelBtf) -> Result<Self> {
+    pub fn load(opts: &LoadOptions, kernel: &KernelFacts) -> Result<Self> {
         let node_netns = own_netns()?;
-        let (lb_addr, lb_family) = addr_bytes(opts.lb);
-        let mut flags = 0;
-        if opts.arp {
-            flags |= CFG_ARP;
-        }
-        if opts.bgp {
-            flags |= CFG_BGP;
-        }
-        let config = Config {
-            lb_addr,
-            lb_family,
-            proto: opts.proto,
-            port: opts.port,
-            node_netns,
-            trace_packets: opts.trace_packets,
-            drop_events: opts.drop_events,
-            window_jiffies: 5 * kernel_hz(),
-            nf_last_pos: opts.plan.last_pos(),
-            flags,
-            _pad: 0,
-            layout,
-        };
-        let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
-            .load(OBJECT)
-            .map_err(|e| match permission_hint(&e) {
-                Some(u) => anyhow!(u),
-                None => anyhow!(e).context("loading lbpath's eBPF object"),
-            })?;
-
-        let btf = Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
-            .context("reading the kernel BTF")?;
-        let mut caps = Capabilities::default();
-        let mut notices = Vec::new();
-        let mut attached = Vec::new();
-        for hook in TRACEPOINTS {
-            let tp = hook.tracepoint;
-            let available = kbtf.tracepoint_args(tp);
-            let prog = available.and_then(|n| pick_variant(hook, n));
-            let res = match prog {
-                Some(prog) => attach_tracepoint(&mut ebpf, &btf, prog, tp),
-                None => Err(anyhow!("this kernel has no such tracepoint")),
-            };
-            if res.is_ok() {
-                attached.push(format!("tracepoint {tp} ({})", prog.unwrap_or("?")));
-            }
-            match res {
-                Ok(()) => match prog {
-                    Some("lbp_kfree") => caps.drop_reasons = true,
-                    Some("lbp_kfree_noreason") => notices.push(
-                        "this kernel's kfree_skb carries no drop reason (before 5.17): drops are named after the kernel function that freed the packet".into(),
-                    ),
-                    Some("lbp_fib") => caps.fib = true,
-                    _ => {}
-                },
-                Err(e) => {
-                    if let Some(u) = permission_hint(e.as_ref()) {
-                        return Err(anyhow!(u));
-                    }
-                    if hook.required {
-                        return Err(e.context(format!("attaching to tracepoint {tp}")));
-                    }
-                    notices.push(format!(
-                        "tracepoint {tp} unavailable ({e:#}): {}",
-                        hook.without
-                    ));
-                }
-            }
-        }
-
-        let mut packets = None;
-        if opts.bgp && !opts.tc_ifaces.is_empty() {
-            let tcx = if kbtf.has_enum_member("bpf_attach_type", "BPF_TCX_INGRESS") {
-                attach_tc(&mut ebpf, &opts.tc_ifaces)
-            } else {
-                Err(anyhow!("this kernel has no tcx links (before 6.6)"))
-            };
-            match tcx {
-                Ok(()) => {
-                    caps.tcx = true;
-                    attached.push(format!("tcx on {}", opts.tc_ifaces.join(", ")));
-                }
-                Err(e) => {
-                    if let Some(u) = permission_hint(e.as_ref()) {
-                        return Err(anyhow!(u));
-                    }
-                    // The same segments through filtered packet sockets.
-                    let ifaces: Vec<(u32, String)> = opts
-                        .tc_ifaces
-                        .iter()
-                        .filter_map(|n| Some((ifindex(n)?, n.clone())))
-                        .collect();
-                    match packet::start(&ifaces) {
-                        Ok(p) => {
-                            packets = Some(p);
-                            attached.push(format!(
-                                "packet sockets on {}",
-                                opts.tc_ifaces.join(", ")
-                            ));
-                            tracing::info!("BGP capture through packet sockets: {e:#}");
-                        }
-                        Err(pe) => notices.push(format!(
-                            "BGP capture unavailable (tcx: {e:#}; packet sockets: {pe:#}); BGP sessions are not shown"
-                        )),
-                    }
-                }
-            }
-        }
-
-        let mut nf_links = Vec::new();
-        if !kbtf.has_struct("bpf_nf_ctx") {
-            notices.push(
-                "this kernel has no BPF netfilter links (before 6.4): NAT and netfilter hops are inferred from the packets and conntrack, and marked so".into(),
-            );
+        let mut ebpf = load_object(opts, kernel, node_netns)?;
+        let mut a = Attached::default();
+        attach_tracepoints(&mut ebpf, kernel, &mut a)?;
+        let packets = if opts.bgp && !opts.tc_ifaces.is_empty() {
+            attach_bgp(&mut ebpf, opts, kernel, &mut a)?
         } else {
-            match netfilter::load(OBJECT, &ebpf, "lbp_nf_") {
-                Ok(progs) => {
-                    let pf = if lb_family == AF_INET {
-                        netfilter::NFPROTO_IPV4
-                    } else {
-                        netfilter::NFPROTO_IPV6
-                    };
-                    for (hook, points) in opts.plan.points.iter().enumerate() {
-                        for (pos, prio) in points.iter().enumerate() {
-                            let name = format!("lbp_nf_{pos}");
-                            nf_links.push(progs.attach(&name, pf, hook as u32, *prio)?);
-                        }
-                    }
-                    caps.netfilter_links = true;
-                    attached.push(format!("{} netfilter links", nf_links.len()));
-                }
-                Err(e) => {
-                    if let Some(u) = permission_hint(e.as_ref()) {
-                        return Err(anyhow!(u));
-                    }
-                    notices.push(format!(
-                        "BPF netfilter programs did not load ({e:#}): NAT and netfilter hops are inferred"
-                    ));
-                }
-            }
-        }
+            None
+        };
+        let nf_links = attach_netfilter(&ebpf, opts, kernel, &mut a)?;
         Ok(Self {
             ebpf,
             _nf_links: nf_links,
             node_netns,
             plan: opts.plan.clone(),
-            caps,
-            notices,
-            attached,
+            caps: a.caps,
+            notices: a.notices,
+            attached: a.what,
             packets,
         })
     }
@@ -410,6 +300,161 @@ impl Tracer {
     }
 }
 
+/// The object with this run's configuration, maps created, nothing attached.
+fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Result<Ebpf> {
+    let (lb_addr, lb_family) = addr_bytes(opts.lb);
+    let mut flags = 0;
+    if opts.arp {
+        flags |= CFG_ARP;
+    }
+    if opts.bgp {
+        flags |= CFG_BGP;
+    }
+    let config = Config {
+        lb_addr,
+        lb_family,
+        proto: opts.proto,
+        port: opts.port,
+        node_netns,
+        trace_packets: opts.trace_packets,
+        drop_events: opts.drop_events,
+        window_jiffies: 5 * kernel_hz(),
+        nf_last_pos: opts.plan.last_pos(),
+        flags,
+        _pad: 0,
+        layout: kernel.layout,
+    };
+    EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .load(OBJECT)
+        .map_err(|e| match permission_hint(&e) {
+            Some(u) => anyhow!(u),
+            None => anyhow!(e).context("loading lbpath's eBPF object"),
+        })
+}
+
+/// Each tracepoint with the variant its kernel signature calls for.
+fn attach_tracepoints(ebpf: &mut Ebpf, kernel: &KernelFacts, a: &mut Attached) -> Result<()> {
+    let btf = Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
+        .context("reading the kernel BTF")?;
+    for hook in TRACEPOINTS {
+        let tp = hook.tracepoint;
+        let available = kernel.tracepoint_args.get(tp).copied();
+        let prog = available.and_then(|n| pick_variant(hook, n));
+        let res = match prog {
+            Some(prog) => attach_tracepoint(ebpf, &btf, prog, tp),
+            None => Err(anyhow!("this kernel has no such tracepoint")),
+        };
+        match (res, prog) {
+            (Ok(()), Some(prog)) => {
+                a.what.push(format!("tracepoint {tp} ({prog})"));
+                match prog {
+                    "lbp_kfree" => a.caps.drop_reasons = true,
+                    "lbp_kfree_noreason" => a.notices.push(
+                        "this kernel's kfree_skb carries no drop reason (before 5.17): drops are named after the kernel function that freed the packet".into(),
+                    ),
+                    "lbp_fib" => a.caps.fib = true,
+                    _ => {}
+                }
+            }
+            (Ok(()), None) => {}
+            (Err(e), _) => {
+                let e = privilege_first(e)?;
+                if hook.required {
+                    return Err(e.context(format!("attaching to tracepoint {tp}")));
+                }
+                a.notices.push(format!(
+                    "tracepoint {tp} unavailable ({e:#}): {}",
+                    hook.without
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// BGP segments: tcx programs where the kernel has tcx links, else the
+/// same segments through filtered packet sockets.
+fn attach_bgp(
+    ebpf: &mut Ebpf,
+    opts: &LoadOptions,
+    kernel: &KernelFacts,
+    a: &mut Attached,
+) -> Result<Option<packet::PacketCapture>> {
+    let tcx = if kernel.tcx {
+        attach_tc(ebpf, &opts.tc_ifaces)
+    } else {
+        Err(anyhow!("this kernel has no tcx links (before 6.6)"))
+    };
+    let e = match tcx {
+        Ok(()) => {
+            a.caps.tcx = true;
+            a.what.push(format!("tcx on {}", opts.tc_ifaces.join(", ")));
+            return Ok(None);
+        }
+        Err(e) => privilege_first(e)?,
+    };
+    let ifaces: Vec<(u32, String)> = opts
+        .tc_ifaces
+        .iter()
+        .filter_map(|n| Some((ifindex(n)?, n.clone())))
+        .collect();
+    match packet::start(&ifaces) {
+        Ok(p) => {
+            a.what
+                .push(format!("packet sockets on {}", opts.tc_ifaces.join(", ")));
+            tracing::info!("BGP capture through packet sockets: {e:#}");
+            Ok(Some(p))
+        }
+        Err(pe) => {
+            a.notices.push(format!(
+                "BGP capture unavailable (tcx: {e:#}; packet sockets: {pe:#}); BGP sessions are not shown"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The netfilter points of the plan, where the kernel has BPF netfilter links.
+fn attach_netfilter(
+    ebpf: &Ebpf,
+    opts: &LoadOptions,
+    kernel: &KernelFacts,
+    a: &mut Attached,
+) -> Result<Vec<OwnedFd>> {
+    if !kernel.netfilter_links {
+        a.notices.push(
+            "this kernel has no BPF netfilter links (before 6.4): NAT and netfilter hops are inferred from the packets and conntrack, and marked so".into(),
+        );
+        return Ok(Vec::new());
+    }
+    let progs = match netfilter::load(OBJECT, ebpf, "lbp_nf_") {
+        Ok(p) => p,
+        Err(e) => {
+            let e = privilege_first(e)?;
+            a.notices.push(format!(
+                "BPF netfilter programs did not load ({e:#}): NAT and netfilter hops are inferred"
+            ));
+            return Ok(Vec::new());
+        }
+    };
+    let pf = if opts.lb.is_ipv4() {
+        netfilter::NFPROTO_IPV4
+    } else {
+        netfilter::NFPROTO_IPV6
+    };
+    let mut links = Vec::new();
+    for (hook, points) in opts.plan.points.iter().enumerate() {
+        for (pos, prio) in points.iter().enumerate() {
+            let name = format!("lbp_nf_{pos}");
+            links.push(progs.attach(&name, pf, hook as u32, *prio)?);
+        }
+    }
+    a.caps.netfilter_links = true;
+    a.what.push(format!("{} netfilter links", links.len()));
+    Ok(links)
+}
+
 fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated name.
@@ -460,16 +505,25 @@ mod tests {
 
     #[test]
     fn variants_follow_the_kernels_arguments() {
-        let kfree = TRACEPOINTS.iter().find(|h| h.tracepoint == "kfree_skb").unwrap();
+        let kfree = TRACEPOINTS
+            .iter()
+            .find(|h| h.tracepoint == "kfree_skb")
+            .unwrap();
         // 6.11+ (reason and receiving socket), 5.17+ (reason), 5.10 (none).
         assert_eq!(pick_variant(kfree, 4), Some("lbp_kfree"));
         assert_eq!(pick_variant(kfree, 3), Some("lbp_kfree"));
         assert_eq!(pick_variant(kfree, 2), Some("lbp_kfree_noreason"));
         assert_eq!(pick_variant(kfree, 1), None);
-        let consume = TRACEPOINTS.iter().find(|h| h.tracepoint == "consume_skb").unwrap();
+        let consume = TRACEPOINTS
+            .iter()
+            .find(|h| h.tracepoint == "consume_skb")
+            .unwrap();
         assert_eq!(pick_variant(consume, 1), Some("lbp_consume_noloc"));
         assert_eq!(pick_variant(consume, 2), Some("lbp_consume"));
-        let rst = TRACEPOINTS.iter().find(|h| h.tracepoint == "tcp_send_reset").unwrap();
+        let rst = TRACEPOINTS
+            .iter()
+            .find(|h| h.tracepoint == "tcp_send_reset")
+            .unwrap();
         assert_eq!(pick_variant(rst, 2), Some("lbp_tcp_reset_noreason"));
         // Only the receive hook is indispensable.
         assert_eq!(TRACEPOINTS.iter().filter(|h| h.required).count(), 1);

@@ -288,7 +288,20 @@ mod tests {
         let mut f = vec![0u8; 12];
         f.extend(ETH_P_IP.to_be_bytes());
         let total = 20 + 20 + payload.len();
-        f.extend([0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+        f.extend([
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ]);
         f.extend([192, 0, 2, 2, 192, 0, 2, 1]);
         f.extend(sport.to_be_bytes());
         f.extend(dport.to_be_bytes());

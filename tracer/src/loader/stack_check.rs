@@ -119,7 +119,12 @@ pub fn worst_chain(insns: &[bpf_insn]) -> (u32, Vec<u32>) {
                 .collect()
         })
         .collect();
-    fn walk(k: usize, depths: &[u32], callees: &[HashSet<usize>], seen: &mut Vec<usize>) -> (u32, Vec<u32>) {
+    fn walk(
+        k: usize,
+        depths: &[u32],
+        callees: &[HashSet<usize>],
+        seen: &mut Vec<usize>,
+    ) -> (u32, Vec<u32>) {
         let own = depths[k].max(1).div_ceil(32) * 32;
         let mut best = (0, Vec::new());
         if !seen.contains(&k) {

@@ -1,13 +1,16 @@
 //! Path assembly on event sequences shaped like the kernel's (the healthy one
 //! is the trace of a real DNATed connection on the lab).
 
+use std::net::Ipv4Addr;
+
 use super::*;
 use crate::{
     btf::EnumNames,
-    netinfo::{Iface, Route},
+    kubeproxy::NoEndpoints,
+    netinfo::{IfRole, Iface, Route},
     nfplan::builtin_occupants,
 };
-use tracer_common::{AF_INET, Fib, IFNAMSIZ};
+use tracer_common::{AF_INET, Fib, IFNAMSIZ, Kind, NO_HOOK};
 
 const NODE: u32 = 1000;
 const POD: u32 = 2000;
@@ -202,28 +205,11 @@ fn reasons() -> DropNames {
     ])))
 }
 
-fn svc(no_endpoints: Option<NoEndpointsView>) -> ServiceView {
-    ServiceView {
-        service: "default/web:http".into(),
-        kind: "LoadBalancer".into(),
-        port: 80,
-        proto: 6,
-        entry_chain: "KUBE-EXT-ABC".into(),
-        endpoints: if no_endpoints.is_some() {
-            vec![]
-        } else {
-            vec![EndpointView {
-                addr: "10.244.1.5:8080".parse().unwrap(),
-                chain: "KUBE-SEP-XYZ".into(),
-                local: None,
-            }]
-        },
-        local_only: false,
-        no_endpoints,
-    }
+fn svc(no_endpoints: Option<NoEndpoints>) -> ServicePort {
+    super::web_service(no_endpoints, false, None)
 }
 
-fn run(b: &B, services: &[ServiceView], hits: &[RuleHit]) -> FlowReport {
+fn run(b: &B, services: &[ServicePort], hits: &[RuleHit]) -> FlowReport {
     let net = net();
     let plan = NfPlan::new(builtin_occupants());
     let reasons = reasons();
@@ -487,9 +473,9 @@ fn no_endpoints_reject_is_named() {
     b.drop_(0, 1, (C, LB), "eth0", 12, FWD, 1);
     let r = run(
         &b,
-        &[svc(Some(NoEndpointsView::Reject(
-            "KUBE-EXTERNAL-SERVICES".into(),
-        )))],
+        &[svc(Some(NoEndpoints::Reject {
+            rule: "KUBE-EXTERNAL-SERVICES".into(),
+        }))],
         &[],
     );
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
@@ -693,16 +679,32 @@ fn input_route_refusal_with_reverse_route_elsewhere_is_rp_filter() {
     let mut b = B::new(c, LB);
     b.ev(Kind::Arrive, 0, 1, (c, LB), "eth0", 2);
     b.fib(0, 1, "198.51.100.10", "10.244.1.5", "cni0", 3, None);
-    b.fib(0, 1, "10.244.1.5", "198.51.100.10", "eth1", 5, Some("203.0.113.1"));
+    b.fib(
+        0,
+        1,
+        "10.244.1.5",
+        "198.51.100.10",
+        "eth1",
+        5,
+        Some("203.0.113.1"),
+    );
     b.drop_(0, 1, (c, P), "eth0", 200, NO_HOOK, 0);
     let r = run(&b, &[svc(None)], &[]);
-    assert!(r.verdict.summary.contains("reverse-path filter"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict.summary.contains("reverse-path filter"),
+        "{}",
+        r.verdict.summary
+    );
     // Without a reverse route elsewhere it stays a routing refusal.
     let mut b = B::new(c, LB);
     b.ev(Kind::Arrive, 0, 1, (c, LB), "eth0", 2);
     b.drop_(0, 1, (c, P), "eth0", 200, NO_HOOK, 0);
     let r = run(&b, &[svc(None)], &[]);
-    assert!(r.verdict.summary.contains("input routing decision"), "{}", r.verdict.summary);
+    assert!(
+        r.verdict.summary.contains("input routing decision"),
+        "{}",
+        r.verdict.summary
+    );
 }
 
 /// Kernels before 5.17: ip_forward dropping a packet bigger than its way
@@ -716,8 +718,18 @@ fn forward_drop_of_a_packet_too_big_for_its_way_out_is_mtu() {
     e.len = 1600;
     e.flags = EV_UNTRACED;
     let r = run(&b, &[svc(None)], &[]);
-    assert!(r.verdict.summary.contains("too big"), "{}", r.verdict.summary);
-    assert!(r.verdict.hint.as_ref().unwrap().contains("MTU 1500 of eth0"));
+    assert!(
+        r.verdict.summary.contains("too big"),
+        "{}",
+        r.verdict.summary
+    );
+    assert!(
+        r.verdict
+            .hint
+            .as_ref()
+            .unwrap()
+            .contains("MTU 1500 of eth0")
+    );
 }
 
 /// Past the conntrack band with no entry attached: conntrack found the packet

@@ -95,7 +95,9 @@ impl Vm<'_> {
             .to_str()
             .context("workspace path is not UTF-8")?;
         if workspace.chars().any(|c| c.is_whitespace() || c == ',') {
-            bail!("the workspace path {workspace:?} has whitespace or a comma: qemu and the kernel command line cannot carry it");
+            bail!(
+                "the workspace path {workspace:?} has whitespace or a comma: qemu and the kernel command line cannot carry it"
+            );
         }
         let out = out_dir(self.dir);
         let mut cmd = Command::new("qemu-system-x86_64");

@@ -1,0 +1,202 @@
+//! A tracing session, shared by `watch` and `diagnose`: the input checks,
+//! what lbpath knows about the node (interfaces, kube-proxy rules, the
+//! netfilter plan), the loaded programs, and the loop that turns kernel
+//! records into outputs. The commands are front ends ([`FrontEnd`]): they
+//! decide what to show and when to stop.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::Instant,
+};
+
+use crate::{
+    UsageError,
+    assembler::Timing,
+    btf::{BtfError, KernelBtf, KernelFacts},
+    cli::{self, CommonArgs},
+    drops::DropNames,
+    engine::{Engine, Filters, Node, Output, occupants},
+    events::{self, Record},
+    kubeproxy,
+    loader::{self, LoadOptions, Stats, Tracer},
+    netinfo::NetInfo,
+    nfplan::NfPlan,
+};
+
+/// What a front end asks of the session.
+pub struct SessionOptions {
+    /// Report ARP about the LB IP.
+    pub arp: bool,
+    /// Capture BGP segments.
+    pub bgp: bool,
+    pub timing: Timing,
+}
+
+pub struct Session {
+    pub tracer: Tracer,
+    pub engine: Engine,
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+/// What a front end does with the session's outputs.
+pub trait FrontEnd {
+    /// New outputs; true stops the session.
+    fn show(&mut self, s: &Session, outs: Vec<Output>) -> bool;
+    /// Called every 100 ms.
+    fn tick(&mut self, _s: &Session) {}
+}
+
+fn btf_usage(e: BtfError) -> anyhow::Error {
+    anyhow!(UsageError(e.to_string()))
+}
+
+impl Session {
+    /// Everything up to attached programs: input checks, kernel layout, the
+    /// node's interfaces and rules, loading.
+    pub async fn start(common: &CommonArgs, opts: SessionOptions) -> Result<Session> {
+        let target = cli::target(common)?;
+        cli::check_privileges()?;
+        let kernel = {
+            // Dropped at the end of this block: aya parses the BTF again.
+            let btf = KernelBtf::open_vmlinux().map_err(btf_usage)?;
+            cli::check_kernel(|e, m| btf.has_enum_member(e, m))?;
+            KernelFacts::read(&btf, &loader::tracepoint_names()).map_err(btf_usage)?
+        };
+
+        let net = NetInfo::read()
+            .await
+            .context("reading the node's interfaces")?;
+        if let Some(i) = &common.iface
+            && net.by_name(i).is_none()
+        {
+            return Err(anyhow!(UsageError(format!(
+                "unknown interface '{i}' (not in this network namespace)"
+            ))));
+        }
+        let rules = kubeproxy::read_node();
+        for p in &rules.problems {
+            tracing::info!("rules: {p}");
+        }
+        let plan = NfPlan::new(occupants(&rules));
+        let mut tracer = Tracer::load(
+            &LoadOptions {
+                lb: target.ip,
+                port: target.port,
+                proto: target.proto,
+                trace_packets: common.packets,
+                drop_events: 8,
+                arp: opts.arp,
+                bgp: opts.bgp,
+                tc_ifaces: net.bgp_ifaces(),
+                plan: plan.clone(),
+            },
+            &kernel,
+        )?;
+        tracer.set_pod_ifs(&net.pod_ifaces())?;
+        for n in &tracer.notices {
+            eprintln!("lbpath: notice: {n}");
+        }
+        tracing::info!("attached: {}", tracer.attached.join("; "));
+        let ring = tracer.take_events()?;
+        // SAFETY: the ring buffer owns its fd for as long as AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+        let reasons = tracer.caps.drop_reasons.then_some(kernel.drop_reasons);
+        let engine = Engine::new(
+            target.ip,
+            Node {
+                net,
+                plan,
+                drops: DropNames::new(reasons),
+                rules,
+                netns: tracer.node_netns,
+                netfilter_links: tracer.caps.netfilter_links,
+            },
+            Filters {
+                client: target.client,
+                iface: common.iface.clone(),
+            },
+            opts.timing,
+        );
+        Ok(Session {
+            tracer,
+            engine,
+            ring,
+        })
+    }
+
+    /// Waits until the kernel has written records (or a packet socket has
+    /// a BGP segment), then takes them all.
+    pub async fn next_events(&mut self) -> Result<Vec<Output>> {
+        let mut out = Vec::new();
+        match &mut self.tracer.packets {
+            Some(p) => {
+                tokio::select! {
+                    guard = self.ring.readable_mut() => guard?.clear_ready(),
+                    seg = p.rx.recv() => if let Some(seg) = seg {
+                        out.extend(self.engine.record(Record::Seg(Box::new(seg)), &self.tracer));
+                    },
+                }
+            }
+            None => self.ring.readable_mut().await?.clear_ready(),
+        }
+        out.extend(self.drain());
+        Ok(out)
+    }
+
+    /// Takes what the ring buffer holds now.
+    pub fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(rec) = events::decode(&item) {
+                out.extend(self.engine.record(rec, &self.tracer));
+            }
+        }
+        out
+    }
+
+    /// Runs until `until`, Ctrl-C or SIGTERM, or the front end stops it;
+    /// then reports what is still pending.
+    pub async fn run(&mut self, until: Option<Instant>, fe: &mut impl FrontEnd) -> Result<()> {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut refresh = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                outs = self.next_events() => if fe.show(self, outs?) { break },
+                _ = tick.tick() => {
+                    let outs = self.engine.tick(&self.tracer);
+                    if fe.show(self, outs) {
+                        break;
+                    }
+                    fe.tick(self);
+                }
+                _ = refresh.tick() => {
+                    // New pods bring new veths.
+                    if let Ok(ifs) = self.engine.refresh_net().await {
+                        let _ = self.tracer.set_pod_ifs(&ifs);
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = async { tokio::time::sleep_until(until.unwrap()).await }, if until.is_some() => break,
+            }
+        }
+        let mut outs = self.drain();
+        outs.extend(self.engine.finish(&self.tracer));
+        fe.show(self, outs);
+        Ok(())
+    }
+
+    /// Events lost in the kernel (ring buffer full) and cut by the per-flow bound.
+    pub fn losses(&self) -> Result<(Stats, u64)> {
+        Ok((self.tracer.stats()?, self.engine.dropped_events()))
+    }
+}
