@@ -530,3 +530,27 @@ fn client_on_the_node_itself() {
     );
     assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
 }
+
+/// `--debug-bpf`: the kernel programs' own decisions for traced packets,
+/// for debugging lbpath (in the kernel matrix: logging must pass every
+/// verifier too).
+#[test]
+fn debug_bpf_shows_the_programs_decisions() {
+    let lab = Lab::new("dbpf", LabSpec::default()).unwrap();
+    let w = watch(&lab, &["--debug-bpf"]);
+    netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    w.wait_flow(WAIT, |_| true).expect("a flow is reported");
+    let out = w.stop().unwrap();
+    assert!(
+        out.stderr
+            .contains("lbpath: bpf: traced packet 1 of the flow from port"),
+        "{}",
+        out.stderr
+    );
+    // Without the switch the programs stay silent.
+    let w = watch(&lab, &[]);
+    netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    w.wait_flow(WAIT, |_| true).expect("a flow is reported");
+    let out = w.stop().unwrap();
+    assert!(!out.stderr.contains("lbpath: bpf:"), "{}", out.stderr);
+}

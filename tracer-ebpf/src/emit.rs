@@ -2,6 +2,7 @@
 //! ring-buffer memory (nothing big on the BPF stack); a full ring buffer is
 //! counted, never silent.
 
+use aya_log_ebpf::debug;
 use tracer_common::{AF_INET, EV_POD_NS, Event, Kind, NO_HOOK, STAT_LOST_EVENTS};
 
 use crate::{
@@ -62,6 +63,7 @@ impl Extra {
 pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     let Some(mut e) = EVENTS.reserve::<Event>(0) else {
         stat_inc(STAT_LOST_EVENTS);
+        debug!(&(), "ring buffer full: an event of kind {} lost", kind);
         return;
     };
     let ev: &mut Event = unsafe { &mut *e.as_mut_ptr() };

@@ -140,6 +140,13 @@ fn by_conntrack(at: &Point, l3: u64, cf: *mut CtFlow, dir: u8) -> bool {
     if !parse_ip(l3, skb_protocol(at.skb), &mut s.p) || !ct_seen(at.skb, cf, dir, s) {
         return false;
     }
+    aya_log_ebpf::debug!(
+        &(),
+        "packet of a traced flow found by its conntrack entry at hook {} point {} (dir {})",
+        at.hook,
+        at.pos,
+        dir
+    );
     if let Some(tr) = tracked(at.skb) {
         observe(at, tr, s);
     }

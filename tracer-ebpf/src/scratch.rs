@@ -45,6 +45,11 @@ impl Frame {
         let level = unsafe { *nest };
         if level >= SCRATCH_SLOTS {
             stat_inc(STAT_NESTED);
+            aya_log_ebpf::debug!(
+                &(),
+                "programs nested {} deep on this CPU: event skipped",
+                level
+            );
             return None;
         }
         let s = SCRATCH.get_ptr_mut(level)?;

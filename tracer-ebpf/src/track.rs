@@ -7,6 +7,7 @@
 //! found again through their conntrack entry (CT_FLOWS) or the tuple the reply
 //! will carry (REPLIES).
 
+use aya_log_ebpf::debug;
 use tracer_common::{
     DIR_REPLY, DIR_REQUEST, FlowCounters, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple,
 };
@@ -102,6 +103,10 @@ fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scra
             &mut (*fs).rep_traced
         };
         if *n >= budget {
+            debug!(
+                &(),
+                "flow from port {}: trace budget spent (dir {})", flow.sport, dir
+            );
             return SPENT;
         }
         *n += 1;
@@ -126,6 +131,10 @@ fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scra
     }
     stat_inc(STAT_TRACKED);
     touch_window();
+    debug!(
+        &(),
+        "traced packet {} of the flow from port {} (dir {})", seq, flow.sport, dir
+    );
     STARTED
 }
 
@@ -241,6 +250,11 @@ fn verify(skb: u64, tr: *mut Track, p: &Parsed) -> bool {
             }
         }
     }
+    debug!(
+        &(),
+        "stale track of the flow from port {} dropped (reused skb)",
+        unsafe { (*tr).flow.sport }
+    );
     untrack(skb);
     false
 }

@@ -33,6 +33,10 @@ pub struct CommonArgs {
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Show the kernel programs' decisions about traced packets on stderr
+    /// (for debugging lbpath itself and for bug reports).
+    #[arg(long)]
+    pub debug_bpf: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -226,6 +230,7 @@ mod tests {
             packets: 4,
             json: false,
             verbose: 0,
+            debug_bpf: false,
         }
     }
 

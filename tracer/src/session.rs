@@ -38,6 +38,9 @@ pub struct SessionOptions {
 }
 
 pub struct Session {
+    /// Readiness of the programs' log (`--debug-bpf`), whose descriptor the
+    /// tracer owns: declared first so it is deregistered before that closes.
+    bpf_log: Option<AsyncFd<std::os::fd::RawFd>>,
     pub tracer: Tracer,
     pub engine: Engine,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -94,6 +97,7 @@ impl Session {
                 bgp: opts.bgp,
                 tc_ifaces: net.bgp_ifaces(),
                 plan: plan.clone(),
+                debug_bpf: common.debug_bpf,
             },
             &kernel,
         )?;
@@ -123,27 +127,42 @@ impl Session {
             },
             opts.timing,
         );
+        let bpf_log = match &tracer.bpf_log {
+            // SAFETY: the tracer keeps the descriptor open longer than this
+            // AsyncFd lives (field order of Session).
+            Some(l) => Some(
+                unsafe { AsyncFd::register(l.fd()) }
+                    .map_err(|e| anyhow!("polling the programs' log: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Session {
             tracer,
             engine,
             ring,
+            bpf_log,
         })
     }
 
     /// Waits until the kernel has written records (or a packet socket has
-    /// a BGP segment), then takes them all.
+    /// a BGP segment, or the programs logged), then takes them all.
     pub async fn next_events(&mut self) -> Result<Vec<Output>> {
         let mut out = Vec::new();
-        match &mut self.tracer.packets {
-            Some(p) => {
-                tokio::select! {
-                    guard = self.ring.readable_mut() => guard?.clear_ready(),
-                    seg = p.rx.recv() => if let Some(seg) = seg {
-                        out.extend(self.engine.record(Record::Seg(Box::new(seg)), &self.tracer));
-                    },
+        let packets = self.tracer.packets.as_mut().map(|p| &mut p.rx);
+        let has_packets = packets.is_some();
+        tokio::select! {
+            guard = self.ring.readable_mut() => guard?.clear_ready(),
+            seg = async { packets.unwrap().recv().await }, if has_packets => {
+                if let Some(seg) = seg {
+                    out.extend(self.engine.record(Record::Seg(Box::new(seg)), &self.tracer));
                 }
             }
-            None => self.ring.readable_mut().await?.clear_ready(),
+            guard = async { self.bpf_log.as_ref().unwrap().readable().await }, if self.bpf_log.is_some() => {
+                guard?.clear_ready();
+            }
+        }
+        if let Some(log) = &mut self.tracer.bpf_log {
+            log.flush();
         }
         out.extend(self.drain());
         Ok(out)

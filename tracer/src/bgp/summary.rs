@@ -166,10 +166,19 @@ fn telling(state: &SessionState) -> u8 {
     }
 }
 
-/// The session whose state speaks for the peer: the latest one, unless it
-/// failed and an attempt around it failed more tellingly (the latest of
-/// those). `ss` is sorted by time and not empty.
+/// The session whose state speaks for the peer: one that is up, else the
+/// latest one, unless an attempt around it failed more tellingly (the
+/// latest of those). `ss` is sorted by time and not empty.
 fn decisive<'a>(ss: &[&'a Session]) -> &'a Session {
+    // A session still up wins: the connections racing it (a collision's
+    // loser, closed or ceased) are noise.
+    if let Some(up) = ss
+        .iter()
+        .rev()
+        .find(|s| matches!(s.state(), SessionState::Up))
+    {
+        return up;
+    }
     let latest = ss[ss.len() - 1];
     if !latest.state().is_down() && !matches!(latest.state(), SessionState::Notified { .. }) {
         return latest;
@@ -338,6 +347,45 @@ mod tests {
         assert_eq!(sum.peers[0].sessions, 2);
         assert!(
             sum.peers[0].text.contains("Bad Peer AS"),
+            "{}",
+            sum.peers[0].text
+        );
+    }
+
+    /// A collision: the session that came up wins over the connection
+    /// started later and closed.
+    #[test]
+    fn a_session_up_outweighs_a_later_closed_one() {
+        let mut ss = Sessions::new();
+        let peer: SocketAddr = "192.0.2.1:179".parse().unwrap();
+        let mut send = |port: u16, ts: u64, dir: Dir, flags: u8, payload: &[u8], seq: u32| {
+            let local = SocketAddr::new("192.0.2.2".parse().unwrap(), port);
+            let seg = Segment {
+                ts_ns: ts,
+                dir,
+                tcp_flags: flags,
+                seq,
+                payload,
+                full_len: payload.len(),
+            };
+            ss.observe(SessionKey::from_packet(Dir::Tx, local, peer), &seg);
+        };
+        let (open, ka) = (
+            crate::bgp::testutil::open_asn(64500),
+            crate::bgp::testutil::keepalive(),
+        );
+        let n = open.len() as u32;
+        send(50_000, 1, Dir::Tx, 0x18, &open, 1);
+        send(50_000, 2, Dir::Rx, 0x18, &open, 1000);
+        send(50_000, 3, Dir::Tx, 0x18, &ka, 1 + n);
+        send(50_000, 4, Dir::Rx, 0x18, &ka, 1000 + n);
+        send(50_001, 5, Dir::Tx, 0x02, &[], 7);
+        send(50_001, 6, Dir::Rx, 0x11, &[], 9);
+        let sum = ss.summary(LB);
+        assert_eq!(sum.peers[0].sessions, 2);
+        assert_eq!(
+            sum.peers[0].state,
+            SessionState::Up,
             "{}",
             sum.peers[0].text
         );

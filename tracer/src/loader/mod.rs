@@ -123,6 +123,8 @@ pub struct LoadOptions {
     /// Interfaces to capture BGP segments on (TC, tcx links).
     pub tc_ifaces: Vec<String>,
     pub plan: NfPlan,
+    /// Let the programs log their decisions (`--debug-bpf`).
+    pub debug_bpf: bool,
 }
 
 pub struct Tracer {
@@ -137,6 +139,44 @@ pub struct Tracer {
     pub attached: Vec<String>,
     /// BGP segments read from packet sockets (kernels without tcx).
     pub packets: Option<packet::PacketCapture>,
+    /// The programs' own log (`--debug-bpf`).
+    pub bpf_log: Option<BpfLog>,
+}
+
+/// The programs' decisions for traced packets, as aya-log records, written
+/// to stderr (escaped) for debugging lbpath itself and for bug reports.
+pub struct BpfLog(aya_log::EbpfLogger<StderrLog>);
+
+impl BpfLog {
+    /// Prints what the programs logged since last time.
+    pub fn flush(&mut self) {
+        self.0.flush();
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
+/// aya-log hands records to a `log::Log`; this one prints them.
+pub struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let text = record.args().to_string();
+        let clean: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        eprintln!("lbpath: bpf: {clean}");
+    }
+
+    fn flush(&self) {}
 }
 
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -177,6 +217,25 @@ fn hz_from_config(config: &str) -> Option<u64> {
 pub fn own_netns() -> Result<u32> {
     let meta = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     Ok(meta.ino() as u32)
+}
+
+/// A load error with the verifier's log cut to its last lines, which say
+/// why (the whole log can run to thousands of lines).
+fn verifier_tail(text: &str) -> String {
+    const KEEP: usize = 12;
+    match text.split_once("Verifier output:") {
+        Some((head, log)) => {
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = &lines[lines.len().saturating_sub(KEEP)..];
+            format!(
+                "{head}Verifier output ({} of {} lines):\n  {}",
+                tail.len(),
+                lines.len(),
+                tail.join("\n  ")
+            )
+        }
+        None => text.to_string(),
+    }
 }
 
 /// One clear line for the usual reason a load fails.
@@ -225,6 +284,13 @@ impl Tracer {
             None
         };
         let nf_links = attach_netfilter(&ebpf, opts, kernel, &mut a)?;
+        let bpf_log = if opts.debug_bpf {
+            let l = aya_log::EbpfLogger::init_with_logger(&mut ebpf, StderrLog)
+                .map_err(|e| anyhow!("reading the programs' log: {e}"))?;
+            Some(BpfLog(l))
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             _nf_links: nf_links,
@@ -234,6 +300,7 @@ impl Tracer {
             notices: a.notices,
             attached: a.what,
             packets,
+            bpf_log,
         })
     }
 
@@ -324,8 +391,12 @@ fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Res
         _pad: 0,
         layout: kernel.layout,
     };
+    // aya-log's level: 0 keeps every log statement out of the verified
+    // program (the branch on a frozen constant is pruned), 4 is Debug.
+    let log_level: u8 = if opts.debug_bpf { 4 } else { 0 };
     EbpfLoader::new()
         .override_global("CONFIG", &config, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, true)
         .load(OBJECT)
         .map_err(|e| match permission_hint(&e) {
             Some(u) => anyhow!(u),
@@ -360,11 +431,12 @@ fn attach_tracepoints(ebpf: &mut Ebpf, kernel: &KernelFacts, a: &mut Attached) -
             (Ok(()), None) => {}
             (Err(e), _) => {
                 let e = privilege_first(e)?;
+                let why = verifier_tail(&format!("{e:#}"));
                 if hook.required {
-                    return Err(e.context(format!("attaching to tracepoint {tp}")));
+                    return Err(anyhow!("attaching to tracepoint {tp}: {why}"));
                 }
                 a.notices.push(format!(
-                    "tracepoint {tp} unavailable ({e:#}): {}",
+                    "tracepoint {tp} unavailable ({why}): {}",
                     hook.without
                 ));
             }
@@ -502,6 +574,21 @@ pub struct Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verifier_logs_are_cut_to_their_end() {
+        let log: String = (0..100).map(|i| format!("{i}: insn\n")).collect();
+        let t = verifier_tail(&format!(
+            "load failed. Verifier output: {log}R4 prohibited\n"
+        ));
+        assert!(
+            t.starts_with("load failed. Verifier output (12 of 101 lines):"),
+            "{t}"
+        );
+        assert!(t.ends_with("R4 prohibited"), "{t}");
+        assert!(!t.contains("\n  0: insn"));
+        assert_eq!(verifier_tail("plain"), "plain");
+    }
 
     #[test]
     fn variants_follow_the_kernels_arguments() {

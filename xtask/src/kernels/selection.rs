@@ -17,6 +17,7 @@ pub const KERNEL_TESTS: &[&str] = &[
     "diagnose::pod_not_answering",
     "diagnose::bgp_notification_decoded",
     "cli::killed_lbpath_leaves_nothing_behind",
+    "watch::debug_bpf_shows_the_programs_decisions",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
