@@ -53,7 +53,7 @@ fn bad_input_one_line_exit_2() {
     );
     one_line_exit_2(
         &run_once(&node, &["watch", "192.0.2.240", "--proto", "gre"], T).unwrap(),
-        "unknown protocol",
+        "invalid value 'gre' for '--proto",
     );
     one_line_exit_2(
         &run_once(&node, &["watch", "192.0.2.240", "--bogus"], T).unwrap(),
@@ -62,6 +62,34 @@ fn bad_input_one_line_exit_2() {
     one_line_exit_2(
         &run_once(&node, &["diagnose", "192.0.2.240", "--duration", "soon"], T).unwrap(),
         "not a duration",
+    );
+    // Addresses that can never be a LoadBalancer IP, filters that can never
+    // match, windows too short to see anything.
+    for (ip, why) in [
+        ("127.0.0.1", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("255.255.255.255", "the broadcast address"),
+        ("224.0.0.5", "a multicast address"),
+    ] {
+        one_line_exit_2(&run_once(&node, &["watch", ip], T).unwrap(), why);
+    }
+    one_line_exit_2(
+        &run_once(
+            &node,
+            &["watch", "192.0.2.240", "--client", "2001:db8::/64"],
+            T,
+        )
+        .unwrap(),
+        "can never match",
+    );
+    one_line_exit_2(
+        &run_once(
+            &node,
+            &["watch", "192.0.2.240", "--duration", "0.0001ms"],
+            T,
+        )
+        .unwrap(),
+        "out of range",
     );
 
     // No BTF for this kernel.
@@ -73,7 +101,7 @@ fn bad_input_one_line_exit_2() {
         .output()
         .unwrap()
         .into();
-    one_line_exit_2(&out, "no kernel BTF at /nonexistent/vmlinux");
+    one_line_exit_2(&out, "no kernel BTF at /nonexistent/vmlinux (LBPATH_BTF)");
 
     // Not root, no capabilities.
     let out: lbpath_tests::run::Finished = std::process::Command::new("ip")

@@ -554,3 +554,33 @@ fn debug_bpf_shows_the_programs_decisions() {
     let out = w.stop().unwrap();
     assert!(!out.stderr.contains("lbpath: bpf:"), "{}", out.stderr);
 }
+
+/// A MetalLB pool (a CIDR), a v4-mapped address, and `--all` (every
+/// LoadBalancer IP kube-proxy names): each flow names its LB IP.
+#[test]
+fn several_ips_ranges_and_all() {
+    let lab = Lab::new("mult", LabSpec::default()).unwrap();
+    for sel in [
+        vec!["192.0.2.224/27", "203.0.113.240"],
+        vec!["::ffff:192.0.2.240"],
+        vec!["--all"],
+    ] {
+        let w = watch_sel(&lab, &sel);
+        let body = netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+        assert!(body.contains("hello from pod"), "{body}");
+        let flow = w
+            .wait_flow(WAIT, |_| true)
+            .unwrap_or_else(|| panic!("{sel:?}: no flow"));
+        let out = w.stop().unwrap();
+        assert_eq!(flow["flow"]["lb"], "192.0.2.240:80", "{sel:?}");
+        assert_eq!(verdict(&flow), "answered", "{sel:?}: {}", summary(&flow));
+        assert_eq!(flow["service"]["name"], "default/web:http", "{sel:?}");
+        assert_eq!(out.flows().len(), 1, "{sel:?}: {}", out.stdout);
+    }
+}
+
+fn watch_sel(lab: &Lab, sel: &[&str]) -> Running {
+    let mut args = sel.to_vec();
+    args.push("--json");
+    Running::watch(&lab.node(), &args).expect("lbpath attaches")
+}

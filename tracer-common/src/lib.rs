@@ -348,6 +348,14 @@ pub struct Config {
 pub const CFG_ARP: u32 = 0x1;
 /// `Config::flags`: report TCP port 179 segments.
 pub const CFG_BGP: u32 = 0x2;
+/// `Config::flags`: several LB IPs or ranges, in the LB_SET map (else the
+/// one in `Config::lb_addr`).
+pub const CFG_LB_SET: u32 = 0x4;
+/// Entries of LB_SET: addresses and ranges watched at once.
+pub const LB_SET_MAX: u32 = 4096;
+/// LB_SET key: the prefix counts these bits of family and padding before
+/// the address's own prefix.
+pub const LB_KEY_BITS: u32 = 32;
 
 #[cfg(feature = "user")]
 mod pod {

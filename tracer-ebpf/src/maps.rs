@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{Config, FlowCounters, STAT_COUNT, Tuple};
 
@@ -83,6 +83,12 @@ macro_rules! off {
     }};
 }
 pub(crate) use off;
+
+/// The watched LB IPs and ranges when there are several (`CFG_LB_SET`):
+/// key data is the family, 3 zero bytes, then the address (IPv4 in the
+/// first 4 bytes); the prefix counts 32 bits of family and padding.
+#[map]
+pub static LB_SET: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(tracer_common::LB_SET_MAX, 0);
 
 /// Path events, ARP and BGP records for userspace.
 #[map]

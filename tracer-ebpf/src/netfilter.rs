@@ -102,7 +102,8 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         }
     }
     // A request sent by a process on the node itself is first seen here.
-    if matches!(peek_daddr(l3, skb_protocol(skb)), Some(d) if is_lb(&d)) {
+    let proto = skb_protocol(skb);
+    if matches!(peek_daddr(l3, proto), Some(d) if is_lb(&d, family_of(proto))) {
         local_request(&at, l3);
     }
 }

@@ -2,9 +2,12 @@
 
 use tracer_common::{AF_INET, AF_INET6, Tuple};
 
+use aya_ebpf::maps::lpm_trie::Key;
+use tracer_common::{CFG_LB_SET, LB_KEY_BITS};
+
 use crate::{
     kernel::{rd, rd_into},
-    maps::conf,
+    maps::{LB_SET, conf},
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -55,10 +58,33 @@ pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
     a0 == b0 && a1 == b1
 }
 
-/// Is this the LB IP? The cheap compare every unrelated packet pays.
+/// Is this a watched LB IP? With one IP, the cheap compare every unrelated
+/// packet pays; with several IPs or ranges, one lookup in LB_SET.
 #[inline(always)]
-pub fn is_lb(a: &[u8; 16]) -> bool {
-    addr_eq(a, &conf!(lb_addr))
+pub fn is_lb(a: &[u8; 16], family: u8) -> bool {
+    if conf!(flags) & CFG_LB_SET == 0 {
+        return family == conf!(lb_family) && addr_eq(a, &conf!(lb_addr));
+    }
+    in_lb_set(a, family)
+}
+
+#[inline(never)]
+fn in_lb_set(a: &[u8; 16], family: u8) -> bool {
+    let mut data = [0u8; 20];
+    data[0] = family;
+    data[4..].copy_from_slice(a);
+    // A lookup matches on all bits; entries carry their own prefix.
+    LB_SET.get(Key::new(LB_KEY_BITS + 128, data)).is_some()
+}
+
+/// The address family of an ethertype.
+#[inline(always)]
+pub fn family_of(proto: u16) -> u8 {
+    if proto == ETH_P_IPV6 {
+        AF_INET6
+    } else {
+        AF_INET
+    }
 }
 
 /// Destination address only: the first-hook test, before any full parse.

@@ -79,7 +79,7 @@ fn on_receive(skb: u64) {
     };
     // Two calls rather than one with a flag: a flag merged from both paths
     // lets the 6.1 verifier prune the reply path as dead code.
-    if is_lb(&daddr) {
+    if is_lb(&daddr, family_of(proto)) {
         first_sight::<false>(skb, l3, proto, now);
     } else if open {
         first_sight::<true>(skb, l3, proto, now);
@@ -143,7 +143,7 @@ fn on_xmit(skb: u64, dev: u64) {
                     if s.p.ok != 0 {
                         expect_reply(tr, &s.p);
                     }
-                } else if s.p.ok != 0 && is_lb(&s.p.t.saddr) {
+                } else if s.p.ok != 0 && is_lb(&s.p.t.saddr, s.p.t.family) {
                     // Traced answers count like the others.
                     count_reply(skb, &s.p.t);
                 }
@@ -163,7 +163,7 @@ fn on_xmit(skb: u64, dev: u64) {
     let Some(saddr) = peek_saddr(l3, proto) else {
         return;
     };
-    if !is_lb(&saddr) || dev_netns(dev) != conf!(node_netns) {
+    if !is_lb(&saddr, family_of(proto)) || dev_netns(dev) != conf!(node_netns) {
         return;
     }
     let Some(f) = Frame::enter() else {
@@ -246,9 +246,10 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
     // Still addressed to the LB IP (the flow's own tuple), from it (an
     // answer), or neither (NATed): then only its conntrack entry tells.
     // One call per case, not a flag (see on_receive).
-    if is_lb(&daddr) {
+    let family = family_of(proto);
+    if is_lb(&daddr, family) {
         untraced_drop_as::<TO_LB>(skb, location, proto_reason, 0);
-    } else if is_lb(&saddr) {
+    } else if is_lb(&saddr, family) {
         untraced_drop_as::<FROM_LB>(skb, location, proto_reason, 0);
     } else {
         let nfct = skb_nfct(skb);

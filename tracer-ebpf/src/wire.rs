@@ -8,13 +8,14 @@ use tracer_common::{AF_INET, ArpEvent, CFG_ARP, Kind, STAT_LOST_EVENTS};
 use crate::{
     kernel::{dev_ifindex, dev_name, dev_netns, now, rd, skb_dev, stat_inc},
     maps::{EVENTS, conf},
+    parse::{is_lb, v4},
 };
 
 /// An ARP packet at `arp` (kernel address; `mac` is its Ethernet header):
 /// reported when it is about the LB IP.
 #[inline(always)]
 pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
-    if conf!(flags) & CFG_ARP == 0 || conf!(lb_family) != AF_INET {
+    if conf!(flags) & CFG_ARP == 0 {
         return;
     }
     let Some(h) = rd::<ArpHdr>(arp) else {
@@ -24,9 +25,7 @@ pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
     if h.htype != [0, 1] || h.ptype != [8, 0] || h.hlen != 6 || h.plen != 4 {
         return;
     }
-    let lb = conf!(lb_addr);
-    let lb = [lb[0], lb[1], lb[2], lb[3]];
-    if h.spa != lb && h.tpa != lb {
+    if !is_lb(&v4(h.spa), AF_INET) && !is_lb(&v4(h.tpa), AF_INET) {
         return;
     }
     let dev = skb_dev(skb);

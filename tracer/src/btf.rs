@@ -65,7 +65,16 @@ pub struct KernelBtf {
 impl KernelBtf {
     /// The running kernel's BTF.
     pub fn open_vmlinux() -> Result<Self, BtfError> {
-        Self::open(&vmlinux_path())
+        let from_env = std::env::var_os("LBPATH_BTF").is_some();
+        Self::open(&vmlinux_path()).map_err(|e| match e {
+            // Name the variable: the user pointed it somewhere wrong.
+            BtfError::Missing(p) if from_env => BtfError::Missing(format!("{p} (LBPATH_BTF)")),
+            BtfError::Unreadable(why) if from_env => BtfError::Unreadable(format!(
+                "LBPATH_BTF={} is not a BTF file: {why}",
+                vmlinux_path().display()
+            )),
+            e => e,
+        })
     }
 
     pub fn open(path: &Path) -> Result<Self, BtfError> {

@@ -1,35 +1,47 @@
 //! Command-line arguments and the checks every command makes before it
 //! touches the kernel: each failure is one line and exit code 2.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
 
-use crate::UsageError;
+use crate::{UsageError, kubeproxy::Proto};
 
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// The LoadBalancer IP (IPv4 or IPv6).
-    #[arg(value_name = "LB-IP")]
-    pub ip: String,
+    /// LoadBalancer IPs, or CIDRs (e.g. a MetalLB IPAddressPool's range).
+    #[arg(value_name = "LB-IP", value_parser = parse_target, required_unless_present = "all")]
+    pub targets: Vec<IpNet>,
+    /// Every LoadBalancer and external IP kube-proxy's rules name on this
+    /// node, refreshed as the rules change.
+    #[arg(long, conflicts_with = "targets")]
+    pub all: bool,
     /// Only this LB port.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
-    /// Only this protocol: tcp, udp or sctp.
-    #[arg(long)]
-    pub proto: Option<String>,
+    /// Only this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<ProtoArg>,
     /// Only clients in this CIDR (e.g. 198.51.100.0/24).
-    #[arg(long, value_name = "CIDR")]
-    pub client: Option<String>,
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub client: Option<IpNet>,
     /// Only flows arriving on this interface.
     #[arg(long, value_name = "NAME")]
     pub iface: Option<String>,
     /// Packets traced hop by hop per flow and direction; later ones are only counted.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
     pub packets: u32,
-    /// JSON output.
+    /// JSON output (the same as `-o json`).
     #[arg(long)]
     pub json: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
     /// More log output on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -37,6 +49,35 @@ pub struct CommonArgs {
     /// (for debugging lbpath itself and for bug reports).
     #[arg(long)]
     pub debug_bpf: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl From<ProtoArg> for Proto {
+    fn from(p: ProtoArg) -> Self {
+        match p {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+            ProtoArg::Sctp => Proto::Sctp,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+impl CommonArgs {
+    pub fn json(&self) -> bool {
+        self.json || self.output == Some(OutputFormat::Json)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -66,87 +107,118 @@ pub struct DiagnoseArgs {
     pub until_first: bool,
 }
 
+/// Shortest window worth opening: a flow needs time to be seen at all.
+const MIN_DURATION: Duration = Duration::from_millis(100);
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num
-        .parse()
+    let d = humantime::parse_duration(s.trim())
+        .or_else(|_| s.trim().parse::<u64>().map(Duration::from_secs))
         .map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' is not a duration (try 10s, 500ms, 2m)")),
-    };
-    if !(secs > 0.0 && secs < 86400.0 * 7.0) {
-        return Err(format!("duration '{s}' out of range"));
+    if d < MIN_DURATION || d > Duration::from_secs(7 * 86400) {
+        return Err(format!("duration '{s}' out of range (100ms to 7 days)"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
+}
+
+/// The address an IPv4-mapped IPv6 address stands for.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Why an address can never be a LoadBalancer IP, if it cannot.
+fn impossible(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_loopback() => Some("a loopback address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4 == Ipv4Addr::BROADCAST => Some("the broadcast address"),
+        _ => None,
+    }
+}
+
+/// An LB IP (a /32 or /128) or a CIDR of them.
+pub fn parse_target(s: &str) -> Result<IpNet, String> {
+    let net = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(format!("'{s}' is not an IP address or CIDR")),
+        },
+    };
+    let addr = canonical(net.addr());
+    let net = match (addr, net) {
+        // ::ffff:a.b.c.d/N (N >= 96) is a.b.c.d/(N-96).
+        (IpAddr::V4(v4), IpNet::V6(n)) => {
+            IpNet::new(IpAddr::V4(v4), n.prefix_len().saturating_sub(96))
+                .map_err(|_| format!("'{s}' is not a usable CIDR"))?
+        }
+        _ => net,
+    }
+    .trunc();
+    if let Some(why) = impossible(net.addr()) {
+        return Err(format!(
+            "{} cannot be a LoadBalancer IP: it is {why}",
+            net.addr()
+        ));
+    }
+    Ok(net)
+}
+
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("'{s}' is not a CIDR (e.g. 198.51.100.0/24)"))
 }
 
 /// Validated filters.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub ip: IpAddr,
+    /// What to watch: addresses and ranges (empty with `all`: filled from
+    /// the rules).
+    pub nets: Vec<IpNet>,
+    pub all: bool,
     pub port: u16,
+    /// IP protocol number (0: any).
     pub proto: u8,
-    pub client: Option<(IpAddr, u8)>,
+    pub client: Option<IpNet>,
 }
 
 pub fn target(a: &CommonArgs) -> Result<Target, UsageError> {
-    let ip: IpAddr =
-        a.ip.parse()
-            .map_err(|_| UsageError(format!("'{}' is not an IP address", a.ip)))?;
-    if ip.is_unspecified() || ip.is_multicast() {
-        return Err(UsageError(format!("{ip} cannot be a LoadBalancer IP")));
+    if a.targets.is_empty() && !a.all {
+        return Err(UsageError(
+            "name the LoadBalancer IP(s) to watch, or --all".into(),
+        ));
     }
-    let proto = match a.proto.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None => 0,
-        Some("tcp") => 6,
-        Some("udp") => 17,
-        Some("sctp") => 132,
-        Some(p) => {
+    if let Some(c) = a.client {
+        let v4 = c.addr().is_ipv4();
+        if !a.all && a.targets.iter().all(|t| t.addr().is_ipv4() != v4) {
             return Err(UsageError(format!(
-                "unknown protocol '{p}' (tcp, udp or sctp)"
+                "--client {c} can never match: the LB IPs are IPv{}",
+                if v4 { 6 } else { 4 }
             )));
         }
-    };
-    if a.port == Some(0) {
-        return Err(UsageError("port 0 is not a service port".into()));
     }
-    let client = a.client.as_deref().map(parse_cidr).transpose()?;
-    if a.packets == 0 || a.packets > 64 {
-        return Err(UsageError("--packets must be between 1 and 64".into()));
-    }
+    let mut nets = a.targets.clone();
+    nets.sort();
+    nets.dedup();
     Ok(Target {
-        ip,
+        nets,
+        all: a.all,
         port: a.port.unwrap_or(0),
-        proto,
-        client,
+        proto: a.proto.map(|p| Proto::from(p).ip_proto()).unwrap_or(0),
+        client: a.client,
     })
 }
 
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), UsageError> {
-    let bad = || UsageError(format!("'{s}' is not a CIDR (e.g. 198.51.100.0/24)"));
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l.parse::<u8>().map_err(|_| bad())?,
-        None => max,
-    };
-    if len > max {
-        return Err(bad());
-    }
-    Ok((ip, len))
-}
+/// The IPv6 unspecified address, for tests and defaults.
+pub const NO_ADDR: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// Root, or the capabilities loading needs.
 pub fn check_privileges() -> Result<(), UsageError> {
@@ -218,41 +290,97 @@ pub fn check_kernel(has: impl Fn(&str, &str) -> bool) -> Result<(), UsageError> 
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    fn args(ip: &str) -> CommonArgs {
-        CommonArgs {
-            ip: ip.into(),
-            port: None,
-            proto: None,
-            client: None,
-            iface: None,
-            packets: 4,
-            json: false,
-            verbose: 0,
-            debug_bpf: false,
-        }
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        c: CommonArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<CommonArgs, String> {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .map(|t| t.c)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
-    fn targets() {
+    fn addresses_that_can_be_lb_ips() {
         assert_eq!(
-            target(&args("192.0.2.240")).unwrap().ip.to_string(),
-            "192.0.2.240"
+            parse_target("192.0.2.240").unwrap().to_string(),
+            "192.0.2.240/32"
         );
-        assert!(target(&args("2001:db8::1")).is_ok());
-        let e = target(&args("300.1.2.3")).unwrap_err();
-        assert_eq!(e.0, "'300.1.2.3' is not an IP address");
-        assert!(target(&args("0.0.0.0")).is_err());
-        let mut a = args("192.0.2.240");
-        a.proto = Some("icmp".into());
-        assert!(target(&a).unwrap_err().0.contains("unknown protocol"));
-        a.proto = Some("UDP".into());
-        assert_eq!(target(&a).unwrap().proto, 17);
-        a.client = Some("198.51.100.0/33".into());
-        assert!(target(&a).is_err());
-        a.client = Some("198.51.100.0/24".into());
-        assert_eq!(target(&a).unwrap().client.unwrap().1, 24);
+        assert_eq!(
+            parse_target("192.0.2.0/24").unwrap().to_string(),
+            "192.0.2.0/24"
+        );
+        // A host address with a prefix names the range.
+        assert_eq!(
+            parse_target("192.0.2.7/24").unwrap().to_string(),
+            "192.0.2.0/24"
+        );
+        assert_eq!(
+            parse_target("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        // v4-mapped is IPv4.
+        assert_eq!(
+            parse_target("::ffff:192.0.2.240").unwrap().to_string(),
+            "192.0.2.240/32"
+        );
+        for bad in [
+            "127.0.0.1",
+            "::1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "224.0.0.1",
+            "ff02::1",
+        ] {
+            let e = parse_target(bad).unwrap_err();
+            assert!(e.contains("cannot be a LoadBalancer IP"), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_target("300.1.2.3").unwrap_err(),
+            "'300.1.2.3' is not an IP address or CIDR"
+        );
+    }
+
+    #[test]
+    fn filters() {
+        let a = parse(&[
+            "192.0.2.240",
+            "--proto",
+            "udp",
+            "--client",
+            "198.51.100.0/24",
+        ])
+        .unwrap();
+        let t = target(&a).unwrap();
+        assert_eq!(
+            (t.proto, t.client.unwrap().to_string().as_str()),
+            (17, "198.51.100.0/24")
+        );
+        assert!(
+            parse(&["192.0.2.240", "--proto", "icmp"])
+                .unwrap_err()
+                .contains("icmp")
+        );
+        assert!(parse(&["192.0.2.240", "--client", "198.51.100.0/33"]).is_err());
+        assert!(parse(&["192.0.2.240", "--port", "0"]).is_err());
+        assert!(parse(&["192.0.2.240", "--packets", "0"]).is_err());
+        // A client filter of the other family can never match.
+        let a = parse(&["192.0.2.240", "--client", "2001:db8::/64"]).unwrap();
+        assert!(target(&a).unwrap_err().0.contains("can never match"));
+        // The IP is required, unless --all; not both.
+        assert!(parse(&[]).unwrap_err().contains("<LB-IP>"));
+        assert!(parse(&["--all"]).is_ok());
+        assert!(parse(&["--all", "192.0.2.240"]).is_err());
+        // Several IPs and ranges; -o json.
+        let a = parse(&["192.0.2.240", "192.0.2.0/28", "-o", "json"]).unwrap();
+        assert_eq!(target(&a).unwrap().nets.len(), 2);
+        assert!(a.json());
     }
 
     #[test]
@@ -263,6 +391,7 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("0.0001ms").is_err());
     }
 
     #[test]

@@ -244,15 +244,13 @@ fn severity(k: VerdictKind) -> u8 {
     }
 }
 
+/// One IP: the report's fields at the top level (the schema of a single
+/// `lbpath diagnose <IP>`).
 #[derive(Serialize)]
 struct Report<'a> {
-    lb: IpAddr,
     duration_s: f64,
-    checks: &'a [Finding],
-    arp: Option<&'a ArpReport>,
-    bgp: &'a LbBgpSummary,
-    flows: &'a [FlowReport],
-    verdict: &'a Diagnosis,
+    #[serde(flatten)]
+    ip: &'a IpReport,
 }
 
 /// The live window: the engine keeps the flows, ARP and BGP it needs; this
@@ -277,7 +275,7 @@ impl FrontEnd for Window {
                 .ceil();
             eprint!(
                 "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions ",
-                s.engine.lb,
+                s.engine.targets.describe(),
                 s.engine.flows_reported.len(),
                 s.engine.arp.len(),
                 s.engine.bgp.sessions.len()
@@ -302,24 +300,16 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
         },
     )
     .await?;
-    let lb = s.engine.lb;
     let port = args.common.port.unwrap_or(0);
     let sys = Sysctls::read(&s.engine.net);
-    let findings = checks::run(
-        lb,
-        port,
-        &s.engine.services,
-        s.engine.kube_proxy_found(),
-        &s.engine.net,
-        &sys,
-    );
     eprintln!(
-        "lbpath: diagnosing {lb} for {}s",
+        "lbpath: diagnosing {} for {}s",
+        s.engine.targets.describe(),
         args.duration.as_secs_f64()
     );
     let start = tokio::time::Instant::now();
     let mut window = Window {
-        countdown: std::io::stderr().is_terminal() && !args.common.json,
+        countdown: std::io::stderr().is_terminal() && !args.common.json(),
         deadline: start + args.duration,
         until_first: args.until_first,
     };
@@ -329,54 +319,35 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     }
     s.engine.bgp.sessions.finish();
 
-    let own_macs: Vec<(String, [u8; 6])> = s
-        .engine
-        .net
-        .ifaces
-        .values()
-        .filter_map(|i| i.mac.map(|m| (i.name.clone(), m)))
-        .collect();
-    let arp_report = match lb {
-        IpAddr::V4(v4) => Some(arp::analyze(v4, &own_macs, &s.engine.arp)),
-        IpAddr::V6(_) => None,
-    };
-    let bgp = s.engine.bgp.sessions.summary(lb);
-    let flows = &s.engine.flows_reported;
-    let d = decide(
-        lb,
-        &findings,
-        flows,
-        &Wire {
-            arp: arp_report.as_ref(),
-            bgp: &bgp,
-        },
-    );
     let elapsed = start.elapsed().as_secs_f64();
-    if args.common.json {
-        let r = Report {
-            lb,
-            duration_s: elapsed,
-            checks: &findings,
-            arp: arp_report.as_ref(),
-            bgp: &bgp,
-            flows,
-            verdict: &d,
+    let reports: Vec<IpReport> = s
+        .engine
+        .targets
+        .addresses()
+        .into_iter()
+        .map(|lb| ip_report(&s, lb, port, &sys))
+        .collect();
+    let overall = overall(&reports);
+    if args.common.json() {
+        let out = match reports.as_slice() {
+            [one] => serde_json::to_string(&Report {
+                duration_s: elapsed,
+                ip: one,
+            })?,
+            _ => serde_json::to_string(&serde_json::json!({
+                "duration_s": elapsed,
+                "ips": reports,
+                "verdict": overall,
+            }))?,
         };
-        println!("{}", serde_json::to_string(&r)?);
+        println!("{out}");
     } else {
-        print!(
-            "{}",
-            text(
-                lb,
-                elapsed,
-                &findings,
-                arp_report.as_ref(),
-                &bgp,
-                flows,
-                &d,
-                Style::detect()
-            )
-        );
+        for r in &reports {
+            print!("{}", text(r, elapsed, Style::detect()));
+        }
+        if reports.len() != 1 {
+            println!("overall: {}", overall.summary);
+        }
     }
     let (stats, cut) = s.losses()?;
     if stats.lost_events > 0 || cut > 0 {
@@ -385,20 +356,107 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
             stats.lost_events,
         );
     }
-    Ok(d.exit_code)
+    Ok(overall.exit_code)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn text(
+/// Everything found about one LB IP.
+#[derive(Serialize)]
+struct IpReport {
     lb: IpAddr,
-    secs: f64,
-    findings: &[Finding],
-    arp: Option<&ArpReport>,
-    bgp: &LbBgpSummary,
-    flows: &[FlowReport],
-    d: &Diagnosis,
-    s: Style,
-) -> String {
+    checks: Vec<Finding>,
+    arp: Option<ArpReport>,
+    bgp: LbBgpSummary,
+    flows: Vec<FlowReport>,
+    verdict: Diagnosis,
+}
+
+fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
+    let services: Vec<_> = s
+        .engine
+        .services
+        .iter()
+        .filter(|p| p.address == lb)
+        .cloned()
+        .collect();
+    let checks = checks::run(
+        lb,
+        port,
+        &services,
+        s.engine.kube_proxy_found(),
+        &s.engine.net,
+        sys,
+    );
+    let own_macs: Vec<(String, [u8; 6])> = s
+        .engine
+        .net
+        .ifaces
+        .values()
+        .filter_map(|i| i.mac.map(|m| (i.name.clone(), m)))
+        .collect();
+    let arp = match lb {
+        IpAddr::V4(v4) => Some(arp::analyze(v4, &own_macs, &s.engine.arp)),
+        IpAddr::V6(_) => None,
+    };
+    let bgp = s.engine.bgp.sessions.summary(lb);
+    let flows: Vec<FlowReport> = s
+        .engine
+        .flows_reported
+        .iter()
+        .filter(|f| f.flow.lb.ip() == lb)
+        .cloned()
+        .collect();
+    let verdict = decide(
+        lb,
+        &checks,
+        &flows,
+        &Wire {
+            arp: arp.as_ref(),
+            bgp: &bgp,
+        },
+    );
+    IpReport {
+        lb,
+        checks,
+        arp,
+        bgp,
+        flows,
+        verdict,
+    }
+}
+
+/// Several IPs: a problem anywhere is the verdict; else healthy when some
+/// IP had healthy traffic, else no traffic.
+fn overall(reports: &[IpReport]) -> Diagnosis {
+    let pick = reports
+        .iter()
+        .find(|r| r.verdict.exit_code == 1)
+        .or_else(|| reports.iter().find(|r| r.verdict.exit_code == 0))
+        .or_else(|| reports.first());
+    match pick {
+        Some(r) if reports.len() == 1 => r.verdict.clone(),
+        Some(r) => Diagnosis {
+            summary: format!("{}: {}", r.lb, r.verdict.summary),
+            ..r.verdict.clone()
+        },
+        None => Diagnosis {
+            layer: Layer::NoTraffic,
+            summary: "no LoadBalancer IP to diagnose (kube-proxy names none on this node)".into(),
+            evidence: Vec::new(),
+            next_step: None,
+            exit_code: 3,
+        },
+    }
+}
+
+fn text(r: &IpReport, secs: f64, s: Style) -> String {
+    let (lb, findings, arp, bgp, flows, d) = (
+        r.lb,
+        &r.checks,
+        r.arp.as_ref(),
+        &r.bgp,
+        &r.flows,
+        &r.verdict,
+    );
     let mut o = String::new();
     let _ = writeln!(
         o,

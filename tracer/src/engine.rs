@@ -3,7 +3,6 @@
 //! records. `watch` prints its outputs as they come; `diagnose` collects them.
 
 use std::{
-    net::IpAddr,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -16,19 +15,20 @@ use crate::{
     assembler::{Assembler, Timing, monotonic_ns},
     drops::DropNames,
     events::{Record, ifname},
-    kubeproxy::{self, NodeRules, ServicePort},
+    kubeproxy::{self, AddressKind, NodeRules, ServicePort},
     loader::Tracer,
     model::{Counters, FlowReport},
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
     path::{self, Context, RuleHit},
+    targets::Targets,
     wire::{self, BgpTracker},
 };
 
 /// User filters applied to flows (the kernel already filters port/proto).
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
-    pub client: Option<(IpAddr, u8)>,
+    pub client: Option<ipnet::IpNet>,
     pub iface: Option<String>,
 }
 
@@ -41,7 +41,7 @@ pub enum Output {
 }
 
 pub struct Engine {
-    pub lb: IpAddr,
+    pub targets: Targets,
     pub net: NetInfo,
     pub plan: NfPlan,
     pub drops: Rc<DropNames>,
@@ -104,13 +104,13 @@ fn hook_number(name: &str) -> Option<u8> {
     })
 }
 
-/// kube-proxy's service ports for the LB IP.
-pub fn services_for(rules: &NodeRules, lb: IpAddr) -> Vec<ServicePort> {
+/// kube-proxy's service ports for the watched addresses.
+pub fn services_for(rules: &NodeRules, targets: &Targets) -> Vec<ServicePort> {
     rules
         .rulesets
         .iter()
         .flat_map(|rs| &rs.services)
-        .filter(|s| s.address == lb)
+        .filter(|s| s.kind != AddressKind::NodePort && targets.contains(s.address))
         .cloned()
         .collect()
 }
@@ -128,7 +128,7 @@ pub struct Node {
 }
 
 impl Engine {
-    pub fn new(lb: IpAddr, node: Node, filters: Filters, timing: Timing) -> Self {
+    pub fn new(mut targets: Targets, node: Node, filters: Filters, timing: Timing) -> Self {
         let Node {
             net,
             plan,
@@ -137,7 +137,8 @@ impl Engine {
             netns: node_netns,
             netfilter_links,
         } = node;
-        let services = services_for(&rules, lb);
+        targets.refresh(&rules);
+        let services = services_for(&rules, &targets);
         let baseline = rules
             .rulesets
             .iter()
@@ -145,7 +146,7 @@ impl Engine {
             .collect();
         let drops = Rc::new(drops);
         Self {
-            lb,
+            targets,
             net,
             plan,
             drops: drops.clone(),
@@ -180,7 +181,7 @@ impl Engine {
                 .collect(),
             Record::Arp(a) => {
                 let obs = wire::arp_observation(&a);
-                let line = wire::arp_line(&obs, self.lb);
+                let line = wire::arp_line(&obs, &self.targets);
                 // Bounded: a few thousand ARPs are plenty of evidence.
                 if self.arp.len() < 100_000 {
                     self.arp.push(obs);
@@ -189,7 +190,7 @@ impl Engine {
             }
             Record::Seg(s) => self
                 .bgp
-                .push(&s, self.lb)
+                .push(&s, &self.targets)
                 .into_iter()
                 .map(Output::Bgp)
                 .collect(),
@@ -220,12 +221,8 @@ impl Engine {
     }
 
     fn passes_filters(&self, flow: &Tuple, evs: &[Event]) -> bool {
-        if let Some((net, len)) = self.filters.client
-            && !crate::netinfo::prefix_contains(
-                net,
-                len,
-                crate::events::ip(&flow.saddr, flow.family),
-            )
+        if let Some(net) = self.filters.client
+            && !net.contains(&crate::events::ip(&flow.saddr, flow.family))
         {
             return false;
         }

@@ -219,23 +219,7 @@ fn is_global(ip: &IpAddr) -> bool {
 }
 
 pub fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let len = len.min(32) as u32;
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            (u32::from(n) & mask) == (u32::from(a) & mask)
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let len = len.min(128) as u32;
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - len)
-            };
-            (u128::from(n) & mask) == (u128::from(a) & mask)
-        }
-        _ => false,
-    }
+    ipnet::IpNet::new(net, len).is_ok_and(|n| n.contains(&ip))
 }
 
 fn route_of(msg: &RouteMessage) -> Option<Route> {

@@ -26,6 +26,7 @@ use crate::{
     loader::{self, LoadOptions, Stats, Tracer},
     netinfo::NetInfo,
     nfplan::NfPlan,
+    targets::Targets,
 };
 
 /// What a front end asks of the session.
@@ -88,7 +89,7 @@ impl Session {
         let plan = NfPlan::new(occupants(&rules));
         let mut tracer = Tracer::load(
             &LoadOptions {
-                lb: target.ip,
+                targets: Targets::new(target.nets.clone(), target.all),
                 port: target.port,
                 proto: target.proto,
                 trace_packets: common.packets,
@@ -102,6 +103,9 @@ impl Session {
             &kernel,
         )?;
         tracer.set_pod_ifs(&net.pod_ifaces())?;
+        let mut targets = Targets::new(target.nets, target.all);
+        targets.refresh(&rules);
+        tracer.set_targets(&targets)?;
         for n in &tracer.notices {
             eprintln!("lbpath: notice: {n}");
         }
@@ -112,7 +116,7 @@ impl Session {
             .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
         let reasons = tracer.caps.drop_reasons.then_some(kernel.drop_reasons);
         let engine = Engine::new(
-            target.ip,
+            targets,
             Node {
                 net,
                 plan,

@@ -77,11 +77,11 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     };
     eprintln!(
         "lbpath: watching {}{services}; {netfilter}; Ctrl-C to stop",
-        s.engine.lb,
+        s.engine.targets.describe(),
     );
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut printer = Printer {
-        json: args.common.json,
+        json: args.common.json(),
         style: Style::detect(),
     };
     s.run(deadline, &mut printer).await?;

@@ -15,6 +15,7 @@ use crate::{
     events::ifname,
     events::{dst, src},
     model::mac,
+    targets::Targets,
 };
 
 pub fn arp_observation(e: &ArpEvent) -> ArpObservation {
@@ -37,16 +38,12 @@ pub fn arp_observation(e: &ArpEvent) -> ArpObservation {
 }
 
 /// "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:…)" and friends.
-pub fn arp_line(o: &ArpObservation, lb: IpAddr) -> String {
+pub fn arp_line(o: &ArpObservation, targets: &Targets) -> String {
     let arrow = if o.dir == arp::Dir::Tx { "→" } else { "←" };
     let who = if o.dir == arp::Dir::Tx {
         "this node"
     } else {
         "another host"
-    };
-    let lb_v4 = match lb {
-        IpAddr::V4(v) => Some(v),
-        IpAddr::V6(_) => None,
     };
     match o.op {
         1 if o.spa == o.tpa => format!(
@@ -55,7 +52,7 @@ pub fn arp_line(o: &ArpObservation, lb: IpAddr) -> String {
             o.tpa,
             mac(o.sha)
         ),
-        1 if Some(o.spa) == lb_v4 => format!(
+        1 if targets.contains(IpAddr::V4(o.spa)) => format!(
             "{} {arrow} who-has {} tell {} ({}): a request sent from the LB IP ({who})",
             o.ifname,
             o.tpa,
@@ -96,8 +93,8 @@ pub struct BgpTracker {
 
 impl BgpTracker {
     /// Takes one segment; returns a line per session state change and per
-    /// UPDATE about a prefix covering the LB IP.
-    pub fn push(&mut self, e: &SegEvent, lb: IpAddr) -> Vec<String> {
+    /// UPDATE about a prefix covering a watched LB IP.
+    pub fn push(&mut self, e: &SegEvent, targets: &Targets) -> Vec<String> {
         let dir = if e.dir == 1 {
             bgp::Dir::Tx
         } else {
@@ -124,7 +121,11 @@ impl BgpTracker {
         }
         let seen = self.routes.entry(key).or_insert(0);
         for r in &s.routes()[*seen..] {
-            if !r.prefix.covers(lb) {
+            let about = targets
+                .nets()
+                .iter()
+                .any(|n| r.prefix.covers(n.addr()) || n.contains(&r.prefix.addr));
+            if !about {
                 continue;
             }
             let (verb, to) = match (r.action, r.dir) {
@@ -165,20 +166,26 @@ mod tests {
 
     #[test]
     fn arp_lines() {
-        let lb: IpAddr = "192.0.2.240".parse().unwrap();
-        let l = arp_line(&obs(arp::Dir::Rx, 1, [192, 0, 2, 10], [192, 0, 2, 240]), lb);
+        let lb = Targets::new(vec!["192.0.2.240/32".parse().unwrap()], false);
+        let l = arp_line(
+            &obs(arp::Dir::Rx, 1, [192, 0, 2, 10], [192, 0, 2, 240]),
+            &lb,
+        );
         assert_eq!(
             l,
             "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:00:00:00:00:01)"
         );
-        let l = arp_line(&obs(arp::Dir::Tx, 2, [192, 0, 2, 240], [192, 0, 2, 10]), lb);
+        let l = arp_line(
+            &obs(arp::Dir::Tx, 2, [192, 0, 2, 240], [192, 0, 2, 10]),
+            &lb,
+        );
         assert!(
             l.contains("192.0.2.240 is-at 02:00:00:00:00:01 (this node)"),
             "{l}"
         );
         let l = arp_line(
             &obs(arp::Dir::Rx, 2, [192, 0, 2, 240], [192, 0, 2, 240]),
-            lb,
+            &lb,
         );
         assert!(
             l.contains("gratuitous") && l.contains("another host"),

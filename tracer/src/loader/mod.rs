@@ -15,15 +15,20 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key as LpmKey,
+    },
     programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, Config, FlowCounters, STAT_FLOWS, STAT_LOST_EVENTS,
-    STAT_NESTED, STAT_TRACKED, Tuple,
+    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_LB_SET, Config, FlowCounters, LB_KEY_BITS, LB_SET_MAX,
+    STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
-use crate::{UsageError, btf::KernelFacts, nfplan::NfPlan};
+use ipnet::IpNet;
+
+use crate::{UsageError, btf::KernelFacts, nfplan::NfPlan, targets::Targets};
 
 /// The kernel programs, built by build.rs and embedded: one file to copy.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -113,7 +118,7 @@ pub struct Capabilities {
 }
 
 pub struct LoadOptions {
-    pub lb: IpAddr,
+    pub targets: Targets,
     pub port: u16,
     pub proto: u8,
     pub trace_packets: u32,
@@ -177,6 +182,15 @@ impl log::Log for StderrLog {
     }
 
     fn flush(&self) {}
+}
+
+/// LB_SET's key for an address or range: family, padding, address.
+fn lb_key(net: &IpNet) -> LpmKey<[u8; 20]> {
+    let (addr, family) = addr_bytes(net.addr());
+    let mut data = [0u8; 20];
+    data[0] = family;
+    data[4..].copy_from_slice(&addr);
+    LpmKey::new(LB_KEY_BITS + net.prefix_len() as u32, data)
 }
 
 pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
@@ -347,6 +361,34 @@ impl Tracer {
         Some(out)
     }
 
+    /// Replaces the watched addresses and ranges (used when there are
+    /// several; a single address is compiled into the configuration).
+    pub fn set_targets(&mut self, targets: &Targets) -> Result<()> {
+        if targets.single().is_some() {
+            return Ok(());
+        }
+        let mut map: LpmTrie<_, [u8; 20], u8> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut("LB_SET")
+                .ok_or_else(|| anyhow!("LB_SET map missing"))?,
+        )?;
+        let want: Vec<LpmKey<[u8; 20]>> = targets.nets().iter().map(lb_key).collect();
+        let old: Vec<LpmKey<[u8; 20]>> = map.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            let _ = map.remove(&k);
+        }
+        if want.len() > LB_SET_MAX as usize {
+            return Err(anyhow!(
+                "{} addresses and ranges to watch: at most {LB_SET_MAX}",
+                want.len()
+            ));
+        }
+        for k in &want {
+            map.insert(k, 1, 0)?;
+        }
+        Ok(())
+    }
+
     /// Replaces the set of node interfaces that lead to pods.
     pub fn set_pod_ifs(&mut self, ifindexes: &[u32]) -> Result<()> {
         let mut map: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
@@ -369,8 +411,16 @@ impl Tracer {
 
 /// The object with this run's configuration, maps created, nothing attached.
 fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Result<Ebpf> {
-    let (lb_addr, lb_family) = addr_bytes(opts.lb);
-    let mut flags = 0;
+    // One address: compared in place; else looked up in LB_SET.
+    let (lb_addr, lb_family) = match opts.targets.single() {
+        Some(ip) => addr_bytes(ip),
+        None => ([0; 16], 0),
+    };
+    let mut flags = if opts.targets.single().is_some() {
+        0
+    } else {
+        CFG_LB_SET
+    };
     if opts.arp {
         flags |= CFG_ARP;
     }
@@ -510,16 +560,20 @@ fn attach_netfilter(
             return Ok(Vec::new());
         }
     };
-    let pf = if opts.lb.is_ipv4() {
-        netfilter::NFPROTO_IPV4
-    } else {
-        netfilter::NFPROTO_IPV6
-    };
+    let mut families = Vec::new();
+    if opts.targets.has_v4() {
+        families.push(netfilter::NFPROTO_IPV4);
+    }
+    if opts.targets.has_v6() {
+        families.push(netfilter::NFPROTO_IPV6);
+    }
     let mut links = Vec::new();
-    for (hook, points) in opts.plan.points.iter().enumerate() {
-        for (pos, prio) in points.iter().enumerate() {
-            let name = format!("lbp_nf_{pos}");
-            links.push(progs.attach(&name, pf, hook as u32, *prio)?);
+    for pf in families {
+        for (hook, points) in opts.plan.points.iter().enumerate() {
+            for (pos, prio) in points.iter().enumerate() {
+                let name = format!("lbp_nf_{pos}");
+                links.push(progs.attach(&name, pf, hook as u32, *prio)?);
+            }
         }
     }
     a.caps.netfilter_links = true;
