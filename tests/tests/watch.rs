@@ -584,3 +584,64 @@ fn watch_sel(lab: &Lab, sel: &[&str]) -> Running {
     args.push("--json");
     Running::watch(&lab.node(), &args).expect("lbpath attaches")
 }
+
+/// `--all` follows the rules: an LB IP kube-proxy adds while lbpath runs is
+/// watched from then on (the rules are re-read when nftables' generation
+/// moves, off the event loop).
+#[test]
+fn all_follows_new_lb_ips() {
+    let lab = Lab::new("alln", LabSpec::default()).unwrap();
+    let w = watch_sel(&lab, &["--all"]);
+    let svc = lbpath_tests::lab::web_service(vec![lbpath_tests::lab::pod_endpoint()], false);
+    let ext = lbpath_tests::kubeproxy_rules::iptables_chain(
+        &svc,
+        lbpath_tests::kubeproxy_rules::ChainKind::External,
+    );
+    let new_lb = "192.0.2.241";
+    in_ns(
+        &lab.node(),
+        &[
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-I",
+            "KUBE-SERVICES",
+            "-d",
+            "192.0.2.241/32",
+            "-p",
+            "tcp",
+            "-m",
+            "comment",
+            "--comment",
+            "default/web:http loadbalancer IP",
+            "-m",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            &ext,
+        ],
+    )
+    .unwrap();
+    in_ns(
+        &lab.client(),
+        &["ip", "route", "add", "192.0.2.241/32", "via", "192.0.2.2"],
+    )
+    .unwrap();
+    // The re-read happens within about a second of the change.
+    let to: SocketAddr = format!("{new_lb}:80").parse().unwrap();
+    let flow = netns::wait_for(WAIT, || {
+        let _ = netns::http_get(&lab.client(), to, Duration::from_secs(1));
+        w.wait_flow(Duration::from_millis(500), |f| {
+            f["flow"]["lb"] == "192.0.2.241:80"
+        })
+    })
+    .expect("the new LB IP is watched");
+    let out = w.stop().unwrap();
+    assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
+    assert_eq!(
+        flow["service"]["name"], "default/web:http",
+        "{}",
+        out.stdout
+    );
+}

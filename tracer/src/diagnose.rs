@@ -263,7 +263,7 @@ struct Window {
 
 impl FrontEnd for Window {
     fn show(&mut self, s: &Session, _outs: Vec<Output>) -> bool {
-        self.until_first && !s.engine.flows_reported.is_empty()
+        self.until_first && !s.engine.recent.is_empty()
     }
 
     fn tick(&mut self, s: &Session) {
@@ -276,7 +276,7 @@ impl FrontEnd for Window {
             eprint!(
                 "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions ",
                 s.engine.targets.describe(),
-                s.engine.flows_reported.len(),
+                s.engine.totals.values().sum::<u64>(),
                 s.engine.arp.len(),
                 s.engine.bgp.sessions.len()
             );
@@ -400,7 +400,7 @@ fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
     let bgp = s.engine.bgp.sessions.summary(lb);
     let flows: Vec<FlowReport> = s
         .engine
-        .flows_reported
+        .recent
         .iter()
         .filter(|f| f.flow.lb.ip() == lb)
         .cloned()

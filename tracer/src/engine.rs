@@ -3,6 +3,7 @@
 //! records. `watch` prints its outputs as they come; `diagnose` collects them.
 
 use std::{
+    collections::{BTreeMap, VecDeque},
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -15,12 +16,13 @@ use crate::{
     assembler::{Assembler, Timing, monotonic_ns},
     drops::DropNames,
     events::{Record, ifname},
-    kubeproxy::{self, AddressKind, NodeRules, ServicePort},
+    kubeproxy::{AddressKind, NodeRules, ServicePort},
     loader::Tracer,
-    model::{Counters, FlowReport},
+    model::{Counters, FlowReport, VerdictKind},
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
     path::{self, Context, RuleHit},
+    rules::RuleRead,
     targets::Targets,
     wire::{self, BgpTracker},
 };
@@ -51,14 +53,33 @@ pub struct Engine {
     pub netfilter_links: bool,
     node_netns: u32,
     assembler: Assembler,
-    /// DROP/REJECT counters when last read, for attribution.
-    baseline: Vec<kubeproxy::FilterRule>,
-    last_rules_read: Option<Instant>,
+    /// Flows dropped by netfilter, waiting for the next rule read to pin
+    /// the drop on the rule whose counter moved (bounded).
+    waiting: VecDeque<Waiting>,
+    /// Set when a flow waits: the session asks the rule watcher for a read.
+    pub wants_rules: bool,
     pub arp: Vec<ArpObservation>,
     pub bgp: BgpTracker,
-    pub flows_reported: Vec<FlowReport>,
+    /// The most recent reports (bounded), for diagnose.
+    pub recent: VecDeque<FlowReport>,
+    /// Flows reported per verdict, since the start.
+    pub totals: BTreeMap<VerdictKind, u64>,
     pub filtered_out: u64,
 }
+
+struct Waiting {
+    events: Vec<Event>,
+    since: Instant,
+}
+
+/// Reports kept for diagnose's evidence; totals are counted, not kept.
+const RECENT: usize = 1000;
+/// Flows that may wait for a rule read at once; more are reported unattributed.
+const MAX_WAITING: usize = 256;
+/// How long a flow waits for a rule read.
+const WAIT_FOR_RULES: Duration = Duration::from_secs(3);
+/// ARP observations kept as evidence.
+const MAX_ARP: usize = 10_000;
 
 /// Netfilter occupants: the node's base chains (nftables, iptables-nft,
 /// legacy tables), plus the kernel's built-in registrations where no chain
@@ -139,11 +160,6 @@ impl Engine {
         } = node;
         targets.refresh(&rules);
         let services = services_for(&rules, &targets);
-        let baseline = rules
-            .rulesets
-            .iter()
-            .flat_map(|r| r.filter_rules.clone())
-            .collect();
         let drops = Rc::new(drops);
         Self {
             targets,
@@ -156,11 +172,12 @@ impl Engine {
             netfilter_links,
             node_netns,
             assembler: Assembler::new(timing, node_netns, drops),
-            baseline,
-            last_rules_read: None,
+            waiting: VecDeque::new(),
+            wants_rules: false,
             arp: Vec::new(),
             bgp: BgpTracker::default(),
-            flows_reported: Vec::new(),
+            recent: VecDeque::new(),
+            totals: BTreeMap::new(),
             filtered_out: 0,
         }
     }
@@ -183,7 +200,7 @@ impl Engine {
                 let obs = wire::arp_observation(&a);
                 let line = wire::arp_line(&obs, &self.targets);
                 // Bounded: a few thousand ARPs are plenty of evidence.
-                if self.arp.len() < 100_000 {
+                if self.arp.len() < MAX_ARP {
                     self.arp.push(obs);
                 }
                 vec![Output::Arp(line)]
@@ -197,23 +214,77 @@ impl Engine {
         }
     }
 
-    /// Flows that became ready to report.
+    /// Flows that became ready to report, and flows that waited for a rule
+    /// read long enough (reported without the rule).
     pub fn tick(&mut self, tracer: &Tracer) -> Vec<Output> {
         let ready = self.assembler.ready(monotonic_ns());
-        ready
+        let mut out: Vec<Output> = ready
             .into_iter()
             .filter_map(|evs| self.report(&evs, tracer))
             .map(|r| Output::Flow(Box::new(r)))
-            .collect()
+            .collect();
+        while self
+            .waiting
+            .front()
+            .is_some_and(|w| w.since.elapsed() >= WAIT_FOR_RULES)
+        {
+            let w = self.waiting.pop_front().expect("checked");
+            out.extend(self.complete(&w.events, tracer, &[]));
+        }
+        out
     }
 
-    /// Everything pending (on exit).
+    /// Everything pending (on exit), waiting flows without their rule.
     pub fn finish(&mut self, tracer: &Tracer) -> Vec<Output> {
         let rest = self.assembler.drain();
-        rest.into_iter()
+        let mut out: Vec<Output> = rest
+            .into_iter()
             .filter_map(|evs| self.report(&evs, tracer))
             .map(|r| Output::Flow(Box::new(r)))
-            .collect()
+            .collect();
+        while let Some(w) = self.waiting.pop_front() {
+            out.extend(self.complete(&w.events, tracer, &[]));
+        }
+        out
+    }
+
+    /// A new read of the node's rules: the Services and (with `--all`) the
+    /// watched IPs follow it; flows that waited for it get the rules whose
+    /// counters moved. Returns the flows now reported, and whether the
+    /// watched addresses changed.
+    pub fn rules_read(&mut self, read: RuleRead, tracer: &Tracer) -> (Vec<Output>, bool) {
+        let hits: Vec<RuleHit> = read
+            .moved
+            .iter()
+            .map(|(r, n)| RuleHit {
+                table: format!("{} {}", r.family, r.table),
+                hook: read
+                    .rules
+                    .rulesets
+                    .iter()
+                    .flat_map(|rs| &rs.base_chains)
+                    .find(|c| c.family == r.family && c.table == r.table && c.chain == r.chain)
+                    .and_then(|c| hook_number(&c.hook)),
+                chain: r.chain.clone(),
+                rule: r.rule.clone(),
+                packets: *n,
+            })
+            .collect();
+        self.rules = (*read.rules).clone();
+        let targets_changed = self.targets.refresh(&self.rules);
+        self.services = services_for(&self.rules, &self.targets);
+        let mut out = Vec::new();
+        // Only flows whose drop the read can have counted.
+        while self
+            .waiting
+            .front()
+            .is_some_and(|w| w.since <= read.started)
+        {
+            let w = self.waiting.pop_front().expect("checked");
+            out.extend(self.complete(&w.events, tracer, &hits));
+        }
+        self.wants_rules = !self.waiting.is_empty();
+        (out, targets_changed)
     }
 
     pub fn dropped_events(&self) -> u64 {
@@ -239,41 +310,6 @@ impl Engine {
         true
     }
 
-    /// DROP/REJECT rules whose counters moved since last read. Reading the
-    /// ruleset runs iptables-save/nft: at most twice a second.
-    fn rule_hits(&mut self) -> Vec<RuleHit> {
-        if self
-            .last_rules_read
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
-        {
-            return Vec::new();
-        }
-        self.last_rules_read = Some(Instant::now());
-        let now = kubeproxy::read_node();
-        let after: Vec<_> = now
-            .rulesets
-            .iter()
-            .flat_map(|r| r.filter_rules.clone())
-            .collect();
-        let hits = kubeproxy::counter_deltas(&self.baseline, &after)
-            .into_iter()
-            .map(|(r, n)| RuleHit {
-                table: format!("{} {}", r.family, r.table),
-                hook: now
-                    .rulesets
-                    .iter()
-                    .flat_map(|rs| &rs.base_chains)
-                    .find(|c| c.family == r.family && c.table == r.table && c.chain == r.chain)
-                    .and_then(|c| hook_number(&c.hook)),
-                chain: r.chain.clone(),
-                rule: r.rule.clone(),
-                packets: n,
-            })
-            .collect();
-        self.baseline = after;
-        hits
-    }
-
     fn report(&mut self, evs: &[Event], tracer: &Tracer) -> Option<FlowReport> {
         let flow = evs.first()?.flow;
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -296,11 +332,25 @@ impl Engine {
         let nf_dropped = evs
             .iter()
             .any(|e| e.kind == Kind::Drop as u8 && self.drops.reason(e) == "NETFILTER_DROP");
-        let hits = if nf_dropped {
-            self.rule_hits()
-        } else {
-            Vec::new()
-        };
+        if nf_dropped && self.waiting.len() < MAX_WAITING {
+            // Reported once a rule read tells which rule dropped it.
+            self.waiting.push_back(Waiting {
+                events: evs.to_vec(),
+                since: Instant::now(),
+            });
+            self.wants_rules = true;
+            return None;
+        }
+        self.assemble(evs, tracer, &[])
+    }
+
+    fn complete(&mut self, evs: &[Event], tracer: &Tracer, hits: &[RuleHit]) -> Option<Output> {
+        self.assemble(evs, tracer, hits)
+            .map(|r| Output::Flow(Box::new(r)))
+    }
+
+    fn assemble(&mut self, evs: &[Event], tracer: &Tracer, hits: &[RuleHit]) -> Option<FlowReport> {
+        let flow = evs.first()?.flow;
         let counters = tracer.counters(&flow).map(|c| Counters {
             request_packets: c.req_pkts,
             request_bytes: c.req_bytes,
@@ -316,12 +366,16 @@ impl Engine {
             drops: &self.drops,
             services: &self.services,
             kube_proxy_found: self.kube_proxy_found(),
-            rule_hits: &hits,
+            rule_hits: hits,
             rp_filter: &rp,
             netfilter_links: self.netfilter_links,
         };
         let r = path::assemble(evs, &ctx, counters)?;
-        self.flows_reported.push(r.clone());
+        *self.totals.entry(r.verdict.kind).or_insert(0) += 1;
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(r.clone());
         Some(r)
     }
 

@@ -9,6 +9,7 @@
 //! - `assembler` + `path`: flows from events, hops and verdicts (pure);
 //! - `hints`: what to do about each cause, one table for every output;
 //! - `kubeproxy`: the node's kube-proxy rules (iptables, nftables), read-only;
+//! - `rules`: re-reading them off the event loop when they change;
 //! - `targets`: the LB IPs and ranges watched;
 //! - `netinfo`: interfaces, routes, sysctls;
 //! - `arp`, `bgp`, `wire`: the MetalLB layers (L2 ARP, BGP sessions);
@@ -35,6 +36,7 @@ pub mod netinfo;
 pub mod nfplan;
 pub mod path;
 pub mod render;
+pub mod rules;
 pub mod session;
 pub mod targets;
 pub mod watch;

@@ -26,6 +26,7 @@ use crate::{
     loader::{self, LoadOptions, Stats, Tracer},
     netinfo::NetInfo,
     nfplan::NfPlan,
+    rules::RuleWatcher,
     targets::Targets,
 };
 
@@ -39,6 +40,7 @@ pub struct SessionOptions {
 }
 
 pub struct Session {
+    rules: RuleWatcher,
     /// Readiness of the programs' log (`--debug-bpf`), whose descriptor the
     /// tracer owns: declared first so it is deregistered before that closes.
     bpf_log: Option<AsyncFd<std::os::fd::RawFd>>,
@@ -82,11 +84,12 @@ impl Session {
                 "unknown interface '{i}' (not in this network namespace)"
             ))));
         }
-        let rules = kubeproxy::read_node();
+        let rules = kubeproxy::read_node().await;
         for p in &rules.problems {
             tracing::info!("rules: {p}");
         }
         let plan = NfPlan::new(occupants(&rules));
+        let rules_at_start = rules.clone();
         let mut tracer = Tracer::load(
             &LoadOptions {
                 targets: Targets::new(target.nets.clone(), target.all),
@@ -141,6 +144,7 @@ impl Session {
             None => None,
         };
         Ok(Session {
+            rules: RuleWatcher::start(&rules_at_start),
             tracer,
             engine,
             ring,
@@ -154,7 +158,9 @@ impl Session {
         let mut out = Vec::new();
         let packets = self.tracer.packets.as_mut().map(|p| &mut p.rx);
         let has_packets = packets.is_some();
+        let mut read = None;
         tokio::select! {
+            r = self.rules.next() => read = r,
             guard = self.ring.readable_mut() => guard?.clear_ready(),
             seg = async { packets.unwrap().recv().await }, if has_packets => {
                 if let Some(seg) = seg {
@@ -167,6 +173,13 @@ impl Session {
         }
         if let Some(log) = &mut self.tracer.bpf_log {
             log.flush();
+        }
+        if let Some(read) = read {
+            let (outs, targets_changed) = self.engine.rules_read(read, &self.tracer);
+            out.extend(outs);
+            if targets_changed && let Err(e) = self.tracer.set_targets(&self.engine.targets) {
+                eprintln!("lbpath: notice: {e:#}");
+            }
         }
         out.extend(self.drain());
         Ok(out)
@@ -192,6 +205,9 @@ impl Session {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut refresh = tokio::time::interval(Duration::from_secs(2));
         loop {
+            if self.engine.wants_rules {
+                self.rules.ask();
+            }
             tokio::select! {
                 outs = self.next_events() => if fe.show(self, outs?) { break },
                 _ = tick.tick() => {

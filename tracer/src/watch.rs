@@ -86,10 +86,12 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     };
     s.run(deadline, &mut printer).await?;
 
-    let mut per = BTreeMap::new();
-    for f in &s.engine.flows_reported {
-        *per.entry(verdict_key(f.verdict.kind)).or_insert(0) += 1;
-    }
+    let per: BTreeMap<String, u64> = s
+        .engine
+        .totals
+        .iter()
+        .map(|(k, n)| (verdict_key(*k), *n))
+        .collect();
     let (stats, cut) = s.losses()?;
     let lost = stats.lost_events;
     if printer.json {
@@ -98,7 +100,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
             serde_json::json!({ "totals": { "flows": per, "events_lost": lost, "events_cut": cut } })
         );
     } else {
-        let n = s.engine.flows_reported.len();
+        let n: u64 = per.values().sum();
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
             "lbpath: {n} flow{}{}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",

@@ -24,12 +24,11 @@ mod nftables;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -390,26 +389,21 @@ pub struct NodeRules {
 /// visible to both tools, so their rules come from iptables-nft-save
 /// (readable, with counters) and their base chains from nft (what the kernel
 /// really has; iptables-nft-save also lists built-in chains never created).
-pub fn read_node() -> NodeRules {
+pub async fn read_node() -> NodeRules {
     let mut problems = Vec::new();
     let mut iptables = Vec::new();
     let mut iptables_nft_found = false;
 
     for (family, prefix) in [("ip", "iptables"), ("ip6", "ip6tables")] {
-        if let Some(tool) = find_save_tool(prefix, Variant::Nft) {
+        if let Some(tool) = find_save_tool(prefix, Variant::Nft).await {
             iptables_nft_found = true;
-            iptables.extend(read_iptables(
-                &tool,
-                family,
-                Mode::IptablesNft,
-                &mut problems,
-            ));
+            iptables.extend(read_iptables(&tool, family, Mode::IptablesNft, &mut problems).await);
         }
         // Legacy: only where the kernel already has legacy tables.
         let names = legacy_table_names(family);
         if !names.is_empty() {
-            match find_save_tool(prefix, Variant::Legacy) {
-                Some(tool) => iptables.extend(read_iptables(&tool, family, Mode::IptablesLegacy, &mut problems)),
+            match find_save_tool(prefix, Variant::Legacy).await {
+                Some(tool) => iptables.extend(read_iptables(&tool, family, Mode::IptablesLegacy, &mut problems).await),
                 None => problems.push(format!(
                     "legacy {prefix} tables exist ({}) but no {prefix}-legacy-save was found: their rules were not read",
                     names.join(", ")
@@ -419,7 +413,7 @@ pub fn read_node() -> NodeRules {
     }
 
     let nft = match find_tool("nft") {
-        Some(nft) => match run_tool(&nft, &["-j", "list", "ruleset"]) {
+        Some(nft) => match run_tool(&nft, &["-j", "list", "ruleset"]).await {
             Ok(out) if out.trim().is_empty() => None,
             Ok(out) => parse_nft_json(&out)
                 .map_err(|e| {
@@ -545,13 +539,13 @@ fn note_mixed_modes(rules: &mut NodeRules) {
     }
 }
 
-fn read_iptables(
+async fn read_iptables(
     tool: &Path,
     family: &str,
     mode: Mode,
     problems: &mut Vec<String>,
 ) -> Option<Ruleset> {
-    match run_tool(tool, &["-c"]) {
+    match run_tool(tool, &["-c"]).await {
         Ok(out) => match iptables::parse_family(&out, mode, family) {
             Ok(rs) => Some(rs),
             Err(e) => {
@@ -574,7 +568,7 @@ enum Variant {
 
 /// `iptables-nft-save` / `iptables-legacy-save`, else the plain
 /// `iptables-save` when its `--version` says it is that variant.
-fn find_save_tool(prefix: &str, variant: Variant) -> Option<PathBuf> {
+async fn find_save_tool(prefix: &str, variant: Variant) -> Option<PathBuf> {
     let suffix = if variant == Variant::Nft {
         "nft"
     } else {
@@ -584,7 +578,7 @@ fn find_save_tool(prefix: &str, variant: Variant) -> Option<PathBuf> {
         return Some(t);
     }
     let plain = find_tool(&format!("{prefix}-save"))?;
-    let version = run_tool(&plain, &["--version"]).ok()?;
+    let version = run_tool(&plain, &["--version"]).await.ok()?;
     // "iptables-save v1.8.9 (nf_tables)" / "(legacy)"; before 1.8 there was
     // no nf_tables variant and no marker.
     let is_nft = version.contains("nf_tables");
@@ -625,60 +619,41 @@ fn is_executable(p: &Path) -> bool {
 
 /// Runs a read-only tool with a time limit (a wedged tool must not hang
 /// lbpath); its output is its stdout.
-fn run_tool(tool: &Path, args: &[&str]) -> Result<String, String> {
-    run_tool_within(tool, args, Duration::from_secs(20))
+async fn run_tool(tool: &Path, args: &[&str]) -> Result<String, String> {
+    run_tool_within(tool, args, Duration::from_secs(20)).await
 }
 
-fn run_tool_within(tool: &Path, args: &[&str], limit: Duration) -> Result<String, String> {
-    let mut child = Command::new(tool)
+async fn run_tool_within(tool: &Path, args: &[&str], limit: Duration) -> Result<String, String> {
+    let child = tokio::process::Command::new(tool)
         .args(args)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Dropped at the time limit: killed, never left behind.
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run: {e}"))?;
-    // Drain both pipes on threads so a large ruleset cannot block the child.
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {:.1} s", limit.as_secs_f64()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("wait failed: {e}")),
-        }
+    // output() drains both pipes at once, so a large ruleset cannot block it.
+    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(format!("wait failed: {e}")),
+        Err(_) => return Err(format!("no answer within {:.1} s", limit.as_secs_f64())),
     };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    if !status.success() {
-        let msg = String::from_utf8_lossy(&stderr);
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
         let first = msg
             .lines()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
         return Err(format!(
-            "failed ({status}){}{first}",
+            "failed ({}){}{first}",
+            out.status,
             if first.is_empty() { "" } else { ": " }
         ));
     }
-    String::from_utf8(stdout).map_err(|_| "output is not UTF-8".to_string())
+    String::from_utf8(out.stdout).map_err(|_| "output is not UTF-8".to_string())
 }
 
 /// Rules whose packet counter grew between two reads, with the growth.
@@ -740,6 +715,7 @@ pub(crate) fn dedup_endpoints(found: &[(IpAddr, u16, String, bool)]) -> Vec<Endp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn rule(chain: &str, text: &str, packets: Option<u64>, handle: Option<u64>) -> FilterRule {
         FilterRule {
@@ -985,12 +961,14 @@ mod tests {
         assert_eq!(merged[0].filter_rules.len(), 9);
     }
 
-    #[test]
-    fn tools_output_failure_and_time_limit() {
+    #[tokio::test]
+    async fn tools_output_failure_and_time_limit() {
         let sh = Path::new("/bin/sh");
         let limit = Duration::from_secs(10);
         assert_eq!(
-            run_tool_within(sh, &["-c", "echo out; echo noise >&2"], limit).unwrap(),
+            run_tool_within(sh, &["-c", "echo out; echo noise >&2"], limit)
+                .await
+                .unwrap(),
             "out\n"
         );
         let err = run_tool_within(
@@ -1001,6 +979,7 @@ mod tests {
             ],
             limit,
         )
+        .await
         .unwrap_err();
         assert!(
             err.contains("exit status: 4")
@@ -1008,11 +987,14 @@ mod tests {
             "{err}"
         );
         let start = Instant::now();
-        let err = run_tool_within(sh, &["-c", "sleep 5"], Duration::from_millis(200)).unwrap_err();
+        let err = run_tool_within(sh, &["-c", "sleep 5"], Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(err.starts_with("no answer within"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(4));
         assert!(
             run_tool_within(Path::new("/nonexistent/tool"), &[], limit)
+                .await
                 .unwrap_err()
                 .starts_with("cannot run")
         );
@@ -1020,10 +1002,10 @@ mod tests {
 
     /// read_node on this machine: whatever it finds, it must not fail, and
     /// it must not leave legacy tables behind where there were none.
-    #[test]
-    fn read_node_is_harmless() {
+    #[tokio::test]
+    async fn read_node_is_harmless() {
         let before = legacy_table_names("ip");
-        let rules = read_node();
+        let rules = read_node().await;
         assert_eq!(legacy_table_names("ip"), before);
         for p in &rules.problems {
             assert!(!p.contains('\n'), "{p}");
