@@ -60,7 +60,7 @@ pub fn proto_name(p: u8) -> String {
 /// A NUL-padded kernel interface name.
 pub fn ifname(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    crate::escape::visible(&String::from_utf8_lossy(&raw[..end])).into_owned()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! - `targets`: the LB IPs and ranges watched;
 //! - `netinfo`: interfaces, routes, sysctls;
 //! - `arp`, `bgp`, `wire`: the MetalLB layers (L2 ARP, BGP sessions);
-//! - `render`: text and JSON from one model;
+//! - `render`: text and JSON from one model; `escape`: untrusted text made visible;
 //! - `engine`: the node's view and the live state built from records;
 //! - `session`: load, attach and the record loop, shared by the commands;
 //! - `watch`, `diagnose` (+ `checks`), `cli`: the commands.
@@ -27,6 +27,7 @@ pub mod cli;
 pub mod diagnose;
 pub mod drops;
 pub mod engine;
+pub mod escape;
 pub mod events;
 pub mod hints;
 pub mod kubeproxy;

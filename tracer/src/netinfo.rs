@@ -80,7 +80,7 @@ impl NetInfo {
             };
             for a in msg.attributes {
                 match a {
-                    LinkAttribute::IfName(n) => i.name = n,
+                    LinkAttribute::IfName(n) => i.name = crate::escape::visible(&n).into_owned(),
                     LinkAttribute::Mtu(m) => i.mtu = m,
                     LinkAttribute::Controller(m) => i.master = Some(m),
                     LinkAttribute::Address(mac) if mac.len() == 6 => {

@@ -59,8 +59,8 @@ impl Notification {
                     && rest.len() >= usize::from(n)
                 {
                     let text = String::from_utf8_lossy(&rest[..usize::from(n)]);
-                    // Debug-quote: the text comes from the wire, keep it on one line.
-                    let _ = write!(s, ": {text:?}");
+                    // From the wire: quoted, hazardous characters escaped.
+                    let _ = write!(s, ": \"{}\"", crate::escape::visible(&text));
                 }
             }
             _ => {}

@@ -184,8 +184,8 @@ fn fqdn(d: &[u8]) -> Option<Capability> {
     let (&dl, rest) = rest.split_first().unwrap_or((&0, &[]));
     let domain = rest.get(..usize::from(dl))?;
     Some(Capability::Fqdn {
-        hostname: String::from_utf8_lossy(host).into_owned(),
-        domain: String::from_utf8_lossy(domain).into_owned(),
+        hostname: crate::escape::visible(&String::from_utf8_lossy(host)).into_owned(),
+        domain: crate::escape::visible(&String::from_utf8_lossy(domain)).into_owned(),
     })
 }
 
