@@ -79,10 +79,15 @@ fn pump(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) -> JoinHandle<()
 
 impl Running {
     fn start_raw(ns: &str, args: &[&str]) -> Result<Self> {
+        Self::start_raw_env(ns, args, &[])
+    }
+
+    fn start_raw_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(lbpath_bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -119,8 +124,31 @@ impl Running {
         Self::start_until(ns, &full, "lbpath: diagnosing")
     }
 
+    /// `diagnose` with extra environment.
+    pub fn diagnose_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut full = vec!["diagnose"];
+        full.extend_from_slice(args);
+        Self::start_until_env(ns, &full, "lbpath: diagnosing", env)
+    }
+
+    /// `watch` with extra environment (test knobs such as LBPATH_RING_KIB).
+    pub fn watch_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut full = vec!["watch"];
+        full.extend_from_slice(args);
+        Self::start_until_env(ns, &full, "lbpath: watching", env)
+    }
+
     fn start_until(ns: &str, args: &[&str], marker: &str) -> Result<Self> {
-        let mut r = Self::start_raw(ns, args)?;
+        Self::start_until_env(ns, args, marker, &[])
+    }
+
+    fn start_until_env(
+        ns: &str,
+        args: &[&str],
+        marker: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut r = Self::start_raw_env(ns, args, env)?;
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             if r.stderr().contains(marker) {

@@ -123,6 +123,83 @@ fn bad_input_one_line_exit_2() {
     one_line_exit_2(&out, "needs root");
 }
 
+/// Root with every capability, but a seccomp filter (as a container
+/// runtime's default profile has) answers bpf() with EPERM: lbpath must say
+/// what blocks it, not ask for sudo.
+#[test]
+fn bpf_blocked_by_seccomp_is_named() {
+    use std::os::unix::process::CommandExt;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::new("seccomp", LabSpec::default()).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &lab.node()])
+        .arg(lbpath_bin())
+        .args(["watch", "192.0.2.240"]);
+    // SAFETY: only async-signal-safe calls (prctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            const BPF_LD_W_ABS: u16 = 0x20;
+            const BPF_JEQ_K: u16 = 0x15;
+            const BPF_RET_K: u16 = 0x06;
+            const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+            let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+            let insns = [
+                // Only on x86_64 (arch at offset 4), else allow.
+                libc::sock_filter {
+                    code: BPF_LD_W_ABS,
+                    jt: 0,
+                    jf: 0,
+                    k: 4,
+                },
+                libc::sock_filter {
+                    code: BPF_JEQ_K,
+                    jt: 0,
+                    jf: 3,
+                    k: AUDIT_ARCH_X86_64,
+                },
+                // bpf(2) gets EPERM, everything else passes.
+                libc::sock_filter {
+                    code: BPF_LD_W_ABS,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                libc::sock_filter {
+                    code: BPF_JEQ_K,
+                    jt: 0,
+                    jf: 1,
+                    k: libc::SYS_bpf as u32,
+                },
+                libc::sock_filter {
+                    code: BPF_RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k: eperm,
+                },
+                libc::sock_filter {
+                    code: BPF_RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: insns.len() as u16,
+                filter: insns.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out: lbpath_tests::run::Finished = cmd.output().unwrap().into();
+    one_line_exit_2(&out, "seccomp filter blocks it");
+    assert!(!out.stderr.contains("sudo"), "{}", out.stderr);
+}
+
 #[test]
 fn killed_lbpath_leaves_nothing_behind() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

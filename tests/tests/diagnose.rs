@@ -1,5 +1,6 @@
 //! `lbpath diagnose` on the lab: each case asserts the layer named, the
-//! evidence and the exit code (0 healthy, 1 problem, 3 no traffic).
+//! evidence and the exit code (0 healthy, 1 problem, 3 no traffic, 4
+//! inconclusive).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -90,6 +91,94 @@ fn no_kube_proxy_rule() {
         checks
             .iter()
             .any(|c| c["check"] == "kube-proxy rules" && c["level"] == "problem")
+    );
+}
+
+/// A directory of rule tools that refuse, as they do without privilege
+/// or under a restrictive profile; removed on drop.
+struct RefusingTools(std::path::PathBuf);
+
+impl RefusingTools {
+    fn new(name: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lbpath-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tool in [
+            "iptables-save",
+            "iptables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-save",
+            "ip6tables-nft-save",
+            "ip6tables-legacy-save",
+            "nft",
+        ] {
+            let p = dir.join(tool);
+            std::fs::write(
+                &p,
+                "#!/bin/sh\necho \"$(basename \"$0\"): Permission denied (you must be root)\" >&2\nexit 4\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Self(dir)
+    }
+
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.0.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for RefusingTools {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The rules cannot be read: a missing DNAT is then unknown, never "no
+/// kube-proxy rule", and the verdict is not a confident one.
+#[test]
+fn unreadable_rules_are_said_not_guessed() {
+    let lab = Lab::new(
+        "dunr",
+        LabSpec {
+            kube_proxy: KubeProxy::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tools = RefusingTools::new("dunr");
+    let path = tools.path();
+    let r = Running::diagnose_env(
+        &lab.node(),
+        &["192.0.2.240", "--json", "--duration", "4s"],
+        &[("PATH", &path)],
+    )
+    .expect("diagnose starts");
+    let _ = netns::http_get(&lab.client(), lab.lb_addr(), T);
+    let (out, v) = finish(r);
+    let (layer, s) = verdict(&v);
+    assert_eq!(layer, "inconclusive", "{s}");
+    assert_eq!(out.code, Some(4), "{s}");
+    assert!(
+        s.contains("could not all be read") && s.contains("Permission denied"),
+        "{s}"
+    );
+    assert!(!s.contains("no kube-proxy rule"), "{s}");
+    let checks = v["checks"].as_array().unwrap();
+    let kp: Vec<&Value> = checks
+        .iter()
+        .filter(|c| c["check"] == "kube-proxy rules")
+        .collect();
+    assert!(kp.len() == 1 && kp[0]["level"] == "warn", "{kp:?}");
+    assert!(
+        out.stderr
+            .contains("the node's rules could not all be read"),
+        "{}",
+        out.stderr
     );
 }
 

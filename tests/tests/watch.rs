@@ -337,6 +337,68 @@ fn forward_drop_names_hook_and_rule() {
     assert_eq!(hops(&flow, "dnat")[0]["to"], "10.244.1.5:8080");
 }
 
+/// A rule comment holding terminal escapes, C1 controls, a bidi override
+/// and a newline (iptables-save prints it raw, breaking its own line
+/// format): the rule is still read, the rest of the rules too, and nothing
+/// of it reaches the output unescaped.
+#[test]
+fn hostile_rule_comment_is_read_and_escaped() {
+    let lab = Lab::new("hstl", LabSpec::default()).unwrap();
+    let comment = "evil\nline\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}gnp.exe";
+    in_ns(
+        &lab.node(),
+        &[
+            "iptables-nft",
+            "-I",
+            "FORWARD",
+            "-d",
+            "10.244.1.5/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+            "-j",
+            "DROP",
+        ],
+    )
+    .unwrap();
+    let json = watch(&lab, &[]);
+    let text = Running::watch(&lab.node(), &[&LB.to_string()]).expect("lbpath attaches");
+    assert!(netns::http_get(&lab.client(), lab.lb_addr(), T).is_err());
+    let flow = json.wait_flow(WAIT, |_| true).unwrap();
+    assert_eq!(verdict(&flow), "dropped", "{}", summary(&flow));
+    // The other rules were read: the Service is named.
+    assert_eq!(flow["service"]["name"], "default/web:http", "{flow}");
+    let d = hops(&flow, "dropped")[0];
+    let detail = d["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(r"evil\nline\x1b[2J\x1b]0;owned\x07\u009b31m\u202egnp.exe"),
+        "{detail}"
+    );
+    let end = std::time::Instant::now() + WAIT;
+    while !text.stdout().contains("gnp.exe") && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (what, out) in [
+        ("json", json.stop().unwrap()),
+        ("text", text.stop().unwrap()),
+    ] {
+        let all = out.stdout + &out.stderr;
+        assert!(all.contains("gnp.exe"), "{what}: {all}");
+        let raw: Vec<char> = all
+            .chars()
+            .filter(|&c| {
+                (c < ' ' && c != '\n') || ('\u{7f}'..='\u{9f}').contains(&c) || c == '\u{202e}'
+            })
+            .collect();
+        assert!(raw.is_empty(), "{what}: raw {raw:?} in {all}");
+    }
+}
+
 #[test]
 fn pod_not_listening_is_refused() {
     let lab = Lab::new(
@@ -643,5 +705,84 @@ fn all_follows_new_lb_ips() {
         flow["service"]["name"], "default/web:http",
         "{}",
         out.stdout
+    );
+}
+
+/// A DaemonSet and a debug session on one node: two lbpath instances side
+/// by side (the second one's netfilter points move to free priorities).
+#[test]
+fn two_instances_side_by_side() {
+    let lab = Lab::new("twin", LabSpec::default()).unwrap();
+    let a = watch(&lab, &[]);
+    let b = watch_sel(&lab, &["--all"]);
+    netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    for (name, w) in [("first", a), ("second", b)] {
+        let flow = w
+            .wait_flow(WAIT, |_| true)
+            .unwrap_or_else(|| panic!("{name} instance reported no flow"));
+        let out = w.stop().unwrap();
+        assert_eq!(verdict(&flow), "answered", "{name}: {}", summary(&flow));
+        let dnat = hops(&flow, "dnat");
+        assert_eq!(dnat[0]["to"], "10.244.1.5:8080", "{name}: {}", out.stdout);
+    }
+}
+
+/// A SYN flood overflows the ring buffer (made small for the test): the
+/// loss is shown while it happens, and flows traced meanwhile are marked
+/// incomplete instead of getting a confident verdict.
+#[test]
+fn loss_is_shown_live_and_flows_are_incomplete() {
+    let lab = Lab::new("flood", LabSpec::default()).unwrap();
+    let mut args = vec![LB.to_string(), "--json".to_string()];
+    args.push("--packets".into());
+    args.push("8".into());
+    let w = lbpath_tests::run::Running::watch_env(
+        &lab.node(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("LBPATH_RING_KIB", "16")],
+    )
+    .expect("lbpath attaches");
+    let _ = in_ns(
+        &lab.client(),
+        &[
+            "timeout",
+            "4",
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            "80",
+            "--flood",
+            "--rand-source",
+            &LB.to_string(),
+        ],
+    );
+    // The loss line comes while lbpath runs, before its totals.
+    let live = netns::wait_for(WAIT, || w.stdout().contains("\"lost\"").then_some(()));
+    let out = w.stop().unwrap();
+    assert!(live.is_some(), "no live loss line: {}", out.stderr);
+    let totals = lbpath_tests::run::json_lines(&out.stdout)
+        .into_iter()
+        .find(|v| v.get("totals").is_some())
+        .unwrap();
+    assert!(
+        totals["totals"]["events_lost"].as_u64().unwrap() > 0,
+        "{totals}"
+    );
+    let flows = out.flows();
+    let incomplete = flows
+        .iter()
+        .filter(|f| verdict(f) == "incomplete")
+        .filter(|f| {
+            f["verdict"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("events were lost")
+        })
+        .count();
+    assert!(
+        incomplete > 0,
+        "{} flows, none marked incomplete",
+        flows.len()
     );
 }

@@ -36,6 +36,14 @@ struct Pending {
     first: u64,
     last: u64,
     concluded: bool,
+    /// Events left out by the per-flow bound.
+    cut: u64,
+}
+
+/// A flow ready to report: its events, and how many the bounds left out.
+pub struct Done {
+    pub events: Vec<Event>,
+    pub cut: u64,
 }
 
 pub struct Assembler {
@@ -46,6 +54,10 @@ pub struct Assembler {
     done_set: HashSet<Tuple>,
     max_flows: usize,
     max_events: usize,
+    /// Events held in all pending flows at most (memory stays bounded
+    /// whatever the flow rate).
+    max_total: usize,
+    total: usize,
     /// Events dropped by these bounds.
     pub dropped_events: u64,
     node_netns: u32,
@@ -60,7 +72,9 @@ impl Assembler {
             done: VecDeque::new(),
             done_set: HashSet::new(),
             max_flows: 4096,
-            max_events: 1024,
+            max_events: 256,
+            max_total: 65_536,
+            total: 0,
             dropped_events: 0,
             node_netns,
             drops,
@@ -82,8 +96,8 @@ impl Assembler {
     }
 
     /// Adds an event (`now` and event times are CLOCK_MONOTONIC ns). Returns
-    /// flows that had to be cut short to stay within bounds.
-    pub fn push(&mut self, e: Event) -> Vec<Vec<Event>> {
+    /// flows that had to be reported early to stay within bounds.
+    pub fn push(&mut self, e: Event) -> Vec<Done> {
         let key = e.flow;
         let mut out = Vec::new();
         if self.done_set.contains(&key) && e.flags & EV_UNTRACED == 0 {
@@ -92,7 +106,9 @@ impl Assembler {
             // which may tell something new, make a new report.
             return out;
         }
-        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_flows {
+        let full = (!self.pending.contains_key(&key) && self.pending.len() >= self.max_flows)
+            || self.total >= self.max_total;
+        if full {
             // Report the oldest early rather than grow without bound.
             if let Some(oldest) = self
                 .pending
@@ -109,19 +125,23 @@ impl Assembler {
             first: e.ts,
             last: e.ts,
             concluded: false,
+            cut: 0,
         });
         if p.events.len() >= self.max_events {
             self.dropped_events += 1;
+            p.cut += 1;
             return out;
         }
         p.last = p.last.max(e.ts);
         p.concluded |= concludes;
         p.events.push(e);
+        self.total += 1;
         out
     }
 
-    fn finish(&mut self, key: &Tuple) -> Option<Vec<Event>> {
+    fn finish(&mut self, key: &Tuple) -> Option<Done> {
         let p = self.pending.remove(key)?;
+        self.total -= p.events.len();
         if self.done_set.insert(*key) {
             self.done.push_back(*key);
             if self.done.len() > 16384
@@ -130,11 +150,14 @@ impl Assembler {
                 self.done_set.remove(&old);
             }
         }
-        Some(p.events)
+        Some(Done {
+            events: p.events,
+            cut: p.cut,
+        })
     }
 
     /// Flows ready to be reported at time `now`.
-    pub fn ready(&mut self, now: u64) -> Vec<Vec<Event>> {
+    pub fn ready(&mut self, now: u64) -> Vec<Done> {
         let t = self.timing;
         let keys: Vec<Tuple> = self
             .pending
@@ -147,13 +170,13 @@ impl Assembler {
             })
             .map(|(k, _)| *k)
             .collect();
-        let mut out: Vec<Vec<Event>> = keys.iter().filter_map(|k| self.finish(k)).collect();
-        out.sort_by_key(|evs| evs.iter().map(|e| e.ts).min().unwrap_or(0));
+        let mut out: Vec<Done> = keys.iter().filter_map(|k| self.finish(k)).collect();
+        out.sort_by_key(|d| d.events.iter().map(|e| e.ts).min().unwrap_or(0));
         out
     }
 
     /// Everything still pending (on exit).
-    pub fn drain(&mut self) -> Vec<Vec<Event>> {
+    pub fn drain(&mut self) -> Vec<Done> {
         self.ready(u64::MAX)
     }
 
@@ -224,7 +247,7 @@ mod tests {
         assert!(a.ready(100 * MS).is_empty());
         let r = a.ready(400 * MS);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].len(), 2);
+        assert_eq!(r[0].events.len(), 2);
         // Stragglers of a reported flow are ignored, untraced drops are not.
         a.push(ev(Kind::Arrive, 0, 500 * MS, 1));
         a.push(ev(Kind::Drop, 0, 501 * MS, 1));
@@ -258,8 +281,20 @@ mod tests {
         }
         assert_eq!(a.dropped_events, 2);
         a.push(ev(Kind::Arrive, 0, 10, 10));
-        let cut = a.push(ev(Kind::Arrive, 0, 11, 11));
-        assert_eq!(cut.len(), 1);
+        let early = a.push(ev(Kind::Arrive, 0, 11, 11));
+        assert_eq!(early.len(), 1);
+        // The flow reported early says how many of its events were cut.
+        assert_eq!((early[0].events.len(), early[0].cut), (3, 2));
         assert_eq!(a.pending(), 2);
+        // The bound on all pending events reports the oldest flow early.
+        let mut a = Assembler::new(Timing::default(), 7, Rc::new(DropNames::new(None)));
+        a.max_total = 4;
+        for port in 0..4 {
+            a.push(ev(Kind::Arrive, 0, port as u64, port));
+        }
+        let early = a.push(ev(Kind::Arrive, 0, 9, 9));
+        assert_eq!(early.len(), 1);
+        assert_eq!(early[0].events[0].flow.sport, 0);
+        assert_eq!(a.total, 4);
     }
 }

@@ -83,10 +83,11 @@ pub fn run(
     port: u16,
     services: &[ServicePort],
     kube_proxy_found: bool,
+    rules_degraded: Option<&str>,
     net: &NetInfo,
     sys: &Sysctls,
 ) -> Vec<Finding> {
-    let mut out = kube_proxy(lb, port, services, kube_proxy_found);
+    let mut out = kube_proxy(lb, port, services, kube_proxy_found, rules_degraded);
     out.push(address(lb, net));
     out.extend(ip_forward(sys));
     out.extend(rp_filters(sys));
@@ -97,13 +98,30 @@ pub fn run(
 
 /// kube-proxy's view of the IP: its Service ports, endpoints, and whether it
 /// turns the traffic away.
-fn kube_proxy(lb: IpAddr, port: u16, services: &[ServicePort], found: bool) -> Vec<Finding> {
+fn kube_proxy(
+    lb: IpAddr,
+    port: u16,
+    services: &[ServicePort],
+    found: bool,
+    degraded: Option<&str>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let svcs: Vec<&ServicePort> = services
         .iter()
         .filter(|s| port == 0 || s.port == port)
         .collect();
-    if svcs.is_empty() {
+    if let Some(why) = degraded {
+        // Said whether or not a Service was found: one may be missing.
+        out.push(f(
+            "kube-proxy rules",
+            Level::Warn,
+            format!("the node's rules could not all be read: {why}"),
+            Hint::RulesUnreadable.text(),
+        ));
+    }
+    if svcs.is_empty() && degraded.is_some() {
+        // Not a finding: the rule may be among what could not be read.
+    } else if svcs.is_empty() {
         let extra = if found {
             ""
         } else {
@@ -369,6 +387,7 @@ mod tests {
             80,
             &[svc(None, false, None)],
             true,
+            None,
             &net(1500, false),
             &sys,
         );
@@ -384,7 +403,7 @@ mod tests {
             conntrack: Some((950, 1000)),
         };
         let lb = "192.0.2.240".parse().unwrap();
-        let fs = run(lb, 80, &[], false, &net(1400, true), &sys);
+        let fs = run(lb, 80, &[], false, None, &net(1400, true), &sys);
         assert_eq!(level_of(&fs, "kube-proxy rules"), Level::Problem);
         assert!(fs[0].text.contains("no kube-proxy rule for 192.0.2.240:80"));
         assert_eq!(level_of(&fs, "ip_forward"), Level::Problem);
@@ -405,6 +424,7 @@ mod tests {
                 None,
             )],
             true,
+            None,
             &net(1500, false),
             &sys,
         );
@@ -417,6 +437,7 @@ mod tests {
             80,
             &[svc(None, true, Some(false))],
             true,
+            None,
             &net(1500, false),
             &sys,
         );
@@ -424,5 +445,25 @@ mod tests {
             fs.iter()
                 .any(|f| f.level == Level::Problem && f.text.contains("none of them on this node"))
         );
+    }
+
+    #[test]
+    fn unreadable_rules_are_said_not_taken_for_a_missing_rule() {
+        let sys = Sysctls {
+            ip_forward: Some(1),
+            rp_filter: vec![],
+            conntrack: None,
+        };
+        let lb = "192.0.2.240".parse().unwrap();
+        let why = "iptables-nft-save -c: failed (exit status: 4): Permission denied";
+        let fs = run(lb, 80, &[], false, Some(why), &net(1500, false), &sys);
+        let kp: Vec<_> = fs
+            .iter()
+            .filter(|f| f.check == "kube-proxy rules")
+            .collect();
+        assert_eq!(kp.len(), 1, "{fs:?}");
+        assert_eq!(kp[0].level, Level::Warn);
+        assert!(kp[0].text.contains("Permission denied"), "{kp:?}");
+        assert!(!kp[0].text.contains("no kube-proxy rule"), "{kp:?}");
     }
 }

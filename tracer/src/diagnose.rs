@@ -43,6 +43,9 @@ pub enum Layer {
     Healthy,
     /// Nothing seen, nothing wrong found.
     NoTraffic,
+    /// Traffic seen, but not enough of it (events lost, rules unreadable)
+    /// to say whether it worked.
+    Inconclusive,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,6 +135,28 @@ fn from_flows(flows: &[FlowReport]) -> Diagnosis {
             .iter()
             .filter(|f| f.verdict.kind == VerdictKind::Answered)
             .count();
+        if let Some(unsure) = flows
+            .iter()
+            .find(|f| f.verdict.kind == VerdictKind::Incomplete)
+        {
+            // An unjudged flow may be a failing one: no "healthy".
+            let n = flows
+                .iter()
+                .filter(|f| f.verdict.kind == VerdictKind::Incomplete)
+                .count();
+            return Diagnosis {
+                layer: Layer::Inconclusive,
+                summary: format!(
+                    "inconclusive: {n} of {} flow{} could not be judged ({answered} answered): {}",
+                    flows.len(),
+                    if flows.len() == 1 { "" } else { "s" },
+                    unsure.verdict.summary
+                ),
+                evidence,
+                next_step: unsure.verdict.hint.clone(),
+                exit_code: 4,
+            };
+        }
         return Diagnosis {
             layer: Layer::Healthy,
             summary: format!(
@@ -273,8 +298,12 @@ impl FrontEnd for Window {
                 .saturating_duration_since(tokio::time::Instant::now())
                 .as_secs_f64()
                 .ceil();
+            let lost = match s.engine.events_lost() {
+                0 => String::new(),
+                n => format!(", {n} events LOST"),
+            };
             eprint!(
-                "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions ",
+                "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions{lost} ",
                 s.engine.targets.describe(),
                 s.engine.totals.values().sum::<u64>(),
                 s.engine.arp.len(),
@@ -383,6 +412,7 @@ fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
         port,
         &services,
         s.engine.kube_proxy_found(),
+        s.engine.rules.degraded_reason().as_deref(),
         &s.engine.net,
         sys,
     );
@@ -430,6 +460,7 @@ fn overall(reports: &[IpReport]) -> Diagnosis {
     let pick = reports
         .iter()
         .find(|r| r.verdict.exit_code == 1)
+        .or_else(|| reports.iter().find(|r| r.verdict.exit_code == 4))
         .or_else(|| reports.iter().find(|r| r.verdict.exit_code == 0))
         .or_else(|| reports.first());
     match pick {
@@ -588,6 +619,29 @@ mod tests {
             },
         );
         assert_eq!((d.layer, d.exit_code), (Layer::Healthy, 0));
+    }
+
+    #[test]
+    fn an_unjudged_flow_is_never_healthy() {
+        let bgp = empty_bgp();
+        let wire = Wire {
+            arp: None,
+            bgp: &bgp,
+        };
+        let flows = [
+            flow(VerdictKind::Answered, "ok"),
+            flow(VerdictKind::Incomplete, "events were lost"),
+        ];
+        let d = decide(LB.parse().unwrap(), &[], &flows, &wire);
+        assert_eq!((d.layer, d.exit_code), (Layer::Inconclusive, 4));
+        assert!(d.summary.contains("1 of 2 flows") && d.summary.contains("events were lost"));
+        // A problem flow still outweighs it.
+        let flows = [
+            flow(VerdictKind::Incomplete, "events were lost"),
+            flow(VerdictKind::Dropped, "dropped"),
+        ];
+        let d = decide(LB.parse().unwrap(), &[], &flows, &wire);
+        assert_eq!((d.layer, d.exit_code), (Layer::DroppedOnNode, 1));
     }
 
     #[test]

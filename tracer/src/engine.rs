@@ -13,12 +13,13 @@ use tracer_common::{Event, Kind, Tuple};
 
 use crate::{
     arp::ArpObservation,
+    assembler::Done,
     assembler::{Assembler, Timing, monotonic_ns},
     drops::DropNames,
     events::{Record, ifname},
     kubeproxy::{AddressKind, NodeRules, ServicePort},
     loader::Tracer,
-    model::{Counters, FlowReport, VerdictKind},
+    model::{Counters, FlowReport, Verdict, VerdictKind},
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
     path::{self, Context, RuleHit},
@@ -36,10 +37,20 @@ pub struct Filters {
 
 pub enum Output {
     Flow(Box<FlowReport>),
+    /// Events the kernel side could not hand over (ring buffer full) since
+    /// the last such line, and in all.
+    Lost {
+        new: u64,
+        total: u64,
+    },
     /// An ARP line for the LB IP (watch prints it right away).
     Arp(String),
     /// A BGP session change or an UPDATE about the LB IP.
     Bgp(String),
+    /// The node's rules became incomplete (why), or complete again (None).
+    Rules {
+        degraded: Option<String>,
+    },
 }
 
 pub struct Engine {
@@ -65,11 +76,68 @@ pub struct Engine {
     /// Flows reported per verdict, since the start.
     pub totals: BTreeMap<VerdictKind, u64>,
     pub filtered_out: u64,
+    losses: LossLog,
 }
 
 struct Waiting {
-    events: Vec<Event>,
+    done: Done,
     since: Instant,
+}
+
+/// Lost-event totals over time (CLOCK_MONOTONIC ns, the events' clock),
+/// one mark per change, bounded.
+#[derive(Default)]
+struct LossLog {
+    marks: VecDeque<(u64, u64)>,
+    total: u64,
+    /// The total at the oldest mark dropped by the bound.
+    floor: u64,
+    shown: u64,
+    last_shown: Option<Instant>,
+}
+
+impl LossLog {
+    fn note(&mut self, now: u64, total: u64) {
+        if total > self.total {
+            self.total = total;
+            if self.marks.len() >= 4096
+                && let Some((_, t)) = self.marks.pop_front()
+            {
+                self.floor = t;
+            }
+            self.marks.push_back((now, total));
+        }
+    }
+
+    /// Events lost after `t`.
+    fn since(&self, t: u64) -> u64 {
+        let base = self
+            .marks
+            .iter()
+            .rev()
+            .find(|(ts, _)| *ts <= t)
+            .map(|(_, n)| *n)
+            .unwrap_or(self.floor);
+        self.total - base
+    }
+
+    /// A line's worth of news, at most once a second.
+    fn news(&mut self) -> Option<Output> {
+        if self.total == self.shown
+            || self
+                .last_shown
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        let new = self.total - self.shown;
+        self.shown = self.total;
+        self.last_shown = Some(Instant::now());
+        Some(Output::Lost {
+            new,
+            total: self.total,
+        })
+    }
 }
 
 /// Reports kept for diagnose's evidence; totals are counted, not kept.
@@ -177,6 +245,7 @@ impl Engine {
             arp: Vec::new(),
             bgp: BgpTracker::default(),
             recent: VecDeque::new(),
+            losses: LossLog::default(),
             totals: BTreeMap::new(),
             filtered_out: 0,
         }
@@ -193,7 +262,7 @@ impl Engine {
                 .assembler
                 .push(e)
                 .into_iter()
-                .filter_map(|evs| self.report(&evs, tracer))
+                .filter_map(|d| self.report(d, tracer))
                 .map(|r| Output::Flow(Box::new(r)))
                 .collect(),
             Record::Arp(a) => {
@@ -220,7 +289,7 @@ impl Engine {
         let ready = self.assembler.ready(monotonic_ns());
         let mut out: Vec<Output> = ready
             .into_iter()
-            .filter_map(|evs| self.report(&evs, tracer))
+            .filter_map(|d| self.report(d, tracer))
             .map(|r| Output::Flow(Box::new(r)))
             .collect();
         while self
@@ -229,7 +298,7 @@ impl Engine {
             .is_some_and(|w| w.since.elapsed() >= WAIT_FOR_RULES)
         {
             let w = self.waiting.pop_front().expect("checked");
-            out.extend(self.complete(&w.events, tracer, &[]));
+            out.extend(self.complete(w.done, tracer, &[]));
         }
         out
     }
@@ -239,13 +308,25 @@ impl Engine {
         let rest = self.assembler.drain();
         let mut out: Vec<Output> = rest
             .into_iter()
-            .filter_map(|evs| self.report(&evs, tracer))
+            .filter_map(|d| self.report(d, tracer))
             .map(|r| Output::Flow(Box::new(r)))
             .collect();
         while let Some(w) = self.waiting.pop_front() {
-            out.extend(self.complete(&w.events, tracer, &[]));
+            out.extend(self.complete(w.done, tracer, &[]));
         }
         out
+    }
+
+    /// The kernel side's lost-event total, read every tick: flows traced
+    /// while events were lost are reported as incomplete, and a line says
+    /// so while it happens.
+    pub fn note_losses(&mut self, total: u64) -> Option<Output> {
+        self.losses.note(monotonic_ns(), total);
+        self.losses.news()
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        self.losses.total
     }
 
     /// A new read of the node's rules: the Services and (with `--all`) the
@@ -270,10 +351,14 @@ impl Engine {
                 packets: *n,
             })
             .collect();
+        let mut out = Vec::new();
+        let degraded = read.rules.degraded_reason();
+        if degraded != self.rules.degraded_reason() {
+            out.push(Output::Rules { degraded });
+        }
         self.rules = (*read.rules).clone();
         let targets_changed = self.targets.refresh(&self.rules);
         self.services = services_for(&self.rules, &self.targets);
-        let mut out = Vec::new();
         // Only flows whose drop the read can have counted.
         while self
             .waiting
@@ -281,7 +366,7 @@ impl Engine {
             .is_some_and(|w| w.since <= read.started)
         {
             let w = self.waiting.pop_front().expect("checked");
-            out.extend(self.complete(&w.events, tracer, &hits));
+            out.extend(self.complete(w.done, tracer, &hits));
         }
         self.wants_rules = !self.waiting.is_empty();
         (out, targets_changed)
@@ -310,7 +395,8 @@ impl Engine {
         true
     }
 
-    fn report(&mut self, evs: &[Event], tracer: &Tracer) -> Option<FlowReport> {
+    fn report(&mut self, done: Done, tracer: &Tracer) -> Option<FlowReport> {
+        let evs = &done.events;
         let flow = evs.first()?.flow;
         if tracing::enabled!(tracing::Level::DEBUG) {
             let mut kinds = std::collections::BTreeMap::new();
@@ -335,22 +421,24 @@ impl Engine {
         if nf_dropped && self.waiting.len() < MAX_WAITING {
             // Reported once a rule read tells which rule dropped it.
             self.waiting.push_back(Waiting {
-                events: evs.to_vec(),
+                done,
                 since: Instant::now(),
             });
             self.wants_rules = true;
             return None;
         }
-        self.assemble(evs, tracer, &[])
+        self.assemble(&done, tracer, &[])
     }
 
-    fn complete(&mut self, evs: &[Event], tracer: &Tracer, hits: &[RuleHit]) -> Option<Output> {
-        self.assemble(evs, tracer, hits)
+    fn complete(&mut self, done: Done, tracer: &Tracer, hits: &[RuleHit]) -> Option<Output> {
+        self.assemble(&done, tracer, hits)
             .map(|r| Output::Flow(Box::new(r)))
     }
 
-    fn assemble(&mut self, evs: &[Event], tracer: &Tracer, hits: &[RuleHit]) -> Option<FlowReport> {
+    fn assemble(&mut self, done: &Done, tracer: &Tracer, hits: &[RuleHit]) -> Option<FlowReport> {
+        let evs = &done.events;
         let flow = evs.first()?.flow;
+        let first_ts = evs.iter().map(|e| e.ts).min().unwrap_or(0);
         let counters = tracer.counters(&flow).map(|c| Counters {
             request_packets: c.req_pkts,
             request_bytes: c.req_bytes,
@@ -359,6 +447,7 @@ impl Engine {
             drops: c.drops,
         });
         let rp = |iface: &str| rp_filter(iface);
+        let degraded = self.rules.degraded_reason();
         let ctx = Context {
             node_netns: self.node_netns,
             net: &self.net,
@@ -366,11 +455,17 @@ impl Engine {
             drops: &self.drops,
             services: &self.services,
             kube_proxy_found: self.kube_proxy_found(),
+            rules_degraded: degraded.as_deref(),
             rule_hits: hits,
             rp_filter: &rp,
             netfilter_links: self.netfilter_links,
         };
-        let r = path::assemble(evs, &ctx, counters)?;
+        let mut r = path::assemble(evs, &ctx, counters)?;
+        // Events of this flow may be missing: no confident verdict.
+        let lost = self.losses.since(first_ts.saturating_sub(100_000_000));
+        if lost > 0 || done.cut > 0 {
+            mark_incomplete(&mut r, lost, done.cut);
+        }
         *self.totals.entry(r.verdict.kind).or_insert(0) += 1;
         if self.recent.len() >= RECENT {
             self.recent.pop_front();
@@ -384,4 +479,22 @@ impl Engine {
         self.net = NetInfo::read().await?;
         Ok(self.net.pod_ifaces())
     }
+}
+
+/// A flow some of whose events were lost (ring buffer full) or cut (the
+/// per-flow bound): what was seen stays, the verdict says it is partial.
+fn mark_incomplete(r: &mut FlowReport, lost: u64, cut: u64) {
+    let why = match (lost, cut) {
+        (0, c) => format!("{c} of its events were left out (per-flow bound)"),
+        (l, 0) => format!("{l} events were lost while it was traced (ring buffer full)"),
+        (l, c) => {
+            format!("{l} events were lost while it was traced and {c} of its own were left out")
+        }
+    };
+    r.notes.push(format!("incomplete: {why}"));
+    r.verdict = Verdict {
+        kind: VerdictKind::Incomplete,
+        summary: format!("incomplete, {why}; as far as seen: {}", r.verdict.summary),
+        hint: Some("lbpath could not keep up: trace fewer packets per flow (--packets), narrow the watch (--port, --client, fewer IPs), or look at a quieter moment".into()),
+    };
 }

@@ -14,6 +14,8 @@ pub enum Hint<'a> {
     NoRule {
         lb: IpAddr,
     },
+    /// The node's rules could not all be read.
+    RulesUnreadable,
     /// The Service ("ns/name:port") has no ready endpoint at all.
     NoEndpoints {
         service: &'a str,
@@ -108,6 +110,9 @@ impl fmt::Display for Hint<'_> {
             Hint::NoRule { lb } => write!(
                 f,
                 "is the Service there and does it have endpoints? `kubectl get svc -A -o wide | grep {lb}`; is kube-proxy running on this node?"
+            ),
+            Hint::RulesUnreadable => f.write_str(
+                "run lbpath as root in the node's network namespace, with the node's iptables-nft-save, iptables-legacy-save and nft (the lbpath image carries them); `iptables-save -c` and `nft list ruleset` show what failed",
             ),
             Hint::NoEndpoints { service } => {
                 let (ns, name) = service_parts(service);

@@ -143,6 +143,26 @@ impl NfPlan {
         self.points.get(hook as usize)?.get(pos as usize).copied()
     }
 
+    /// The priorities point `pos` of `hook` may take without changing what
+    /// it observes: strictly between the occupants around it (another
+    /// program, e.g. a second lbpath, may already hold the planned one).
+    pub fn free_range(&self, hook: u8, pos: u8) -> (i32, i32) {
+        let p = self.priority(hook, pos).unwrap_or(0);
+        let around = self.occupants.iter().filter(|o| o.hook == hook);
+        let lo = around
+            .clone()
+            .map(|o| o.priority)
+            .filter(|&q| q < p)
+            .max()
+            .unwrap_or(i32::MIN);
+        let hi = around
+            .map(|o| o.priority)
+            .filter(|&q| q > p)
+            .min()
+            .unwrap_or(i32::MAX);
+        (lo.saturating_add(1), hi.saturating_sub(1))
+    }
+
     /// What runs between point `pos` and the next point of `hook` (or the
     /// end of the hook): where a packet last seen at `pos` was stopped.
     pub fn band_after(&self, hook: u8, pos: u8) -> Band<'_> {
@@ -210,6 +230,16 @@ fn prio_name(p: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ranges_stay_inside_the_band() {
+        let plan = NfPlan::new(builtin_occupants());
+        // PREROUTING: the point between conntrack (-200) and mangle (-150).
+        let pos = plan.points[0].iter().position(|&p| p == -175).unwrap() as u8;
+        assert_eq!(plan.free_range(0, pos), (-199, -151));
+        // The first point may move up to just below the first occupant.
+        assert_eq!(plan.free_range(0, 0), (i32::MIN + 1, -401));
+    }
     use tracer_common::{NF_INET_FORWARD, NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING};
 
     #[test]

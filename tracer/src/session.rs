@@ -86,7 +86,12 @@ impl Session {
         }
         let rules = kubeproxy::read_node().await;
         for p in &rules.problems {
-            tracing::info!("rules: {p}");
+            tracing::warn!("rules: {p}");
+        }
+        if let Some(why) = rules.degraded_reason() {
+            tracing::warn!(
+                "the node's rules could not all be read: {why}; Service names and \"no rule\" verdicts may be missing"
+            );
         }
         let plan = NfPlan::new(occupants(&rules));
         let rules_at_start = rules.clone();
@@ -211,7 +216,10 @@ impl Session {
             tokio::select! {
                 outs = self.next_events() => if fe.show(self, outs?) { break },
                 _ = tick.tick() => {
-                    let outs = self.engine.tick(&self.tracer);
+                    let mut outs = self.engine.tick(&self.tracer);
+                    if let Ok(stats) = self.tracer.stats() {
+                        outs.extend(self.engine.note_losses(stats.lost_events));
+                    }
                     if fe.show(self, outs) {
                         break;
                     }

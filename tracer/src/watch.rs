@@ -24,6 +24,30 @@ impl FrontEnd for Printer {
         let mut stdout = std::io::stdout().lock();
         for o in &outs {
             let line = match (o, self.json) {
+                (Output::Lost { new, total }, false) => {
+                    eprintln!(
+                        "lbpath: {} {new} events lost in the last second ({total} in all): the ring buffer was full; flows traced meanwhile are marked incomplete",
+                        self.style.yellow("!")
+                    );
+                    continue;
+                }
+                (Output::Lost { new, total }, true) => {
+                    serde_json::json!({ "lost": { "events": new, "total": total } }).to_string()
+                        + "\n"
+                }
+                (Output::Rules { degraded }, false) => {
+                    match degraded {
+                        Some(why) => eprintln!(
+                            "lbpath: {} the node's rules could not all be read: {why}; Service names and \"no rule\" verdicts may be missing",
+                            self.style.yellow("!")
+                        ),
+                        None => eprintln!("lbpath: the node's rules were read in full again"),
+                    }
+                    continue;
+                }
+                (Output::Rules { degraded }, true) => {
+                    serde_json::json!({ "rules": { "degraded": degraded } }).to_string() + "\n"
+                }
                 (Output::Flow(r), false) => render::flow_text(r, self.style),
                 (Output::Flow(r), true) => render::flow_json(r) + "\n",
                 (Output::Arp(s), false) => format!("{} {s}\n", self.style.cyan("arp")),

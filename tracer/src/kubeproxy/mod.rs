@@ -374,8 +374,24 @@ pub(crate) fn unspecified(ipv6: bool) -> IpAddr {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeRules {
     pub rulesets: Vec<Ruleset>,
-    /// What could not be read, or looks wrong, when it matters for tracing.
+    /// What looks wrong or is missing, when it matters for tracing.
     pub problems: Vec<String>,
+    /// Why the rules above may be incomplete (a tool failed, its output
+    /// could not be parsed, lines were left out). While this is not empty,
+    /// "no rule for X" is not something lbpath can know.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
+}
+
+impl NodeRules {
+    /// One line saying why the rules may be incomplete, if they may be.
+    pub fn degraded_reason(&self) -> Option<String> {
+        match self.degraded.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            [first, rest @ ..] => Some(format!("{first} (and {} more)", rest.len())),
+        }
+    }
 }
 
 /// Reads the rules of the caller's network namespace (of the calling
@@ -391,20 +407,21 @@ pub struct NodeRules {
 /// really has; iptables-nft-save also lists built-in chains never created).
 pub async fn read_node() -> NodeRules {
     let mut problems = Vec::new();
+    let mut degraded = Vec::new();
     let mut iptables = Vec::new();
     let mut iptables_nft_found = false;
 
     for (family, prefix) in [("ip", "iptables"), ("ip6", "ip6tables")] {
         if let Some(tool) = find_save_tool(prefix, Variant::Nft).await {
             iptables_nft_found = true;
-            iptables.extend(read_iptables(&tool, family, Mode::IptablesNft, &mut problems).await);
+            iptables.extend(read_iptables(&tool, family, Mode::IptablesNft, &mut degraded).await);
         }
         // Legacy: only where the kernel already has legacy tables.
         let names = legacy_table_names(family);
         if !names.is_empty() {
             match find_save_tool(prefix, Variant::Legacy).await {
-                Some(tool) => iptables.extend(read_iptables(&tool, family, Mode::IptablesLegacy, &mut problems).await),
-                None => problems.push(format!(
+                Some(tool) => iptables.extend(read_iptables(&tool, family, Mode::IptablesLegacy, &mut degraded).await),
+                None => degraded.push(format!(
                     "legacy {prefix} tables exist ({}) but no {prefix}-legacy-save was found: their rules were not read",
                     names.join(", ")
                 )),
@@ -417,18 +434,18 @@ pub async fn read_node() -> NodeRules {
             Ok(out) if out.trim().is_empty() => None,
             Ok(out) => parse_nft_json(&out)
                 .map_err(|e| {
-                    problems.push(format!("cannot parse `nft -j list ruleset` output: {e}"))
+                    degraded.push(format!("cannot parse `nft -j list ruleset` output: {e}"))
                 })
                 .ok(),
             Err(e) => {
-                problems.push(format!("nft: {e}"));
+                degraded.push(format!("nft list ruleset: {e}"));
                 None
             }
         },
         None => {
             problems.push("nft not found: nftables rules (kube-proxy's nftables mode, other firewalls) were not read".into());
             if !iptables_nft_found {
-                problems.push(
+                degraded.push(
                     "neither nft nor iptables-nft-save found: nf_tables rules were not read".into(),
                 );
             }
@@ -439,9 +456,62 @@ pub async fn read_node() -> NodeRules {
     let mut rules = NodeRules {
         rulesets: merge_views(iptables, nft, &mut problems),
         problems,
+        degraded,
     };
     note_mixed_modes(&mut rules);
+    sanitize(&mut rules);
     rules
+}
+
+/// Every string of the rules is untrusted (comments, chain and rule text
+/// are whoever-wrote-them's): escaped once, here, where they enter.
+fn sanitize(rules: &mut NodeRules) {
+    use crate::escape::sanitize as s;
+    rules
+        .problems
+        .iter_mut()
+        .chain(&mut rules.degraded)
+        .for_each(s);
+    for rs in &mut rules.rulesets {
+        for svc in &mut rs.services {
+            s(&mut svc.service);
+            s(&mut svc.entry_chain);
+            for e in &mut svc.endpoints {
+                s(&mut e.chain);
+            }
+            if let Some(NoEndpoints::Reject { rule } | NoEndpoints::DropNoLocal { rule }) =
+                &mut svc.no_endpoints
+            {
+                s(rule);
+            }
+            svc.source_ranges.iter_mut().for_each(s);
+            if let Some(r) = &mut svc.firewall_rule {
+                s(r);
+            }
+        }
+        for r in &mut rs.filter_rules {
+            for f in [
+                &mut r.family,
+                &mut r.table,
+                &mut r.chain,
+                &mut r.rule,
+                &mut r.verdict,
+            ] {
+                s(f);
+            }
+            if let Some(c) = &mut r.comment {
+                s(c);
+            }
+        }
+        for c in &mut rs.base_chains {
+            for f in [&mut c.family, &mut c.table, &mut c.chain, &mut c.hook] {
+                s(f);
+            }
+            if let Some(p) = &mut c.policy {
+                s(p);
+            }
+        }
+    }
 }
 
 /// See [`read_node`]: keeps each rule and base chain in one view only.
@@ -543,18 +613,29 @@ async fn read_iptables(
     tool: &Path,
     family: &str,
     mode: Mode,
-    problems: &mut Vec<String>,
+    degraded: &mut Vec<String>,
 ) -> Option<Ruleset> {
     match run_tool(tool, &["-c"]).await {
         Ok(out) => match iptables::parse_family(&out, mode, family) {
-            Ok(rs) => Some(rs),
+            Ok((rs, skipped)) => {
+                if let Some(first) = skipped.first() {
+                    degraded.push(format!(
+                        "{} line{} of `{} -c` could not be read and {} left out ({first})",
+                        skipped.len(),
+                        if skipped.len() == 1 { "" } else { "s" },
+                        tool.display(),
+                        if skipped.len() == 1 { "was" } else { "were" },
+                    ));
+                }
+                Some(rs)
+            }
             Err(e) => {
-                problems.push(format!("cannot parse `{} -c` output: {e}", tool.display()));
+                degraded.push(format!("cannot parse `{} -c` output: {e}", tool.display()));
                 None
             }
         },
         Err(e) => {
-            problems.push(format!("{}: {e}", tool.display()));
+            degraded.push(format!("{} -c: {e}", tool.display()));
             None
         }
     }
@@ -653,7 +734,8 @@ async fn run_tool_within(tool: &Path, args: &[&str], limit: Duration) -> Result<
             if first.is_empty() { "" } else { ": " }
         ));
     }
-    String::from_utf8(out.stdout).map_err(|_| "output is not UTF-8".to_string())
+    // Rule comments may hold any bytes; they are escaped before display.
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Rules whose packet counter grew between two reads, with the growth.

@@ -260,13 +260,41 @@ fn permission_hint(e: &(dyn std::error::Error + 'static)) -> Option<UsageError> 
             // EPERM only: the verifier rejects with EACCES, which is a bug, not privilege.
             && io.raw_os_error() == Some(libc::EPERM)
         {
-            return Some(UsageError(
-                "lbpath needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (run it with sudo)".into(),
-            ));
+            return Some(match crate::cli::check_privileges() {
+                Err(no_caps) => no_caps,
+                // The privilege is there: something else stands between
+                // lbpath and bpf(), and "run it with sudo" would not help.
+                Ok(()) => UsageError(blocked_bpf(
+                    &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+                    &std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default(),
+                )),
+            });
         }
         cur = err.source();
     }
     None
+}
+
+/// Why bpf() says EPERM to a process that has the capabilities, from its
+/// /proc/self/status and the kernel's lockdown file.
+fn blocked_bpf(status: &str, lockdown: &str) -> String {
+    let seccomp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim);
+    // The selected mode is the bracketed one: "none [integrity] confidentiality".
+    let mode = lockdown
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'));
+    if seccomp == Some("2") {
+        "the kernel refused bpf() (EPERM) although lbpath has the capabilities it needs: a seccomp filter blocks it (container runtimes' default profile does): run the container privileged or with seccomp unconfined (kubectl debug --profile=sysadmin)".into()
+    } else if let Some(m @ ("integrity" | "confidentiality")) = mode {
+        format!(
+            "the kernel refused bpf() (EPERM) although lbpath has the capabilities it needs: kernel lockdown is in {m} mode, which forbids the tracing programs lbpath loads"
+        )
+    } else {
+        "the kernel refused bpf() (EPERM) although lbpath has the capabilities it needs: a security module (SELinux, AppArmor, BPF LSM) or a sysctl may block it; the audit log names it".into()
+    }
 }
 
 /// What attaching found, as it goes.
@@ -444,7 +472,17 @@ fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Res
     // aya-log's level: 0 keeps every log statement out of the verified
     // program (the branch on a frozen constant is pruned), 4 is Debug.
     let log_level: u8 = if opts.debug_bpf { 4 } else { 0 };
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // A smaller ring buffer, for tests that must overflow it (a power of
+    // two, in KiB, at least a page).
+    if let Some(kib) = std::env::var("LBPATH_RING_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|k| k.is_power_of_two() && *k >= 4)
+    {
+        loader.map_max_entries("EVENTS", kib * 1024);
+    }
+    loader
         .override_global("CONFIG", &config, true)
         .override_global("AYA_LOG_LEVEL", &log_level, true)
         .load(OBJECT)
@@ -572,13 +610,46 @@ fn attach_netfilter(
         for (hook, points) in opts.plan.points.iter().enumerate() {
             for (pos, prio) in points.iter().enumerate() {
                 let name = format!("lbp_nf_{pos}");
-                links.push(progs.attach(&name, pf, hook as u32, *prio)?);
+                let range = opts.plan.free_range(hook as u8, pos as u8);
+                links.push(attach_free(&progs, &name, pf, hook as u8, *prio, range)?);
             }
         }
     }
     a.caps.netfilter_links = true;
     a.what.push(format!("{} netfilter links", links.len()));
     Ok(links)
+}
+
+/// Attaches at `prio`, or, when another BPF netfilter program holds it (a
+/// second lbpath: the kernel allows one program per priority), at the
+/// nearest free priority of the same band.
+fn attach_free(
+    progs: &netfilter::NfPrograms,
+    name: &str,
+    pf: u32,
+    hook: u8,
+    prio: i32,
+    (lo, hi): (i32, i32),
+) -> Result<OwnedFd> {
+    let candidates = (0..64i64).flat_map(|d| [prio as i64 + d, prio as i64 - d - 1]);
+    for p in candidates.filter(|&p| p >= lo as i64 && p <= hi as i64) {
+        match progs.attach(name, pf, hook as u32, p as i32) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if is_busy(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(anyhow!(
+        "another BPF netfilter program holds priority {prio} at hook {} and the priorities around it: stop the other tracer or retry",
+        crate::nfplan::hook_name(hook)
+    ))
+}
+
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EBUSY))
+    })
 }
 
 fn ifindex(name: &str) -> Option<u32> {
@@ -627,6 +698,18 @@ pub struct Stats {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_blocked_bpf_names_what_blocks_it() {
+        let seccomp = "Name:\tlbpath\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        let none = "Name:\tlbpath\nSeccomp:\t0\n";
+        assert!(super::blocked_bpf(seccomp, "").contains("seccomp filter"));
+        let l = super::blocked_bpf(none, "none integrity [confidentiality]\n");
+        assert!(l.contains("lockdown is in confidentiality mode"), "{l}");
+        let l = super::blocked_bpf(none, "[none] integrity confidentiality\n");
+        assert!(l.contains("security module"), "{l}");
+        assert!(!l.contains('\n'));
+    }
+
     use super::*;
 
     #[test]

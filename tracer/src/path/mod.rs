@@ -46,6 +46,9 @@ pub struct Context<'a> {
     pub services: &'a [ServicePort],
     /// Whether any kube-proxy ruleset was found on the node.
     pub kube_proxy_found: bool,
+    /// Why the node's rules may be incomplete, if they may be: then a
+    /// missing rule is unknown, not a finding.
+    pub rules_degraded: Option<&'a str>,
     pub rule_hits: &'a [RuleHit],
     /// rp_filter values by interface name: (all, interface, effective).
     pub rp_filter: &'a dyn Fn(&str) -> (i64, i64, i64),
@@ -190,7 +193,9 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
             "netfilter links unavailable on this kernel: NAT and routing hops are inferred".into(),
         );
     }
-    if !ctx.kube_proxy_found {
+    if let Some(why) = ctx.rules_degraded {
+        notes.push(format!("the node's rules may be incomplete: {why}"));
+    } else if !ctx.kube_proxy_found {
         notes.push("no kube-proxy rules found on this node (iptables or nftables)".into());
     }
     Some(FlowReport {

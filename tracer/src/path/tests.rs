@@ -221,6 +221,7 @@ fn run(b: &B, services: &[ServicePort], hits: &[RuleHit]) -> FlowReport {
         drops: &reasons,
         services,
         kube_proxy_found: !services.is_empty(),
+        rules_degraded: None,
         rule_hits: hits,
         rp_filter: &rp,
         netfilter_links: true,

@@ -265,6 +265,17 @@ fn left_node(
 
 pub(super) fn no_rule(flow: &Tuple, ctx: &Context) -> Verdict {
     let lb = dst(flow);
+    if let Some(why) = ctx.rules_degraded {
+        // Not DNATed, but whether a rule should have done it is unknown.
+        return v(
+            VerdictKind::Incomplete,
+            format!(
+                "nothing DNATed {lb} ({}), and the node's rules could not all be read ({why}): whether kube-proxy has a rule for it is unknown",
+                proto_name(flow.proto)
+            ),
+            Hint::RulesUnreadable.text(),
+        );
+    }
     let extra = if ctx.kube_proxy_found {
         ""
     } else {

@@ -53,14 +53,36 @@ pub(super) struct Matches {
     pub(super) to_destination: Option<String>,
 }
 
-/// Every table of the output, in order; an error names the line.
-pub(super) fn parse_tables(text: &str) -> Result<Vec<Table>, ParseError> {
-    let mut tables: Vec<Table> = Vec::new();
+/// What [`parse_tables`] read.
+pub(super) struct Parsed {
+    pub(super) tables: Vec<Table>,
+    /// Lines left out, as "line N: why". One odd rule (a tool of another
+    /// version, a comment that breaks the format) must not cost every other
+    /// rule of the node.
+    pub(super) skipped: Vec<String>,
+}
+
+/// Lines a quoted value may run over: iptables-save prints a newline inside
+/// a comment as it is, and a comment holds at most 256 bytes.
+const MAX_CONTINUATION: usize = 64;
+
+/// Every table of the output, in order. Rule and chain lines that cannot be
+/// read are skipped and named; only output that is not iptables-save's at
+/// all, or that was cut short, is an error (naming its line).
+pub(super) fn parse_tables(text: &str) -> Result<Parsed, ParseError> {
+    let mut out = Parsed {
+        tables: Vec::new(),
+        skipped: Vec::new(),
+    };
     let mut current: Option<(Table, usize)> = None;
-    for (i, raw) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
         let n = i + 1;
+        let raw = lines[i];
+        i += 1;
         let err = |msg: String| ParseError::new(Some(n), msg);
-        let line = raw.trim();
+        let mut line = raw.trim().to_string();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -86,17 +108,27 @@ pub(super) fn parse_tables(text: &str) -> Result<Vec<Table>, ParseError> {
         let Some((table, _)) = current.as_mut() else {
             return Err(err(format!(
                 "expected a table start like \"*filter\", found {:?}",
-                clip(line)
+                clip(&line)
             )));
         };
         if line == "COMMIT" {
             let (t, _) = current.take().expect("inside a table");
-            tables.push(t);
-        } else if let Some(decl) = line.strip_prefix(':') {
-            declare_chain(table, decl, line).map_err(err)?;
+            out.tables.push(t);
+            continue;
+        }
+        let result = if let Some(decl) = line.strip_prefix(':') {
+            declare_chain(table, decl, &line)
         } else {
-            let rule = parse_rule(table, line).map_err(err)?;
-            table.rules.push(rule);
+            // A quote still open: the value goes on over the next lines.
+            // Taken only when it closes; else this line alone is skipped.
+            if let Some((whole, next)) = continued(&line, &lines[i..]) {
+                line = whole;
+                i += next;
+            }
+            parse_rule(table, &line).map(|rule| table.rules.push(rule))
+        };
+        if let Err(why) = result {
+            out.skipped.push(format!("line {n}: {why}"));
         }
     }
     if let Some((t, start)) = current {
@@ -108,7 +140,33 @@ pub(super) fn parse_tables(text: &str) -> Result<Vec<Table>, ParseError> {
             ),
         ));
     }
-    Ok(tables)
+    Ok(out)
+}
+
+/// A rule line whose quoted value runs over the lines after it (`rest`):
+/// the whole rule and how many lines it took from `rest`, once the quote
+/// closes before a COMMIT.
+fn continued(line: &str, rest: &[&str]) -> Option<(String, usize)> {
+    if !open_quote(line) {
+        return None;
+    }
+    let mut whole = line.to_string();
+    for (k, next) in rest.iter().take(MAX_CONTINUATION).enumerate() {
+        if next.trim() == "COMMIT" {
+            return None;
+        }
+        whole.push('\n');
+        whole.push_str(next);
+        if !open_quote(&whole) {
+            return Some((whole, k + 1));
+        }
+    }
+    None
+}
+
+/// Whether a rule line ends inside a double-quoted value.
+fn open_quote(line: &str) -> bool {
+    matches!(tokenize(line), Err(e) if e.starts_with("unterminated quote"))
 }
 
 /// ":NAME POLICY [packets:bytes]", `decl` being the line after the ":".
@@ -355,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_input_is_an_error_with_its_line() {
+    fn output_that_is_not_iptables_save_or_cut_short_is_an_error() {
         let cases: &[(&str, Option<usize>, &str)] = &[
             ("hello world\n", Some(1), "expected a table start"),
             (
@@ -363,39 +421,8 @@ mod tests {
                 Some(1),
                 "not closed by COMMIT",
             ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A OUTPUT -j DROP\nCOMMIT\n",
-                Some(3),
-                "does not declare",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [x:0]\nCOMMIT\n",
-                Some(2),
-                "bad counters",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n[1:2 -A INPUT -j DROP\nCOMMIT\n",
-                Some(3),
-                "unterminated rule counters",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"open\nCOMMIT\n",
-                Some(3),
-                "unterminated quote",
-            ),
-            (
-                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d\nCOMMIT\n",
-                Some(3),
-                "has no value",
-            ),
-            ("*filter\n:INPUT\nCOMMIT\n", Some(2), "name and a policy"),
             ("*filter\n*nat\nCOMMIT\n", Some(2), "no COMMIT"),
             ("COMMIT\n", Some(1), "expected a table start"),
-            (
-                "*filter\n-I INPUT -j DROP\nCOMMIT\n",
-                Some(2),
-                "expected a rule",
-            ),
             ("{\"nftables\": []}\n", Some(1), "expected a table start"),
         ];
         for (text, line, msg) in cases {
@@ -404,6 +431,62 @@ mod tests {
             assert!(e.message.contains(msg), "{text:?}: {e}");
             assert!(!e.to_string().contains('\n'));
         }
+    }
+
+    #[test]
+    fn a_line_that_cannot_be_read_is_skipped_and_named() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "-A OUTPUT -j DROP",
+                "line 4: rule for chain OUTPUT, which table filter does not declare",
+            ),
+            (":FORWARD ACCEPT [x:0]", "line 4: bad counters"),
+            (
+                "[1:2 -A INPUT -j DROP",
+                "line 4: unterminated rule counters",
+            ),
+            ("-A INPUT -d", "line 4: option -d has no value"),
+            (":INPUT ACCEPT [0:0]", "line 4: chain INPUT declared twice"),
+            (":OUTPUT", "line 4: chain line needs a name and a policy"),
+            ("-I INPUT -j DROP", "line 4: expected a rule"),
+            (
+                "-A INPUT -m comment --comment \"open",
+                "line 4: unterminated quote",
+            ),
+        ];
+        for (bad, why) in cases {
+            let text = format!(
+                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d 192.0.2.1/32 -j ACCEPT\n{bad}\n-A INPUT -d 192.0.2.2/32 -j REJECT\nCOMMIT\n"
+            );
+            let p = parse_tables(&text).unwrap_or_else(|e| panic!("{bad:?}: {e}"));
+            assert_eq!(p.skipped.len(), 1, "{bad:?}: {:?}", p.skipped);
+            assert!(p.skipped[0].starts_with(why), "{bad:?}: {:?}", p.skipped);
+            // The rules around it are all there.
+            let dsts: Vec<_> = p.tables[0]
+                .rules
+                .iter()
+                .filter_map(|r| r.m.dst.as_ref().map(|d| d.1.as_str()))
+                .collect();
+            assert_eq!(dsts, ["192.0.2.1/32", "192.0.2.2/32"], "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_newline_inside_a_comment_continues_the_rule() {
+        // As iptables-save prints it: the newline raw, inside the quotes.
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n[3:180] -A INPUT -d 192.0.2.1/32 -m comment --comment \"a\nb\\\"c\" -j DROP\n-A INPUT -j ACCEPT\nCOMMIT\n";
+        let p = parse_tables(text).unwrap();
+        assert!(p.skipped.is_empty(), "{:?}", p.skipped);
+        let rules = &p.tables[0].rules;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].m.comment.as_deref(), Some("a\nb\"c"));
+        assert_eq!(rules[0].m.target.as_deref(), Some("DROP"));
+        assert_eq!(rules[0].counters, Some((3, 180)));
+        // A quote never closed is one skipped line, not the rest of the table.
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"open\n-A INPUT -j ACCEPT\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n";
+        let p = parse_tables(text).unwrap();
+        assert_eq!(p.skipped.len(), 1, "{:?}", p.skipped);
+        assert_eq!(p.tables.len(), 2);
     }
 
     #[test]
