@@ -73,7 +73,7 @@ impl Assembler {
             done_set: HashSet::new(),
             max_flows: 4096,
             max_events: 256,
-            max_total: 65_536,
+            max_total: 32_768,
             total: 0,
             dropped_events: 0,
             node_netns,

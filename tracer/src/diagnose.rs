@@ -599,6 +599,7 @@ mod tests {
 
     fn empty_bgp() -> LbBgpSummary {
         LbBgpSummary {
+            forgotten_sessions: 0,
             lb_ip: "192.0.2.240".parse().unwrap(),
             peers: vec![],
         }

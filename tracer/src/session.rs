@@ -139,6 +139,9 @@ impl Session {
             },
             opts.timing,
         );
+        // Loading parsed the kernel's BTF and the object (megabytes, freed
+        // by now): so RSS is what the session keeps.
+        release_free_memory();
         let bpf_log = match &tracer.bpf_log {
             // SAFETY: the tracer keeps the descriptor open longer than this
             // AsyncFd lives (field order of Session).
@@ -226,6 +229,8 @@ impl Session {
                     fe.tick(self);
                 }
                 _ = refresh.tick() => {
+                    // A burst of flows leaves freed heap behind.
+                    release_free_memory();
                     // New pods bring new veths.
                     if let Ok(ifs) = self.engine.refresh_net().await {
                         let _ = self.tracer.set_pod_ifs(&ifs);
@@ -245,5 +250,16 @@ impl Session {
     /// Events lost in the kernel (ring buffer full) and cut by the per-flow bound.
     pub fn losses(&self) -> Result<(Stats, u64)> {
         Ok((self.tracer.stats()?, self.engine.dropped_events()))
+    }
+}
+
+/// Gives freed heap pages back to the kernel. glibc keeps them otherwise
+/// (only the top of the heap is trimmed by itself), and a DaemonSet's RSS
+/// would stay at its busiest second's.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the heap.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -111,6 +111,12 @@ impl BgpTracker {
             full_len: e.paylen as usize,
         };
         self.sessions.observe(key, &seg);
+        // Forget what belonged to sessions the tracker forgot.
+        if self.states.len() > bgp::MAX_SESSIONS || self.routes.len() > bgp::MAX_SESSIONS {
+            let live = &self.sessions;
+            self.states.retain(|k, _| live.get(k).is_some());
+            self.routes.retain(|k, _| live.get(k).is_some());
+        }
         let mut out = Vec::new();
         let Some(s) = self.sessions.get(&key) else {
             return out;

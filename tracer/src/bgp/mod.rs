@@ -38,7 +38,7 @@ pub use session::{
     SessionKey, SessionState, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 pub use stream::{Stream, StreamStats};
-pub use summary::{LbBgpSummary, PeerSummary, Sessions, summarize};
+pub use summary::{LbBgpSummary, MAX_SESSIONS, PeerSummary, Sessions, summarize};
 
 /// Every layer at once, on random and mutated input (the fuzz target does
 /// the same with coverage guidance).

@@ -183,6 +183,9 @@ pub struct MessageCounts {
 /// Route events kept per session; a router sending a full table would
 /// otherwise grow this without bound.
 const MAX_ROUTES: usize = 1 << 16;
+/// NOTIFICATIONs kept per session (the latest): one normally ends it, but
+/// nothing stops a peer from sending more.
+const MAX_NOTIFICATIONS: usize = 16;
 
 /// One BGP session (one TCP 4-tuple) as seen from this node.
 #[derive(Debug, Serialize)]
@@ -427,6 +430,9 @@ impl Session {
                 }
                 Message::Notification(n) => {
                     counts.notification += 1;
+                    if self.notifications.len() >= MAX_NOTIFICATIONS {
+                        self.notifications.remove(0);
+                    }
                     self.notifications.push(NotificationEvent {
                         ts_ns,
                         sent_by_peer: by_peer,

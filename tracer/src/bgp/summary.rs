@@ -39,6 +39,14 @@ pub struct PeerSummary {
 pub struct LbBgpSummary {
     pub lb_ip: IpAddr,
     pub peers: Vec<PeerSummary>,
+    /// Connections forgotten to keep memory bounded (the least recently
+    /// active first), so attempts counts may be low.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub forgotten_sessions: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LbBgpSummary {
@@ -50,6 +58,12 @@ impl LbBgpSummary {
         let mut lines = Vec::new();
         for p in &self.peers {
             p.describe_into(self.lb_ip, &mut lines);
+        }
+        if self.forgotten_sessions > 0 {
+            lines.push(format!(
+                "{} older BGP connections were forgotten (more than {MAX_SESSIONS} seen): connection counts are low",
+                self.forgotten_sessions
+            ));
         }
         lines
     }
@@ -145,7 +159,11 @@ pub fn summarize<'a>(
         .into_iter()
         .map(|((peer, local), ss)| summarize_peer(peer, local, ss, lb_ip))
         .collect();
-    LbBgpSummary { lb_ip, peers }
+    LbBgpSummary {
+        lb_ip,
+        peers,
+        forgotten_sessions: 0,
+    }
 }
 
 /// One peer's sessions (at least one), whatever their order.
@@ -237,10 +255,15 @@ fn summarize_peer(
     }
 }
 
-/// Sessions by 4-tuple.
+/// Connections remembered at once. Each is a 4-tuple to or from port 179,
+/// so a scan or a flapping peer would otherwise grow this without bound.
+pub const MAX_SESSIONS: usize = 1024;
+
+/// Sessions by 4-tuple, at most [`MAX_SESSIONS`].
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: BTreeMap<SessionKey, Session>,
+    forgotten: u64,
 }
 
 impl Sessions {
@@ -249,6 +272,18 @@ impl Sessions {
     }
 
     pub fn observe(&mut self, key: SessionKey, seg: &Segment<'_>) {
+        if self.map.len() >= MAX_SESSIONS && !self.map.contains_key(&key) {
+            // The least recently active goes; scanned only when full.
+            if let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, s)| s.last_ts_ns())
+                .map(|(k, _)| *k)
+            {
+                self.map.remove(&oldest);
+                self.forgotten += 1;
+            }
+        }
         self.map
             .entry(key)
             .or_insert_with(|| Session::new(key))
@@ -279,7 +314,10 @@ impl Sessions {
     }
 
     pub fn summary(&self, lb_ip: IpAddr) -> LbBgpSummary {
-        summarize(self.iter(), lb_ip)
+        LbBgpSummary {
+            forgotten_sessions: self.forgotten,
+            ..summarize(self.iter(), lb_ip)
+        }
     }
 }
 
@@ -314,6 +352,44 @@ mod tests {
         assert_eq!(sum.peers[0].sessions, 3);
         assert!(sum.describe()[0].contains("[3 connections]"));
         assert!(Sessions::new().summary(LB).describe()[0].contains("no BGP traffic"));
+    }
+
+    #[test]
+    fn sessions_are_bounded_forgetting_the_least_recent() {
+        let mut ss = Sessions::new();
+        let peer: SocketAddr = "192.0.2.1:179".parse().unwrap();
+        let n = MAX_SESSIONS as u64 + 10;
+        for i in 0..n {
+            let local = SocketAddr::new("198.51.100.5".parse().unwrap(), 10_000 + i as u16);
+            let seg = Segment {
+                ts_ns: i + 1,
+                dir: Dir::Tx,
+                tcp_flags: TCP_SYN,
+                seq: 1,
+                payload: &[],
+                full_len: 0,
+            };
+            ss.observe(SessionKey::from_packet(Dir::Tx, local, peer), &seg);
+        }
+        assert_eq!(ss.len(), MAX_SESSIONS);
+        // The first ten went, the latest stayed.
+        let first = SocketAddr::new("198.51.100.5".parse().unwrap(), 10_000);
+        let last = SocketAddr::new("198.51.100.5".parse().unwrap(), 10_000 + n as u16 - 1);
+        assert!(
+            ss.get(&SessionKey::from_packet(Dir::Tx, first, peer))
+                .is_none()
+        );
+        assert!(
+            ss.get(&SessionKey::from_packet(Dir::Tx, last, peer))
+                .is_some()
+        );
+        let sum = ss.summary(LB);
+        assert_eq!(sum.forgotten_sessions, 10);
+        assert!(
+            sum.describe()
+                .iter()
+                .any(|l| l.contains("10 older BGP connections were forgotten"))
+        );
     }
 
     /// Two connections race: the peer refuses the first OPEN (Bad Peer AS),
