@@ -267,7 +267,7 @@ impl Engine {
                 .collect(),
             Record::Arp(a) => {
                 let obs = wire::arp_observation(&a);
-                let line = wire::arp_line(&obs, &self.targets);
+                let line = wire::arp_line(&obs, &self.targets, &self.net);
                 // Bounded: a few thousand ARPs are plenty of evidence.
                 if self.arp.len() < MAX_ARP {
                     self.arp.push(obs);

@@ -2,7 +2,8 @@
 //! for both outputs (text and `--json`), so they never disagree.
 //!
 //! JSON schema (one object per flow, stable; new fields may be added):
-//! `{"flow": {proto, client, lb}, "service": {...}|null, "hops": [{"t_ms",
+//! `{"flow": {proto, client, lb}, "service": {name, kind, chain, endpoints,
+//! local_endpoints, local_only, source_ranges}|null, "hops": [{"t_ms",
 //! "dir", "packet", "hop", ...hop fields, "text"}], "verdict": {"kind",
 //! "summary", "hint"}, "counters": {...}|null, "notes": [...]}`.
 
@@ -38,6 +39,9 @@ pub struct ServiceInfo {
     pub local_endpoints: Option<usize>,
     /// externalTrafficPolicy=Local.
     pub local_only: bool,
+    /// loadBalancerSourceRanges: the only sources kube-proxy lets through
+    /// (empty: any).
+    pub source_ranges: Vec<String>,
 }
 
 /// One step of one packet.

@@ -172,7 +172,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
     let mut out = String::new();
     let svc = match &r.service {
         Some(svc) => format!(
-            "   service {} ({}, {} endpoint{}{})",
+            "   service {} ({}, {} endpoint{}{}{})",
             svc.name,
             svc.kind,
             svc.endpoints,
@@ -181,6 +181,14 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
                 ", externalTrafficPolicy=Local"
             } else {
                 ""
+            },
+            if svc.source_ranges.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", loadBalancerSourceRanges {}",
+                    svc.source_ranges.join(", ")
+                )
             }
         ),
         None => String::new(),
@@ -283,6 +291,7 @@ mod tests {
                 endpoints: 1,
                 local_endpoints: None,
                 local_only: false,
+                source_ranges: vec!["198.51.100.0/24".into(), "192.0.2.0/25".into()],
             }),
             hops: vec![
                 Hop {
@@ -342,6 +351,7 @@ mod tests {
         assert!(
             lines[0].contains("192.0.2.10:4000 → 192.0.2.240:80")
                 && lines[0].contains("default/web:http")
+                && lines[0].contains("loadBalancerSourceRanges 198.51.100.0/24, 192.0.2.0/25)")
         );
         assert!(
             lines[1].contains("→ arrived")
@@ -368,5 +378,6 @@ mod tests {
         assert_eq!(v["hops"][1]["to"], "10.244.1.5:8080");
         assert_eq!(v["verdict"]["kind"], "answered");
         assert_eq!(v["service"]["name"], "default/web:http");
+        assert_eq!(v["service"]["source_ranges"][1], "192.0.2.0/25");
     }
 }

@@ -171,6 +171,7 @@ fn net() -> NetInfo {
             .map(|a| vec![(a.parse().unwrap(), 24)])
             .unwrap_or_default(),
         up: true,
+        ..Default::default()
     };
     for i in [
         mk(2, "eth0", "veth", Some("192.0.2.2"), None),
