@@ -617,6 +617,45 @@ fn debug_bpf_shows_the_programs_decisions() {
     assert!(!out.stderr.contains("lbpath: bpf:"), "{}", out.stderr);
 }
 
+/// The bench's yardstick (`--empty-programs`, hidden): the same programs
+/// on the same hooks, tracing nothing. And `-v` says how long each step of
+/// the start took.
+#[test]
+fn empty_programs_take_the_same_hooks_and_trace_nothing() {
+    let lab = Lab::new("empty", LabSpec::default()).unwrap();
+    let attached = |stderr: &str| -> String {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("attached: "))
+            .unwrap_or_else(|| panic!("no attached line: {stderr}"));
+        line.split_once("attached: ").unwrap().1.to_string()
+    };
+    let w = watch(&lab, &["-v"]);
+    netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    w.wait_flow(WAIT, |_| true).expect("a flow is reported");
+    let out = w.stop().unwrap();
+    let full = attached(&out.stderr);
+    for step in [
+        "hooks in place",
+        "rules read",
+        "BTF parsed",
+        "maps and object",
+        "verifier: lbp_receive",
+        "verifier: lbp_nf_0",
+        "links",
+    ] {
+        assert!(out.stderr.contains(step), "{step}: {}", out.stderr);
+    }
+    let w = watch(&lab, &["-v", "--empty-programs"]);
+    let body = netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    assert!(body.contains("hello from pod"), "{body}");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = w.stop().unwrap();
+    assert_eq!(attached(&out.stderr), full);
+    assert!(full.contains("netfilter links"), "{full}");
+    assert!(out.flows().is_empty(), "{}", out.stdout);
+}
+
 /// A MetalLB pool (a CIDR), a v4-mapped address, and `--all` (every
 /// LoadBalancer IP kube-proxy names): each flow names its LB IP.
 #[test]

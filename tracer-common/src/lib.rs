@@ -351,6 +351,9 @@ pub const CFG_BGP: u32 = 0x2;
 /// `Config::flags`: several LB IPs or ranges, in the LB_SET map (else the
 /// one in `Config::lb_addr`).
 pub const CFG_LB_SET: u32 = 0x4;
+/// `Config::flags`: every program returns at once. Not a user feature: the
+/// bench loads lbpath this way to measure what the hooks themselves cost.
+pub const CFG_EMPTY: u32 = 0x8;
 /// Entries of LB_SET: addresses and ranges watched at once.
 pub const LB_SET_MAX: u32 = 4096;
 /// LB_SET key: the prefix counts these bits of family and padding before

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Config, FlowCounters, STAT_COUNT, Tuple};
+use tracer_common::{CFG_EMPTY, Config, FlowCounters, STAT_COUNT, Tuple};
 
 use crate::scratch::{SCRATCH_SLOTS, Scratch};
 
@@ -73,6 +73,14 @@ macro_rules! conf {
     };
 }
 pub(crate) use conf;
+
+/// Loaded as the bench's empty program (`CFG_EMPTY`): each entry point
+/// checks this first. The value is frozen, so the verifier keeps only one
+/// of the two paths.
+#[inline(always)]
+pub fn empty() -> bool {
+    conf!(flags) & CFG_EMPTY != 0
+}
 
 /// Offset of a kernel struct field (from BTF), as u64 for address arithmetic.
 macro_rules! off {

@@ -20,7 +20,7 @@ use tracer_common::{Kind, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING};
 use crate::{
     emit::emit,
     kernel::*,
-    maps::{CtFlow, NF_SEEN, Track, conf, off},
+    maps::{CtFlow, NF_SEEN, Track, conf, empty, off},
     parse::*,
     scratch::{Frame, Scratch},
     track::*,
@@ -33,6 +33,9 @@ macro_rules! nf_point {
         #[unsafe(no_mangle)]
         #[unsafe(link_section = $section)]
         pub fn $name(ctx: *mut c_void) -> i32 {
+            if empty() {
+                return NF_ACCEPT;
+            }
             on_hook(ctx, $pos);
             NF_ACCEPT
         }

@@ -8,7 +8,7 @@ use tracer_common::{AF_INET, AF_INET6, Kind, SEG_PAYLOAD, STAT_LOST_EVENTS, SegE
 
 use crate::{
     kernel::{now, stat_inc},
-    maps::{EVENTS, conf},
+    maps::{EVENTS, conf, empty},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
 };
 
@@ -19,12 +19,18 @@ const ETH_P_8021Q: u16 = 0x8100;
 
 #[classifier]
 pub fn lbp_tc_ingress(ctx: TcContext) -> i32 {
+    if empty() {
+        return TCX_NEXT;
+    }
     let _ = capture(&ctx, 0);
     TCX_NEXT
 }
 
 #[classifier]
 pub fn lbp_tc_egress(ctx: TcContext) -> i32 {
+    if empty() {
+        return TCX_NEXT;
+    }
     let _ = capture(&ctx, 1);
     TCX_NEXT
 }

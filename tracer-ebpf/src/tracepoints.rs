@@ -22,7 +22,7 @@ use tracer_common::{DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Kind, Tuple};
 use crate::{
     emit::emit,
     kernel::*,
-    maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, conf, off},
+    maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, conf, empty, off},
     parse::*,
     scratch::{Frame, Scratch},
     track::*,
@@ -37,6 +37,9 @@ const FIB_MAX_DELAY_JIFFIES: u64 = 25;
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_receive(ctx.arg::<u64>(0));
     0
 }
@@ -115,6 +118,9 @@ fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
 
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn lbp_xmit(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_xmit(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
     0
 }
@@ -191,6 +197,9 @@ fn count_reply(skb: u64, t: &Tuple) {
 /// 5.17+: `kfree_skb(skb, location, reason, ...)`.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn lbp_kfree(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_kfree(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u32>(2));
     0
 }
@@ -199,6 +208,9 @@ pub fn lbp_kfree(ctx: BtfTracePointContext) -> i32 {
 /// the freeing function.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn lbp_kfree_noreason(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_kfree(ctx.arg::<u64>(0), ctx.arg::<u64>(1), 0);
     0
 }
@@ -347,6 +359,9 @@ fn report_untraced_drop(skb: u64, s: &mut Scratch) {
 /// 6.3+: `consume_skb(skb, location)`.
 #[btf_tracepoint(function = "consume_skb")]
 pub fn lbp_consume(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_consume(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
     0
 }
@@ -354,6 +369,9 @@ pub fn lbp_consume(ctx: BtfTracePointContext) -> i32 {
 /// Before 6.3: `consume_skb(skb)`.
 #[btf_tracepoint(function = "consume_skb")]
 pub fn lbp_consume_noloc(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_consume(ctx.arg::<u64>(0), 0);
     0
 }
@@ -385,6 +403,9 @@ fn on_consume(skb: u64, location: u64) {
 /// 6.10+: `tcp_send_reset(sk, skb, reason)`.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn lbp_tcp_reset(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_reset(ctx.arg::<u64>(1), ctx.arg::<u32>(2));
     0
 }
@@ -392,6 +413,9 @@ pub fn lbp_tcp_reset(ctx: BtfTracePointContext) -> i32 {
 /// Before 6.10: `tcp_send_reset(sk, skb)`.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn lbp_tcp_reset_noreason(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_reset(ctx.arg::<u64>(1), 0);
     0
 }
@@ -431,6 +455,9 @@ fn lookup_is_for(skb: u64, addr: [u8; 4]) -> bool {
 
 #[btf_tracepoint(function = "fib_table_lookup")]
 pub fn lbp_fib(ctx: BtfTracePointContext) -> i32 {
+    if empty() {
+        return 0;
+    }
     on_fib(
         ctx.arg::<u32>(0),
         ctx.arg::<u64>(1),

@@ -49,6 +49,11 @@ pub struct CommonArgs {
     /// (for debugging lbpath itself and for bug reports).
     #[arg(long)]
     pub debug_bpf: bool,
+    /// Load every program on the same hooks as one that returns at once:
+    /// what the hooks cost by themselves, the bench's yardstick. Nothing is
+    /// traced, so it stays out of --help.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +386,20 @@ mod tests {
         let a = parse(&["192.0.2.240", "192.0.2.0/28", "-o", "json"]).unwrap();
         assert_eq!(target(&a).unwrap().nets.len(), 2);
         assert!(a.json());
+    }
+
+    #[test]
+    fn the_empty_programs_switch_is_hidden() {
+        use clap::CommandFactory;
+        assert!(
+            parse(&["192.0.2.240", "--empty-programs"])
+                .unwrap()
+                .empty_programs
+        );
+        assert!(!parse(&["192.0.2.240"]).unwrap().empty_programs);
+        let help = T::command().render_long_help().to_string();
+        assert!(help.contains("--debug-bpf"), "{help}");
+        assert!(!help.contains("empty"), "{help}");
     }
 
     #[test]

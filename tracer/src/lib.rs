@@ -16,6 +16,7 @@
 //! - `render`: text and JSON from one model; `escape`: untrusted text made visible;
 //! - `engine`: the node's view and the live state built from records;
 //! - `session`: load, attach and the record loop, shared by the commands;
+//! - `timeline`: how long each step of the start took (`-v`);
 //! - `watch`, `diagnose` (+ `checks`), `cli`: the commands.
 
 pub mod arp;
@@ -41,6 +42,7 @@ pub mod render;
 pub mod rules;
 pub mod session;
 pub mod targets;
+pub mod timeline;
 pub mod watch;
 pub mod wire;
 

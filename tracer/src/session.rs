@@ -28,6 +28,7 @@ use crate::{
     nfplan::NfPlan,
     rules::RuleWatcher,
     targets::Targets,
+    timeline::Timeline,
 };
 
 /// What a front end asks of the session.
@@ -61,22 +62,53 @@ fn btf_usage(e: BtfError) -> anyhow::Error {
     anyhow!(UsageError(e.to_string()))
 }
 
+/// What lbpath needs from the kernel's BTF, after checking that the kernel
+/// can run it at all. The parsed BTF is dropped on return.
+fn kernel_facts() -> Result<KernelFacts> {
+    let btf = KernelBtf::open_vmlinux().map_err(btf_usage)?;
+    cli::check_kernel(|e, m| btf.has_enum_member(e, m))?;
+    KernelFacts::read(&btf, &loader::tracepoint_names()).map_err(btf_usage)
+}
+
 impl Session {
     /// Everything up to attached programs: input checks, kernel layout, the
     /// node's interfaces and rules, loading.
     pub async fn start(common: &CommonArgs, opts: SessionOptions) -> Result<Session> {
+        let tl = Timeline::new();
         let target = cli::target(common)?;
         cli::check_privileges()?;
-        let kernel = {
-            // Dropped at the end of this block: aya parses the BTF again.
-            let btf = KernelBtf::open_vmlinux().map_err(btf_usage)?;
-            cli::check_kernel(|e, m| btf.has_enum_member(e, m))?;
-            KernelFacts::read(&btf, &loader::tracepoint_names()).map_err(btf_usage)?
+        // What the kernel is (its BTF, parsed by our reader and by aya's),
+        // the node's rules (kube-proxy's tools, waited on) and interfaces
+        // need nothing from each other: read at once, the parsing on
+        // threads of their own.
+        let facts = {
+            let tl = tl.clone();
+            tokio::task::spawn_blocking(move || tl.time("BTF parsed (layout, hooks)", kernel_facts))
         };
-
-        let net = NetInfo::read()
+        let prepared = {
+            let tl = tl.clone();
+            tokio::task::spawn_blocking(move || loader::prepare(&tl))
+        };
+        let rules = async {
+            let began = std::time::Instant::now();
+            let r = kubeproxy::read_node().await;
+            tl.done("rules read", began);
+            r
+        };
+        let net = async {
+            let began = std::time::Instant::now();
+            let n = NetInfo::read().await;
+            tl.done("interfaces and routes", began);
+            n
+        };
+        let (rules, net) = tokio::join!(rules, net);
+        let kernel = facts
             .await
-            .context("reading the node's interfaces")?;
+            .map_err(|e| anyhow!("reading the kernel BTF: {e}"))??;
+        let prepared = prepared
+            .await
+            .map_err(|e| anyhow!("reading the kernel BTF: {e}"))?;
+        let net = net.context("reading the node's interfaces")?;
         if let Some(i) = &common.iface
             && net.by_name(i).is_none()
         {
@@ -84,7 +116,7 @@ impl Session {
                 "unknown interface '{i}' (not in this network namespace)"
             ))));
         }
-        let rules = kubeproxy::read_node().await;
+        let prepared = prepared?;
         for p in &rules.problems {
             tracing::warn!("rules: {p}");
         }
@@ -107,8 +139,11 @@ impl Session {
                 tc_ifaces: net.bgp_ifaces(),
                 plan: plan.clone(),
                 debug_bpf: common.debug_bpf,
+                empty: common.empty_programs,
             },
             &kernel,
+            prepared,
+            &tl,
         )?;
         tracer.set_pod_ifs(&net.pod_ifaces())?;
         let mut targets = Targets::new(target.nets, target.all);
@@ -118,6 +153,11 @@ impl Session {
             eprintln!("lbpath: notice: {n}");
         }
         tracing::info!("attached: {}", tracer.attached.join("; "));
+        tracing::info!(
+            "hooks in place {:.1} ms after the start:{}",
+            tl.elapsed().as_secs_f64() * 1000.0,
+            tl.report()
+        );
         let ring = tracer.take_events()?;
         // SAFETY: the ring buffer owns its fd for as long as AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }

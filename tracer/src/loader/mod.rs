@@ -8,6 +8,7 @@ pub mod packet;
 mod stack_check;
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
 };
@@ -22,13 +23,13 @@ use aya::{
     programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_LB_SET, Config, FlowCounters, LB_KEY_BITS, LB_SET_MAX,
-    STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
+    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_EMPTY, CFG_LB_SET, Config, FlowCounters, LB_KEY_BITS,
+    LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
 use ipnet::IpNet;
 
-use crate::{UsageError, btf::KernelFacts, nfplan::NfPlan, targets::Targets};
+use crate::{UsageError, btf::KernelFacts, nfplan::NfPlan, targets::Targets, timeline::Timeline};
 
 /// The kernel programs, built by build.rs and embedded: one file to copy.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -130,6 +131,8 @@ pub struct LoadOptions {
     pub plan: NfPlan,
     /// Let the programs log their decisions (`--debug-bpf`).
     pub debug_bpf: bool,
+    /// Programs that return at once (`--empty-programs`, for the bench).
+    pub empty: bool,
 }
 
 pub struct Tracer {
@@ -315,17 +318,45 @@ fn privilege_first(e: anyhow::Error) -> Result<anyhow::Error> {
 }
 
 impl Tracer {
-    pub fn load(opts: &LoadOptions, kernel: &KernelFacts) -> Result<Self> {
+    /// Creates the maps, verifies the programs this session needs (in
+    /// parallel: the verifier runs in the loading thread) and attaches them.
+    pub fn load(
+        opts: &LoadOptions,
+        kernel: &KernelFacts,
+        prep: Prepared,
+        tl: &Timeline,
+    ) -> Result<Self> {
         let node_netns = own_netns()?;
-        let mut ebpf = load_object(opts, kernel, node_netns)?;
+        let Prepared { loader, btf } = prep;
+        let mut ebpf = tl.time("maps and object", || {
+            load_object(loader, &btf, opts, kernel, node_netns)
+        })?;
         let mut a = Attached::default();
-        attach_tracepoints(&mut ebpf, kernel, &mut a)?;
-        let packets = if opts.bgp && !opts.tc_ifaces.is_empty() {
-            attach_bgp(&mut ebpf, opts, kernel, &mut a)?
+        let want = wanted_programs(opts, kernel);
+        let nf_object = if want.netfilter.is_empty() {
+            None
+        } else {
+            Some(tl.time("netfilter object relocated", || {
+                netfilter::prepare(OBJECT, &ebpf)
+            }))
+        };
+        let mut verified = verify_all(&mut ebpf, &btf, &want, nf_object.as_ref(), tl);
+        drop(btf);
+        let began = std::time::Instant::now();
+        attach_tracepoints(&mut ebpf, &want, &mut verified, &mut a)?;
+        let packets = if want.tc {
+            attach_bgp(&mut ebpf, opts, &mut verified, &mut a)?
+        } else if opts.bgp && !opts.tc_ifaces.is_empty() {
+            start_packet_capture(
+                opts,
+                anyhow!("this kernel has no tcx links (before 6.6)"),
+                &mut a,
+            )
         } else {
             None
         };
-        let nf_links = attach_netfilter(&ebpf, opts, kernel, &mut a)?;
+        let nf_links = attach_netfilter(nf_object, verified.nf, opts, kernel, &mut a)?;
+        tl.done("links", began);
         let bpf_log = if opts.debug_bpf {
             let l = aya_log::EbpfLogger::init_with_logger(&mut ebpf, StderrLog)
                 .map_err(|e| anyhow!("reading the programs' log: {e}"))?;
@@ -437,8 +468,44 @@ impl Tracer {
     }
 }
 
+/// What loading needs before the node's rules are read (they decide the
+/// configuration), made meanwhile: aya's loader, and aya's reading of the
+/// kernel's BTF for attaching tp_btf programs.
+pub struct Prepared {
+    loader: EbpfLoader<'static>,
+    btf: Btf,
+}
+
+/// Both parse the kernel's BTF (`EbpfLoader::new` reads its own copy, and
+/// there is no constructor that takes one): on two threads, off the
+/// caller's, while it reads the node's rules.
+pub fn prepare(tl: &Timeline) -> Result<Prepared> {
+    std::thread::scope(|s| {
+        let loader = s.spawn(|| {
+            let l = tl.time("BTF parsed (aya loader)", EbpfLoader::new);
+            // aya probes the kernel's features on first use: here, meanwhile.
+            tl.time("kernel features probed", aya::features);
+            l
+        });
+        let btf = tl.time("BTF parsed (aya, for attaching)", || {
+            Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
+                .context("reading the kernel BTF")
+        })?;
+        let loader = loader
+            .join()
+            .map_err(|_| anyhow!("reading the kernel BTF: the thread panicked"))?;
+        Ok(Prepared { loader, btf })
+    })
+}
+
 /// The object with this run's configuration, maps created, nothing attached.
-fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Result<Ebpf> {
+fn load_object(
+    loader: EbpfLoader<'static>,
+    btf: &Btf,
+    opts: &LoadOptions,
+    kernel: &KernelFacts,
+    node_netns: u32,
+) -> Result<Ebpf> {
     // One address: compared in place; else looked up in LB_SET.
     let (lb_addr, lb_family) = match opts.targets.single() {
         Some(ip) => addr_bytes(ip),
@@ -454,6 +521,9 @@ fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Res
     }
     if opts.bgp {
         flags |= CFG_BGP;
+    }
+    if opts.empty {
+        flags |= CFG_EMPTY;
     }
     let config = Config {
         lb_addr,
@@ -472,7 +542,8 @@ fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Res
     // aya-log's level: 0 keeps every log statement out of the verified
     // program (the branch on a frozen constant is pruned), 4 is Debug.
     let log_level: u8 = if opts.debug_bpf { 4 } else { 0 };
-    let mut loader = EbpfLoader::new();
+    // Borrowing this call's values from here on.
+    let mut loader: EbpfLoader<'_> = loader;
     // A smaller ring buffer, for tests that must overflow it (a power of
     // two, in KiB, at least a page).
     if let Some(kib) = std::env::var("LBPATH_RING_KIB")
@@ -482,7 +553,10 @@ fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Res
     {
         loader.map_max_entries("EVENTS", kib * 1024);
     }
+    // The parsed BTF replaces the loader's own copy (freed here): the
+    // object has no CO-RE relocations for it, but either would do.
     loader
+        .btf(Some(btf))
         .override_global("CONFIG", &config, true)
         .override_global("AYA_LOG_LEVEL", &log_level, true)
         .load(OBJECT)
@@ -492,22 +566,175 @@ fn load_object(opts: &LoadOptions, kernel: &KernelFacts, node_netns: u32) -> Res
         })
 }
 
+/// The programs this session loads: one variant per tracepoint the kernel
+/// has, the TC pair only for BGP on a kernel with tcx, and only as many
+/// netfilter programs as the plan has points at its busiest hook.
+struct Wanted {
+    /// (tracepoint, program, required, without)
+    tracepoints: Vec<(&'static TracepointHook, Option<&'static str>)>,
+    tc: bool,
+    netfilter: Vec<String>,
+}
+
+fn wanted_programs(opts: &LoadOptions, kernel: &KernelFacts) -> Wanted {
+    let tracepoints = TRACEPOINTS
+        .iter()
+        .map(|h| {
+            let available = kernel.tracepoint_args.get(h.tracepoint).copied();
+            (h, available.and_then(|n| pick_variant(h, n)))
+        })
+        .collect();
+    let points = opts.plan.points.iter().map(Vec::len).max().unwrap_or(0);
+    let netfilter = if kernel.netfilter_links {
+        (0..points).map(|p| format!("lbp_nf_{p}")).collect()
+    } else {
+        Vec::new()
+    };
+    Wanted {
+        tracepoints,
+        tc: opts.bgp && !opts.tc_ifaces.is_empty() && kernel.tcx,
+        netfilter,
+    }
+}
+
+/// What the verifier said about each program.
+#[derive(Default)]
+struct Verified {
+    /// aya programs by name: Ok when loaded.
+    aya: HashMap<String, Result<()>>,
+    /// The netfilter programs, or why they did not load.
+    nf: Option<Result<netfilter::NfPrograms>>,
+}
+
+/// One program to verify.
+enum Job<'a> {
+    Tracepoint(&'a str, &'a mut BtfTracePoint, &'static str),
+    Tc(&'a str, &'a mut SchedClassifier),
+    Netfilter(&'a netfilter::NfObject, &'a str),
+}
+
+enum JobResult {
+    Aya(String, Result<()>),
+    Netfilter(String, Result<OwnedFd>),
+}
+
+/// Loads every wanted program, as many at once as there are CPUs.
+fn verify_all(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    want: &Wanted,
+    nf_object: Option<&Result<netfilter::NfObject>>,
+    tl: &Timeline,
+) -> Verified {
+    let tp_names: HashMap<&str, &'static str> = want
+        .tracepoints
+        .iter()
+        .filter_map(|(h, p)| Some(((*p)?, h.tracepoint)))
+        .collect();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut out = Verified::default();
+    for (name, prog) in ebpf.programs_mut() {
+        if let Some(tp) = tp_names.get(name) {
+            match <&mut BtfTracePoint>::try_from(prog) {
+                Ok(p) => jobs.push(Job::Tracepoint(name, p, tp)),
+                Err(e) => {
+                    out.aya.insert(name.to_string(), Err(e.into()));
+                }
+            }
+        } else if want.tc && name.starts_with("lbp_tc_") {
+            match <&mut SchedClassifier>::try_from(prog) {
+                Ok(p) => jobs.push(Job::Tc(name, p)),
+                Err(e) => {
+                    out.aya.insert(name.to_string(), Err(e.into()));
+                }
+            }
+        }
+    }
+    match nf_object {
+        Some(Ok(obj)) => jobs.extend(want.netfilter.iter().map(|n| Job::Netfilter(obj, n))),
+        Some(Err(e)) => out.nf = Some(Err(anyhow!("{e:#}"))),
+        None => {}
+    }
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let began = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(job) = job else { break };
+                    let r = run_job(job, btf, tl);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                }
+            });
+        }
+    });
+    tl.done(format!("verifier, {workers} at once"), began);
+    let mut nf = HashMap::new();
+    let mut nf_err = None;
+    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        match r {
+            JobResult::Aya(name, r) => {
+                out.aya.insert(name, r);
+            }
+            JobResult::Netfilter(name, Ok(fd)) => {
+                nf.insert(name, fd);
+            }
+            // The first failure says why; the others are alike.
+            JobResult::Netfilter(_, Err(e)) => {
+                nf_err.get_or_insert(e);
+            }
+        }
+    }
+    if out.nf.is_none() && !want.netfilter.is_empty() {
+        out.nf = Some(match nf_err {
+            Some(e) => Err(e),
+            None => Ok(netfilter::NfPrograms::new(nf)),
+        });
+    }
+    out
+}
+
+fn run_job(job: Job, btf: &Btf, tl: &Timeline) -> JobResult {
+    let began = std::time::Instant::now();
+    let (name, r) = match job {
+        Job::Tracepoint(name, p, tp) => (
+            name,
+            JobResult::Aya(name.into(), p.load(tp, btf).map_err(Into::into)),
+        ),
+        Job::Tc(name, p) => (
+            name,
+            JobResult::Aya(name.into(), p.load().map_err(Into::into)),
+        ),
+        Job::Netfilter(obj, name) => (name, JobResult::Netfilter(name.into(), obj.load(name))),
+    };
+    tl.done(format!("verifier: {name}"), began);
+    r
+}
+
 /// Each tracepoint with the variant its kernel signature calls for.
-fn attach_tracepoints(ebpf: &mut Ebpf, kernel: &KernelFacts, a: &mut Attached) -> Result<()> {
-    let btf = Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
-        .context("reading the kernel BTF")?;
-    for hook in TRACEPOINTS {
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    want: &Wanted,
+    verified: &mut Verified,
+    a: &mut Attached,
+) -> Result<()> {
+    for (hook, prog) in &want.tracepoints {
         let tp = hook.tracepoint;
-        let available = kernel.tracepoint_args.get(tp).copied();
-        let prog = available.and_then(|n| pick_variant(hook, n));
         let res = match prog {
-            Some(prog) => attach_tracepoint(ebpf, &btf, prog, tp),
+            Some(prog) => match verified.aya.remove(*prog) {
+                Some(Ok(())) => attach_tracepoint(ebpf, prog),
+                Some(Err(e)) => Err(e),
+                None => Err(anyhow!("program {prog} missing from the object")),
+            },
             None => Err(anyhow!("this kernel has no such tracepoint")),
         };
         match (res, prog) {
             (Ok(()), Some(prog)) => {
                 a.what.push(format!("tracepoint {tp} ({prog})"));
-                match prog {
+                match *prog {
                     "lbp_kfree" => a.caps.drop_reasons = true,
                     "lbp_kfree_noreason" => a.notices.push(
                         "this kernel's kfree_skb carries no drop reason (before 5.17): drops are named after the kernel function that freed the packet".into(),
@@ -538,15 +765,10 @@ fn attach_tracepoints(ebpf: &mut Ebpf, kernel: &KernelFacts, a: &mut Attached) -
 fn attach_bgp(
     ebpf: &mut Ebpf,
     opts: &LoadOptions,
-    kernel: &KernelFacts,
+    verified: &mut Verified,
     a: &mut Attached,
 ) -> Result<Option<packet::PacketCapture>> {
-    let tcx = if kernel.tcx {
-        attach_tc(ebpf, &opts.tc_ifaces)
-    } else {
-        Err(anyhow!("this kernel has no tcx links (before 6.6)"))
-    };
-    let e = match tcx {
+    let e = match attach_tc(ebpf, verified, &opts.tc_ifaces) {
         Ok(()) => {
             a.caps.tcx = true;
             a.what.push(format!("tcx on {}", opts.tc_ifaces.join(", ")));
@@ -554,6 +776,15 @@ fn attach_bgp(
         }
         Err(e) => privilege_first(e)?,
     };
+    Ok(start_packet_capture(opts, e, a))
+}
+
+/// BGP segments through packet sockets, when tcx (`why`) is not to be had.
+fn start_packet_capture(
+    opts: &LoadOptions,
+    why: anyhow::Error,
+    a: &mut Attached,
+) -> Option<packet::PacketCapture> {
     let ifaces: Vec<(u32, String)> = opts
         .tc_ifaces
         .iter()
@@ -563,21 +794,22 @@ fn attach_bgp(
         Ok(p) => {
             a.what
                 .push(format!("packet sockets on {}", opts.tc_ifaces.join(", ")));
-            tracing::info!("BGP capture through packet sockets: {e:#}");
-            Ok(Some(p))
+            tracing::info!("BGP capture through packet sockets: {why:#}");
+            Some(p)
         }
         Err(pe) => {
             a.notices.push(format!(
-                "BGP capture unavailable (tcx: {e:#}; packet sockets: {pe:#}); BGP sessions are not shown"
+                "BGP capture unavailable (tcx: {why:#}; packet sockets: {pe:#}); BGP sessions are not shown"
             ));
-            Ok(None)
+            None
         }
     }
 }
 
 /// The netfilter points of the plan, where the kernel has BPF netfilter links.
 fn attach_netfilter(
-    ebpf: &Ebpf,
+    object: Option<Result<netfilter::NfObject>>,
+    progs: Option<Result<netfilter::NfPrograms>>,
     opts: &LoadOptions,
     kernel: &KernelFacts,
     a: &mut Attached,
@@ -588,15 +820,19 @@ fn attach_netfilter(
         );
         return Ok(Vec::new());
     }
-    let progs = match netfilter::load(OBJECT, ebpf, "lbp_nf_") {
-        Ok(p) => p,
-        Err(e) => {
+    // The relocated copy of the object is no longer needed.
+    drop(object);
+    let progs = match progs {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
             let e = privilege_first(e)?;
             a.notices.push(format!(
                 "BPF netfilter programs did not load ({e:#}): NAT and netfilter hops are inferred"
             ));
             return Ok(Vec::new());
         }
+        // A plan without points: nothing to attach.
+        None => return Ok(Vec::new()),
     };
     let mut families = Vec::new();
     if opts.targets.has_v4() {
@@ -659,28 +895,31 @@ fn ifindex(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tp: &str) -> Result<()> {
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
         .try_into()?;
-    p.load(tp, btf)?;
     p.attach()?;
     Ok(())
 }
 
 /// TC programs on each interface, both directions, as tcx links (they leave
 /// no qdisc behind and go away with the process).
-fn attach_tc(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<()> {
+fn attach_tc(ebpf: &mut Ebpf, verified: &mut Verified, ifaces: &[String]) -> Result<()> {
     for (prog, dir) in [
         ("lbp_tc_ingress", TcAttachType::Ingress),
         ("lbp_tc_egress", TcAttachType::Egress),
     ] {
+        match verified.aya.remove(prog) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(anyhow!("program {prog} missing from the object")),
+        }
         let p: &mut SchedClassifier = ebpf
             .program_mut(prog)
             .ok_or_else(|| anyhow!("program {prog} missing from the object"))?
             .try_into()?;
-        p.load()?;
         for iface in ifaces {
             p.attach_with_options(iface, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
                 .with_context(|| format!("attaching {prog} to {iface}"))?;

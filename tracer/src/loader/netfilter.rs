@@ -128,9 +128,22 @@ pub struct NfPrograms {
     progs: HashMap<String, OwnedFd>,
 }
 
-/// Relocates and loads every program of `bytes` whose name starts with
-/// `prefix` as a netfilter program, using the maps `ebpf` already created.
-pub fn load(bytes: &[u8], ebpf: &Ebpf, prefix: &str) -> Result<NfPrograms> {
+impl NfPrograms {
+    pub fn new(progs: HashMap<String, OwnedFd>) -> Self {
+        Self { progs }
+    }
+}
+
+/// The object parsed again, its map references pointing at the maps `ebpf`
+/// created: each program can then be loaded on its own (and several at
+/// once, from several threads).
+pub struct NfObject {
+    obj: Object,
+    license: CString,
+}
+
+/// Relocates the object against the maps `ebpf` already created.
+pub fn prepare(bytes: &[u8], ebpf: &Ebpf) -> Result<NfObject> {
     let mut obj = Object::parse(bytes).context("parsing the eBPF object")?;
     let defs: HashMap<String, aya_obj::Map> = obj.maps.drain().collect();
     let mut maps = Vec::new();
@@ -145,18 +158,23 @@ pub fn load(bytes: &[u8], ebpf: &Ebpf, prefix: &str) -> Result<NfPrograms> {
         .map_err(|e| anyhow!("relocating maps: {e}"))?;
     obj.relocate_calls(&text_sections)
         .map_err(|e| anyhow!("relocating calls: {e}"))?;
+    Ok(NfObject {
+        obj,
+        license: CString::new("GPL").expect("no NUL"),
+    })
+}
 
-    let license = CString::new("GPL").expect("no NUL");
-    let mut progs = HashMap::new();
-    for (name, prog) in &obj.programs {
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        let func = &obj.functions[&prog.function_key()];
-        let fd = load_one(name, &func.instructions, &license)?;
-        progs.insert(name.clone(), fd);
+impl NfObject {
+    /// Loads program `name` as a netfilter program (the verifier runs here).
+    pub fn load(&self, name: &str) -> Result<OwnedFd> {
+        let prog = self
+            .obj
+            .programs
+            .get(name)
+            .ok_or_else(|| anyhow!("no program {name} in the object"))?;
+        let func = &self.obj.functions[&prog.function_key()];
+        load_one(name, &func.instructions, &self.license)
     }
-    Ok(NfPrograms { progs })
 }
 
 fn load_one(name: &str, insns: &[bpf_insn], license: &CString) -> Result<OwnedFd> {
