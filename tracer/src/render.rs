@@ -185,10 +185,15 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         ),
         None => String::new(),
     };
+    let again = if r.update {
+        s.dim("   (same connection, later packets)")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{} {} {} → {}{}",
-        s.bold("●"),
+        "{} {} {} → {}{}{again}",
+        s.bold(if r.update { "↻" } else { "●" }),
         r.flow.proto,
         s.bold(&r.flow.client.to_string()),
         s.bold(&r.flow.lb.to_string()),
@@ -236,7 +241,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
             out,
             "    {}",
             s.dim(&format!(
-                "counted: → {} {} B, ← {} {} B, {} dropped",
+                "counted so far: → {} {} B, ← {} {} B, {} dropped",
                 plural(c.request_packets, "packet"),
                 c.request_bytes,
                 plural(c.reply_packets, "packet"),
@@ -275,6 +280,7 @@ mod tests {
                 proto: "tcp".into(),
                 client: "192.0.2.10:4000".parse().unwrap(),
                 lb: "192.0.2.240:80".parse().unwrap(),
+                conn: 0,
             },
             service: Some(ServiceInfo {
                 name: "default/web:http".into(),
@@ -332,6 +338,7 @@ mod tests {
             },
             counters: Some(Counters::default()),
             notes: vec![],
+            update: false,
         }
     }
 
