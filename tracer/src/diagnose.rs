@@ -908,6 +908,7 @@ mod tests {
                 proto: "tcp".into(),
                 client: "192.0.2.10:1000".parse().unwrap(),
                 lb: "192.0.2.240:80".parse().unwrap(),
+                conn: 0,
             },
             service: None,
             hops: vec![],
@@ -918,6 +919,7 @@ mod tests {
             },
             counters: None,
             notes: vec![],
+            update: false,
         }
     }
 

@@ -196,7 +196,7 @@ impl fmt::Display for Hint<'_> {
                 f.write_str("check the container's listening port and the Service's targetPort")
             }
             Hint::NodeNotListening => f.write_str(
-                "the node itself received it and nothing listens there: the kube-proxy DNAT did not happen",
+                "the LB IP is local to this node (assigned to an interface such as kube-ipvs0) and nothing takes it: no kube-proxy DNAT or IPVS virtual service for this port (`ipvsadm -Ln`, `kubectl get svc -A -o wide`), and no socket",
             ),
             Hint::PodSilent => f.write_str(
                 "the pod received the packet but did not answer: check the application (`kubectl logs`), and the pod's own route back",

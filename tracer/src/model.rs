@@ -25,6 +25,14 @@ pub struct FlowId {
     pub proto: String,
     pub client: SocketAddr,
     pub lb: SocketAddr,
+    /// The connection on this tuple (kernel monotonic ns of its first
+    /// packet): a later connection reusing the tuple has another.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conn: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -178,8 +186,13 @@ pub struct FlowReport {
     pub service: Option<ServiceInfo>,
     pub hops: Vec<Hop>,
     pub verdict: Verdict,
+    /// Totals of the connection when this was reported (so far).
     pub counters: Option<Counters>,
     pub notes: Vec<String>,
+    /// A later report on a connection already shown (its packets past the
+    /// trace budget dropped): the same flow, not a new one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub update: bool,
 }
 
 /// TCP flags as tcpdump-like words.

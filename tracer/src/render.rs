@@ -193,10 +193,15 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         ),
         None => String::new(),
     };
+    let again = if r.update {
+        s.dim("   (same connection, later packets)")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{} {} {} → {}{}",
-        s.bold("●"),
+        "{} {} {} → {}{}{again}",
+        s.bold(if r.update { "↻" } else { "●" }),
         r.flow.proto,
         s.bold(&r.flow.client.to_string()),
         s.bold(&r.flow.lb.to_string()),
@@ -244,7 +249,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
             out,
             "    {}",
             s.dim(&format!(
-                "counted: → {} {} B, ← {} {} B, {} dropped",
+                "counted so far: → {} {} B, ← {} {} B, {} dropped",
                 plural(c.request_packets, "packet"),
                 c.request_bytes,
                 plural(c.reply_packets, "packet"),
@@ -283,6 +288,7 @@ mod tests {
                 proto: "tcp".into(),
                 client: "192.0.2.10:4000".parse().unwrap(),
                 lb: "192.0.2.240:80".parse().unwrap(),
+                conn: 0,
             },
             service: Some(ServiceInfo {
                 name: "default/web:http".into(),
@@ -341,6 +347,7 @@ mod tests {
             },
             counters: Some(Counters::default()),
             notes: vec![],
+            update: false,
         }
     }
 

@@ -211,12 +211,14 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
             proto: proto_name(flow.proto),
             client: src(&flow),
             lb,
+            conn: 0,
         },
         service: svcs.first().map(|s| service_info(s)),
         hops,
         verdict,
         counters,
         notes,
+        update: false,
     })
 }
 
