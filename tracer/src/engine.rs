@@ -83,6 +83,9 @@ pub struct Engine {
     /// When every hook was in place (CLOCK_MONOTONIC ns): flows that began
     /// earlier were partly unobserved.
     attached_ns: u64,
+    /// conntrack's counters when watching began: drops are told by what
+    /// moved since.
+    ct_base: Option<crate::conntrack::CtFigures>,
 }
 
 /// A report's outcome for comparing an update with it: the verdict and,
@@ -297,6 +300,7 @@ impl Engine {
             reported_order: VecDeque::new(),
             // Built once loading returned: every hook is in place.
             attached_ns: monotonic_ns(),
+            ct_base: crate::conntrack::CtFigures::read(),
         }
     }
 
@@ -496,6 +500,11 @@ impl Engine {
             drops: c.drops,
         });
         let rp = |iface: &str| rp_filter(iface);
+        let ct_base = self.ct_base;
+        let ct = move || {
+            let now = crate::conntrack::CtFigures::read()?;
+            Some(ct_base.map_or(now, |b| now.since(&b)))
+        };
         let degraded = self.rules.degraded_reason();
         let ctx = Context {
             node_netns: self.node_netns,
@@ -507,6 +516,7 @@ impl Engine {
             rules_degraded: degraded.as_deref(),
             rule_hits: hits,
             rp_filter: &rp,
+            conntrack: &ct,
             netfilter_links: self.netfilter_links,
         };
         let mut r = path::assemble(evs, &ctx, counters)?;

@@ -25,6 +25,7 @@ pub mod bgp;
 pub mod btf;
 pub mod checks;
 pub mod cli;
+pub mod conntrack;
 pub mod diagnose;
 pub mod drops;
 pub mod engine;
