@@ -642,6 +642,7 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     let mut s = Session::start(
         &args.common,
         SessionOptions {
+            capture: false,
             arp: true,
             bgp: true,
             timing,

@@ -3,13 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracer_common::{AF_INET6, ArpEvent, Event, Kind, SegEvent, Tuple};
+use tracer_common::{AF_INET6, ArpEvent, CAP_NONE, Capture, Event, Kind, SegEvent, Tuple};
 
 use crate::kubeproxy::Proto;
 
 #[derive(Clone, Debug)]
 pub enum Record {
-    Path(Event),
+    /// A path event, with the packet's headers when they were captured.
+    Path(Event, Option<Box<Capture>>),
     Arp(ArpEvent),
     Seg(Box<SegEvent>),
 }
@@ -26,7 +27,15 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     match Kind::from_u8(*bytes.first()?)? {
         Kind::Arp => read::<ArpEvent>(bytes).map(Record::Arp),
         Kind::Bgp => read::<SegEvent>(bytes).map(|s| Record::Seg(Box::new(s))),
-        _ => read::<Event>(bytes).map(Record::Path),
+        _ => read::<Event>(bytes).map(|e| {
+            // With capture on, the headers follow the event (EventCap).
+            let cap = bytes
+                .get(size_of::<Event>()..)
+                .and_then(read::<Capture>)
+                .filter(|c| c.link != CAP_NONE)
+                .map(Box::new);
+            Record::Path(e, cap)
+        }),
     }
 }
 
