@@ -18,6 +18,8 @@ pub const KERNEL_TESTS: &[&str] = &[
     "diagnose::bgp_notification_decoded",
     "cli::killed_lbpath_leaves_nothing_behind",
     "watch::debug_bpf_shows_the_programs_decisions",
+    // The capture branch of the event path (only loaded with --write).
+    "pcap::write_pcapng_read_by_tshark",
     // kube-proxy's IPVS mode (ip_vs, dummy, ipset modules) and uplink kinds
     // (8021q, bonding); on a host without them they skip, here they must run.
     "ipvs::healthy",
