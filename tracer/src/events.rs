@@ -83,6 +83,26 @@ mod tests {
         assert!(decode(&[Kind::Drop as u8, 0, 0]).is_none());
     }
 
+    /// Path records are plain events unless capture is on; then the
+    /// headers follow, and an empty capture counts as none.
+    #[test]
+    fn captured_headers_follow_the_event() {
+        let mut rec = vec![0u8; size_of::<tracer_common::EventCap>()];
+        rec[0] = Kind::Arrive as u8;
+        let ev = size_of::<Event>();
+        assert!(matches!(decode(&rec[..ev]), Some(Record::Path(_, None))));
+        assert!(matches!(decode(&rec), Some(Record::Path(_, None))));
+        rec[ev] = tracer_common::CAP_ETHERNET;
+        rec[ev + 2] = 60;
+        match decode(&rec) {
+            Some(Record::Path(e, Some(c))) => {
+                assert_eq!(e.kind, Kind::Arrive as u8);
+                assert_eq!((c.link, c.caplen), (tracer_common::CAP_ETHERNET, 60));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn tuples_and_protocols() {
         let mut t = Tuple {
