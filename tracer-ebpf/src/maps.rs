@@ -57,7 +57,7 @@ pub static CONFIG: Config = Config {
         nhc_dev: 0,
         nhc_gw: 0,
         nhc_gw_family: 0,
-        _pad: 0,
+        skb_data_len: 0,
     },
 };
 

@@ -644,6 +644,7 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     let mut s = Session::start(
         &args.common,
         SessionOptions {
+            capture: false,
             arp: true,
             bgp: true,
             timing,

@@ -22,6 +22,7 @@ use crate::{
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
     path::{self, Context, RuleHit},
+    pcap::PcapWriter,
     rules::RuleRead,
     targets::Targets,
     wire::{self, BgpTracker},
@@ -86,6 +87,8 @@ pub struct Engine {
     /// conntrack's counters when watching began: drops are told by what
     /// moved since.
     ct_base: Option<crate::conntrack::CtFigures>,
+    /// `watch --write`: each reported flow's packets go to a pcapng file.
+    pub pcap: Option<PcapWriter>,
 }
 
 /// A report's outcome for comparing an update with it: the verdict and,
@@ -301,6 +304,7 @@ impl Engine {
             // Built once loading returned: every hook is in place.
             attached_ns: monotonic_ns(),
             ct_base: crate::conntrack::CtFigures::read(),
+            pcap: None,
         }
     }
 
@@ -311,13 +315,12 @@ impl Engine {
     /// Takes one ring-buffer record; returns what should be shown now.
     pub fn record(&mut self, rec: Record, tracer: &Tracer) -> Vec<Output> {
         match rec {
-            Record::Path(e) => self
-                .assembler
-                .push(e)
-                .into_iter()
-                .filter_map(|d| self.report(d, tracer))
-                .map(|r| Output::Flow(Box::new(r)))
-                .collect(),
+            Record::Path(e, cap) => {
+                if let (Some(p), Some(cap)) = (self.pcap.as_mut(), cap) {
+                    p.stash(&e, cap);
+                }
+                self.path_event(e, tracer)
+            }
             Record::Arp(a) => {
                 let obs = wire::arp_observation(&a);
                 let line = wire::arp_line(&obs, &self.targets, &self.net);
@@ -334,6 +337,15 @@ impl Engine {
                 .map(Output::Bgp)
                 .collect(),
         }
+    }
+
+    fn path_event(&mut self, e: Event, tracer: &Tracer) -> Vec<Output> {
+        self.assembler
+            .push(e)
+            .into_iter()
+            .filter_map(|d| self.report(d, tracer))
+            .map(|r| Output::Flow(Box::new(r)))
+            .collect()
     }
 
     /// Flows that became ready to report, and flows that waited for a rule
@@ -535,6 +547,9 @@ impl Engine {
             mark_incomplete(&mut r, &Missing::Early);
         } else if !done.update && key.conn < self.attached_ns {
             mark_incomplete(&mut r, &Missing::BeforeAttach);
+        }
+        if let Some(p) = self.pcap.as_mut() {
+            p.flow(evs, &r);
         }
         if done.update {
             return self.update(key, r);

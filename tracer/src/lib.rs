@@ -39,6 +39,7 @@ pub mod model;
 pub mod netinfo;
 pub mod nfplan;
 pub mod path;
+pub mod pcap;
 pub mod render;
 pub mod rules;
 pub mod session;

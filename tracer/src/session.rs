@@ -38,6 +38,8 @@ pub struct SessionOptions {
     /// Capture BGP segments.
     pub bgp: bool,
     pub timing: Timing,
+    /// Path events carry the packets' headers (`watch --write`).
+    pub capture: bool,
 }
 
 pub struct Session {
@@ -140,6 +142,7 @@ impl Session {
                 plan: plan.clone(),
                 debug_bpf: common.debug_bpf,
                 empty: common.empty_programs,
+                capture: opts.capture,
             },
             &kernel,
             prepared,

@@ -3,14 +3,16 @@
 
 use std::{collections::BTreeMap, io::Write};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
 use crate::{
+    UsageError,
     assembler::Timing,
     cli::WatchArgs,
     diagnose,
     engine::Output,
     model::VerdictKind,
+    pcap::PcapWriter,
     render::{self, Style},
     session::{FrontEnd, Session, SessionOptions},
 };
@@ -72,15 +74,43 @@ pub fn verdict_key(k: VerdictKind) -> String {
 }
 
 pub async fn run(args: &WatchArgs) -> Result<u8> {
-    let mut s = Session::start(
+    // Created first: a path that cannot be written fails before anything
+    // is loaded.
+    let pcap = match &args.write {
+        Some(path) => Some(
+            PcapWriter::create(path, args.write_limit.saturating_mul(1 << 20)).map_err(|e| {
+                anyhow!(UsageError(format!(
+                    "cannot write '{}': {e}",
+                    path.display()
+                )))
+            })?,
+        ),
+        None => None,
+    };
+    let started = Session::start(
         &args.common,
         SessionOptions {
             arp: !args.no_arp,
             bgp: args.bgp,
             timing: Timing::default(),
+            capture: pcap.is_some(),
         },
     )
-    .await?;
+    .await;
+    let mut s = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was traced: no empty capture left behind.
+            if let Some(p) = &pcap {
+                let _ = std::fs::remove_file(p.path());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(mut p) = pcap {
+        p.set_node_netns(s.tracer.node_netns);
+        s.engine.pcap = Some(p);
+    }
     let services = if s.engine.services.is_empty() {
         String::new()
     } else {
@@ -117,6 +147,9 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         .iter()
         .map(|(k, n)| (verdict_key(*k), *n))
         .collect();
+    if let Some(p) = s.engine.pcap.as_mut() {
+        eprintln!("{}", p.finish());
+    }
     let (stats, cut) = s.losses()?;
     let lost = stats.lost_events;
     // By endpoint, from the reports kept (the most recent ones): one pod

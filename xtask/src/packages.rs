@@ -52,6 +52,12 @@ pub const PACKAGES: &[Package] = &[
         program: "curl",
         static_binary: false,
     },
+    // `watch --write` files are read back as users would (tests/tests/pcap.rs).
+    Package {
+        name: "tshark",
+        program: "tshark",
+        static_binary: false,
+    },
     // kube-proxy's IPVS mode in the lab (tests/src/ipvs_lab.rs): virtual
     // services and the ipsets kube-proxy keeps beside them; lbpath reads the
     // sets with `ipset save`.
@@ -270,7 +276,7 @@ mod tests {
 
     #[test]
     fn every_package_names_a_program() {
-        assert_eq!(PACKAGES.len(), 15);
+        assert_eq!(PACKAGES.len(), 16);
         assert_eq!(PACKAGES.iter().filter(|p| p.static_binary).count(), 1);
         assert!(
             PACKAGES

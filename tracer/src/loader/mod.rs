@@ -22,8 +22,8 @@ use aya::{
     programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_EMPTY, CFG_LB_SET, Config, FlowState, LB_KEY_BITS,
-    LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
+    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_CAPTURE, CFG_EMPTY, CFG_LB_SET, Config, FlowState,
+    LB_KEY_BITS, LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
 use ipnet::IpNet;
@@ -132,6 +132,8 @@ pub struct LoadOptions {
     pub debug_bpf: bool,
     /// Programs that return at once (`--empty-programs`, for the bench).
     pub empty: bool,
+    /// Path events carry the packet's headers (`watch --write`).
+    pub capture: bool,
 }
 
 pub struct Tracer {
@@ -530,6 +532,9 @@ fn load_object(
     }
     if opts.empty {
         flags |= CFG_EMPTY;
+    }
+    if opts.capture {
+        flags |= CFG_CAPTURE;
     }
     let config = Config {
         lb_addr,

@@ -25,6 +25,8 @@ pub const KERNEL_TESTS: &[&str] = &[
     "flows::retransmitted_syns_are_one_flow_with_their_drops_counted",
     "flows::a_drop_in_mid_connection_updates_its_flow",
     "diagnose::node_refusing_its_local_lb_ip",
+    // The capture branch of the event path (only loaded with --write).
+    "pcap::write_pcapng_read_by_tshark",
     // kube-proxy's IPVS mode (ip_vs, dummy, ipset modules) and uplink kinds
     // (8021q, bonding); on a host without them they skip, here they must run.
     "ipvs::healthy",
