@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use tracer_common::{Event, Kind, Tuple};
+use tracer_common::{DIR_REQUEST, Event, Kind, Tuple};
 
 use crate::{
     arp::ArpObservation,
@@ -89,6 +89,17 @@ pub struct Engine {
     ct_base: Option<crate::conntrack::CtFigures>,
     /// `watch --write`: each reported flow's packets go to a pcapng file.
     pub pcap: Option<PcapWriter>,
+}
+
+/// A TCP flow whose first request packet seen carries no SYN: its
+/// connection began before lbpath was watching.
+fn began_unseen(evs: &[Event]) -> bool {
+    const IPPROTO_TCP: u8 = 6;
+    const TCP_SYN: u8 = 0x02;
+    evs.iter()
+        .filter(|e| e.dir == DIR_REQUEST && e.flow.proto == IPPROTO_TCP)
+        .min_by_key(|e| e.ts)
+        .is_some_and(|e| e.tcp_flags & TCP_SYN == 0)
 }
 
 /// A report's outcome for comparing an update with it: the verdict and,
@@ -547,6 +558,8 @@ impl Engine {
             mark_incomplete(&mut r, &Missing::Early);
         } else if !done.update && key.conn < self.attached_ns {
             mark_incomplete(&mut r, &Missing::BeforeAttach);
+        } else if !done.update && began_unseen(evs) {
+            mark_incomplete(&mut r, &Missing::MidConnection);
         }
         if let Some(p) = self.pcap.as_mut() {
             p.flow(evs, &r);
@@ -609,6 +622,8 @@ enum Missing {
     Early,
     /// It began before every hook was in place.
     BeforeAttach,
+    /// A TCP connection first seen past its SYN: it began before lbpath.
+    MidConnection,
 }
 
 /// A flow part of which was not seen: what was seen stays, the verdict
@@ -636,6 +651,11 @@ fn mark_incomplete(r: &mut FlowReport, missing: &Missing) {
                 crate::assembler::MAX_FLOWS
             ),
             KEEP_UP,
+        ),
+        Missing::MidConnection => (
+            "it began before lbpath was watching (its first packet seen is not a SYN), so its setup was not observed"
+                .to_string(),
+            "open a new connection now that lbpath is watching",
         ),
         Missing::BeforeAttach => (
             "it began while lbpath was still attaching, so its first hops were not all observed"
