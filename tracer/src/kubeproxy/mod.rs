@@ -735,7 +735,10 @@ async fn run_tool_within(tool: &Path, args: &[&str], limit: Duration) -> Result<
         ));
     }
     // Rule comments may hold any bytes; they are escaped before display.
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    // Valid UTF-8 (the usual case) is taken as is: no second copy of what
+    // can be megabytes.
+    Ok(String::from_utf8(out.stdout)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Rules whose packet counter grew between two reads, with the growth.
