@@ -118,16 +118,25 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         .collect();
     let (stats, cut) = s.losses()?;
     let lost = stats.lost_events;
+    let n: u64 = per.values().sum();
+    // Flows the kernel side began to trace that were neither reported nor
+    // filtered out here: their events were lost or cut, or said too little
+    // to make a path. So every flow is accounted for.
+    let unreported = stats.flows.saturating_sub(n + s.engine.filtered_out);
     if printer.json {
         println!(
             "{}",
-            serde_json::json!({ "totals": { "flows": per, "events_lost": lost, "events_cut": cut } })
+            serde_json::json!({ "totals": {
+                "flows": per,
+                "flows_not_reported": unreported,
+                "events_lost": lost,
+                "events_cut": cut,
+            } })
         );
     } else {
-        let n: u64 = per.values().sum();
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
-            "lbpath: {n} flow{}{}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
+            "lbpath: {n} flow{}{}; not reported: {unreported}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
             if n == 1 { "" } else { "s" },
             if flows.is_empty() {
                 String::new()
