@@ -99,6 +99,9 @@ pub struct LabSpec {
     pub speaker: bool,
     /// Start the pod's HTTP server.
     pub pod_server: bool,
+    /// The node's LAN NIC is a port of a bridge `br-lan` that holds the
+    /// node's address and default route (a bridged NIC, as on VM hosts).
+    pub uplink_bridge: bool,
 }
 
 /// The usual service: LB 192.0.2.240:80 → pod 10.244.1.5:8080.
@@ -115,6 +118,7 @@ pub fn web_service(endpoints: Vec<EpSpec>, etp_local: bool) -> SvcSpec {
         endpoints,
         etp_local,
         source_ranges: vec![],
+        external_ips: vec![],
     }
 }
 
@@ -137,6 +141,7 @@ impl Default for LabSpec {
             pod_mtu: None,
             speaker: true,
             pod_server: true,
+            uplink_bridge: false,
         }
     }
 }
@@ -273,7 +278,15 @@ impl Lab {
             &client,
             &["ip", "route", "add", "default", "via", "192.0.2.1"],
         )?;
-        self.addr(&node, "eth0", "192.0.2.2/24")?;
+        if self.spec.uplink_bridge {
+            in_ns(&node, &["ip", "link", "add", "br-lan", "type", "bridge"])?;
+            in_ns(
+                &node,
+                &["ip", "link", "set", "eth0", "master", "br-lan", "up"],
+            )?;
+        }
+        let lan = self.lan_iface();
+        self.addr(&node, lan, "192.0.2.2/24")?;
         in_ns(
             &node,
             &["ip", "route", "add", "default", "via", "192.0.2.1"],
@@ -477,13 +490,65 @@ impl Lab {
         parse_mac(&out).with_context(|| format!("no MAC for {iface} in {ns}: {out}"))
     }
 
-    /// Makes `role`'s eth0 answer ARP for the LB IP (the L2 leader).
+    /// The node's interface holding its LAN address: eth0, or the bridge
+    /// it is a port of.
+    pub fn lan_iface(&self) -> &'static str {
+        if self.spec.uplink_bridge {
+            "br-lan"
+        } else {
+            "eth0"
+        }
+    }
+
+    /// Makes `role`'s LAN interface answer ARP for the LB IP (the L2 leader).
     pub fn start_speaker(&mut self, role: &str) -> Result<()> {
+        let iface = if role == "node" {
+            self.lan_iface()
+        } else {
+            "eth0"
+        };
+        self.start_speaker_on(role, iface)
+    }
+
+    /// Makes `role`'s `iface` answer ARP for the LB IP with its MAC.
+    pub fn start_speaker_on(&mut self, role: &str, iface: &str) -> Result<()> {
         let ns = self.ns(role);
-        let mac = self.mac(&ns, "eth0")?;
-        let b = netns::arp_responder(&ns, "eth0", mac, vec![LB])?;
+        let mac = self.mac(&ns, iface)?;
+        let b = netns::arp_responder(&ns, iface, mac, vec![LB])?;
         self.background.push(b);
         Ok(())
+    }
+
+    /// Another interface `iface` of `role` on the LAN switch, with `cidr`
+    /// (a second NIC on the same segment).
+    pub fn add_lan_iface(&mut self, role: &str, iface: &str, cidr: &str) -> Result<()> {
+        let (sw, ns) = (self.ns("sw"), self.ns(role));
+        let port = format!("{}-{iface}", &role[..role.len().min(6)]);
+        self.link(&ns, iface, &sw, &port)?;
+        in_ns(&sw, &["ip", "link", "set", &port, "master", "br0", "up"])?;
+        self.addr(&ns, iface, cidr)?;
+        Ok(())
+    }
+
+    /// Another pod on the node's pod bridge, at `ip` (in 10.244.1.0/24),
+    /// answering HTTP on [`POD_PORT`] when `server` is set.
+    pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr, server: bool) -> Result<String> {
+        let node = self.node();
+        let ns = self.add_ns(name)?;
+        let veth = format!("veth{name}");
+        self.link(&node, &veth, &ns, "eth0")?;
+        in_ns(&node, &["ip", "link", "set", &veth, "master", "cni0", "up"])?;
+        self.addr(&ns, "eth0", &format!("{ip}/24"))?;
+        in_ns(&ns, &["ip", "route", "add", "default", "via", "10.244.1.1"])?;
+        if server {
+            let b = netns::http_server(
+                &ns,
+                SocketAddr::from((ip, POD_PORT)),
+                &format!("hello from {name}"),
+            )?;
+            self.background.push(b);
+        }
+        Ok(ns)
     }
 
     /// Keeps a background task alive for the lab's lifetime.

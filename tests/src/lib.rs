@@ -2,6 +2,7 @@
 //! the demo), kube-proxy-style rules for it, and a runner for the binary.
 
 pub mod bpf;
+pub mod ipvs_lab;
 pub mod kernel;
 pub mod kubeproxy_rules;
 pub mod lab;

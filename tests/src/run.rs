@@ -253,6 +253,14 @@ impl Running {
     }
 
     /// Waits until a flow report satisfying `pred` is printed (JSON mode).
+    /// The flow reports printed so far (`--json`).
+    pub fn flows(&self) -> Vec<Value> {
+        json_lines(&self.stdout())
+            .into_iter()
+            .filter(|v| v.get("flow").is_some())
+            .collect()
+    }
+
     pub fn wait_flow(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         crate::netns::wait_for(timeout, || {
             json_lines(&self.stdout())

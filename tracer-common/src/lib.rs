@@ -170,6 +170,8 @@ pub struct Event {
     pub ct_status: u32,
     /// Drop / Consume: kernel address of the freeing function.
     pub location: u64,
+    /// The connection of `flow` this belongs to ([`FlowState::conn`]).
+    pub conn: u64,
     /// Interface name (arrival, transmit, drop device, or route result for `Fib`).
     pub ifname: [u8; IFNAMSIZ],
     /// Conntrack reply tuple: where NAT will send answers (e.g. the DNAT target as source).
@@ -245,18 +247,35 @@ pub struct SegEvent {
     pub payload: [u8; SEG_PAYLOAD],
 }
 
-/// Per-flow totals, kept per CPU by the kernel side and summed by userspace.
+/// One connection of a flow tuple (the `FLOWS` map, keyed by the flow's
+/// first tuple): how much of it is traced, and its totals. Shared by the
+/// CPUs; the totals are added atomically.
+///
+/// A tuple is reused by later connections (fixed-port health checkers, a
+/// client that closed with a RST): a TCP SYN with another initial sequence
+/// number, or a packet after longer than conntrack keeps an idle entry,
+/// starts a new connection with a new `conn` and everything else zeroed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FlowCounters {
+pub struct FlowState {
+    /// The connection's identity: kernel monotonic ns of its first packet.
+    pub conn: u64,
+    /// Kernel monotonic ns of its latest request packet.
+    pub last_ns: u64,
     pub req_pkts: u64,
     pub req_bytes: u64,
     pub rep_pkts: u64,
     pub rep_bytes: u64,
+    /// Packets of the connection dropped (traced or not).
     pub drops: u64,
-    /// Kernel-internal: this CPU saw the request trace budget spent, so its
-    /// later packets skip the budget lookup.
-    pub spent: u64,
+    /// TCP: [`Event`]-style signature of the SYN that opened it.
+    pub isn: u32,
+    pub req_traced: u16,
+    pub rep_traced: u16,
+    pub drop_events: u16,
+    /// Bit per direction (1 << dir): that direction's trace budget is spent.
+    pub spent: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Indexes of the per-CPU `STATS` array.
@@ -340,7 +359,9 @@ pub struct Config {
     pub nf_last_pos: [u8; 8],
     /// `CFG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// A non-TCP flow idle this long (seconds; conntrack's timeout for
+    /// unanswered UDP) starts a new connection with its next packet.
+    pub conn_idle_secs: u32,
     pub layout: Layout,
 }
 
@@ -365,5 +386,5 @@ mod pod {
     // SAFETY: plain #[repr(C)] data without pointers; any bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Tuple {}
-    unsafe impl aya::Pod for super::FlowCounters {}
+    unsafe impl aya::Pod for super::FlowState {}
 }

@@ -78,6 +78,7 @@ pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
         ev.dir = (*tr).dir;
         ev.seq = (*tr).seq;
         ev.flow = (*tr).flow;
+        ev.conn = (*tr).conn;
     }
     ev.hook = x.hook;
     ev.pos = x.pos;

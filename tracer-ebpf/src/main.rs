@@ -16,6 +16,10 @@
 //! return NF_ACCEPT.
 #![no_std]
 #![no_main]
+// atomic_xadd: the bpfel target has no 64-bit atomics in core::sync, but
+// the instruction (BPF_XADD) exists on every kernel.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // Map keys and values go to the helpers by pointer; taking them by value
 // (`TRACKED.insert(skb, s.tr, 0)`, as this lint asks) copies them onto the
 // stack first, when big ones live in per-CPU scratch memory precisely to keep

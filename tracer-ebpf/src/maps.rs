@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{CFG_EMPTY, Config, FlowCounters, STAT_COUNT, Tuple};
+use tracer_common::{CFG_EMPTY, Config, FlowState, STAT_COUNT, Tuple};
 
 use crate::scratch::{SCRATCH_SLOTS, Scratch};
 
@@ -22,7 +22,7 @@ pub static CONFIG: Config = Config {
     window_jiffies: 0,
     nf_last_pos: [0xff; 8],
     flags: 0,
-    _pad: 0,
+    conn_idle_secs: 0,
     layout: tracer_common::Layout {
         skb_head: 0,
         skb_data: 0,
@@ -106,14 +106,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// Per-flow state, keyed by the flow's first tuple (client → LB IP).
+/// The current connection of each flow tuple (client → LB IP): its trace
+/// budget and totals. Packets past the budget cost this one lookup.
 #[map]
 pub static FLOWS: LruHashMap<Tuple, FlowState> = LruHashMap::with_max_entries(16384, 0);
-
-/// Per-flow totals, the cheap path for packets past the trace budget.
-#[map]
-pub static COUNTERS: LruPerCpuHashMap<Tuple, FlowCounters> =
-    LruPerCpuHashMap::with_max_entries(16384, 0);
 
 /// Packets being traced, keyed by `struct sk_buff` address.
 #[map]
@@ -126,7 +122,7 @@ pub static CT_FLOWS: LruHashMap<u64, CtFlow> = LruHashMap::with_max_entries(1638
 
 /// Tuple a reply will carry when it reaches the node → flow.
 #[map]
-pub static REPLIES: LruHashMap<Tuple, Tuple> = LruHashMap::with_max_entries(16384, 0);
+pub static REPLIES: LruHashMap<Tuple, FlowRef> = LruHashMap::with_max_entries(16384, 0);
 
 /// [0]: jiffies of the last traced packet. Hooks that only follow packets
 /// skip all lookups when it is older than `window_jiffies`: unrelated traffic
@@ -161,14 +157,13 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH
 #[map]
 pub static NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// A flow tuple and which of its connections ([`FlowState::conn`]): entries
+/// that outlive their connection must not catch the next one's packets.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct FlowState {
-    pub first_ts: u64,
-    pub req_traced: u16,
-    pub rep_traced: u16,
-    pub drop_events: u16,
-    pub _pad: u16,
+pub struct FlowRef {
+    pub flow: Tuple,
+    pub conn: u64,
 }
 
 /// Track flags.
@@ -184,6 +179,8 @@ pub const T_CT_SEEN: u8 = 0x02;
 #[derive(Clone, Copy)]
 pub struct Track {
     pub flow: Tuple,
+    /// The flow's connection ([`FlowState::conn`]).
+    pub conn: u64,
     /// First seen (ns).
     pub ts: u64,
     /// `skb->head` when last verified.
@@ -214,6 +211,7 @@ pub struct NfSeen {
 #[derive(Clone, Copy)]
 pub struct CtFlow {
     pub flow: Tuple,
+    pub conn: u64,
     /// Bit per direction (1 << dir): that direction's trace budget is spent,
     /// so its packets need no parsing at all.
     pub spent: u8,

@@ -149,6 +149,10 @@ fn on_xmit(skb: u64, dev: u64) {
                     if s.p.ok != 0 {
                         expect_reply(tr, &s.p);
                     }
+                    // Without netfilter links (before 6.4) nothing else ties
+                    // the conntrack entry to the flow, and later, untraced
+                    // packets of it are found only through that entry.
+                    remember_ct(tr, skb_nfct(skb));
                 } else if s.p.ok != 0 && is_lb(&s.p.t.saddr, s.p.t.family) {
                     // Traced answers count like the others.
                     count_reply(skb, &s.p.t);
@@ -185,12 +189,9 @@ fn on_xmit(skb: u64, dev: u64) {
 #[inline(never)]
 fn count_reply(skb: u64, t: &Tuple) {
     let flow = t.reversed();
-    let c = counters(&flow);
-    if !c.is_null() {
-        unsafe {
-            (*c).rep_pkts += 1;
-            (*c).rep_bytes += skb_len(skb) as u64;
-        }
+    if let Some(fs) = FLOWS.get_ptr_mut(&flow) {
+        add(unsafe { &raw mut (*fs).rep_pkts }, 1);
+        add(unsafe { &raw mut (*fs).rep_bytes }, skb_len(skb) as u64);
     }
 }
 
@@ -232,6 +233,7 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
                 unsafe {
                     s.x.hook = (*tr).last_hook;
                     s.x.pos = (*tr).last_pos;
+                    count_drop(&(*tr).flow, (*tr).conn);
                 }
                 emit(Kind::Drop as u8, skb, tr, s);
             }
@@ -251,9 +253,19 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
 #[inline(never)]
 fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
     let l3 = skb_network(skb);
-    let (Some(daddr), Some(saddr)) = (peek_daddr(l3, proto), peek_saddr(l3, proto)) else {
-        return;
+    // Read into zeroed buffers, not returned as Options: the compiler then
+    // spilled a register one path never wrote, and 5.10's verifier rejects
+    // that read of unwritten stack.
+    let mut daddr = [0u8; 16];
+    let mut saddr = [0u8; 16];
+    let read = match proto {
+        ETH_P_IP => rd_into(l3 + 16, &mut daddr[..4]) && rd_into(l3 + 12, &mut saddr[..4]),
+        ETH_P_IPV6 => rd_into(l3 + 24, &mut daddr) && rd_into(l3 + 8, &mut saddr),
+        _ => false,
     };
+    if !read {
+        return;
+    }
     let proto_reason = (reason as u64) << 16 | proto as u64;
     // Still addressed to the LB IP (the flow's own tuple), from it (an
     // answer), or neither (NATed): then only its conntrack entry tells.
@@ -314,6 +326,7 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
                 return;
             };
             *flow = unsafe { (*cf).flow };
+            s.tr.conn = unsafe { (*cf).conn };
             // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.
             s.tr.dir = if nfct & 7 >= 3 {
                 DIR_REPLY
@@ -326,20 +339,23 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
     s.x.location = location;
     s.x.reason = (proto_reason >> 16) as u32;
     s.x.flags = EV_UNTRACED;
-    report_untraced_drop(skb, s);
+    report_untraced_drop::<HOW>(skb, s);
 }
 
 /// Counts the drop (stand-in track in `s.tr`, event details in `s.x`) and
 /// reports it while the flow's drop-event budget lasts.
 #[inline(never)]
-fn report_untraced_drop(skb: u64, s: &mut Scratch) {
+fn report_untraced_drop<const HOW: u8>(skb: u64, s: &mut Scratch) {
     let Some(fs) = FLOWS.get_ptr_mut(&s.tr.flow) else {
         return;
     };
-    let c = counters(&s.tr.flow);
-    if !c.is_null() {
-        unsafe { (*c).drops += 1 };
+    // Found by its conntrack entry: only if that is still the tuple's
+    // current connection. By address: the current one.
+    if HOW == BY_CT && unsafe { (*fs).conn } != s.tr.conn {
+        return;
     }
+    s.tr.conn = unsafe { (*fs).conn };
+    add(unsafe { &raw mut (*fs).drops }, 1);
     unsafe {
         if (*fs).drop_events as u32 >= conf!(drop_events) {
             return;

@@ -8,17 +8,15 @@
 //! will carry (REPLIES).
 
 use aya_log_ebpf::debug;
-use tracer_common::{
-    DIR_REPLY, DIR_REQUEST, FlowCounters, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple,
-};
+use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple};
 
 use crate::{
-    kernel::{ctinfo_is_related, jiffies, now, skb_head, skb_len, stat_inc},
+    kernel::{ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
-        COUNTERS, CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowState, REPLIES, T_CT_SEEN, T_FOLLOW,
-        TRACKED, Track, WINDOW, conf,
+        CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED, Track,
+        WINDOW, conf, off,
     },
-    parse::{Parsed, parse_ip},
+    parse::{IPPROTO_TCP, Parsed, parse_ip},
     scratch::Scratch,
 };
 
@@ -46,35 +44,77 @@ fn wanted(t: &Tuple) -> bool {
     (port == 0 || t.dport == port) && (proto == 0 || t.proto == proto)
 }
 
-/// The flow's per-CPU counters, created on first use.
-#[inline(never)]
-pub fn counters(key: &Tuple) -> *mut FlowCounters {
-    if let Some(c) = COUNTERS.get_ptr_mut(key) {
-        return c;
-    }
-    let zero = FlowCounters::default();
-    let _ = COUNTERS.insert(key, zero, 0);
-    COUNTERS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Adds to a total several CPUs may update at once (BPF_XADD: the
+/// result is not used, so every kernel has it).
+#[inline(always)]
+pub fn add(total: *mut u64, n: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: `total` points into map memory, 8-byte aligned.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(total, n) };
 }
 
+/// Does the packet (headers in `p`, seen at `t` ns) start a new connection
+/// on a tuple whose current one is `fs`? TCP: a SYN other than the one
+/// that opened it. Other protocols: a packet after longer than conntrack
+/// keeps an idle entry.
 #[inline(always)]
-fn flow_state(key: &Tuple, now: u64, create: bool) -> Option<*mut FlowState> {
-    if let Some(f) = FLOWS.get_ptr_mut(key) {
-        return Some(f);
+fn new_connection(fs: *const FlowState, p: &Parsed, t: u64) -> bool {
+    unsafe {
+        if p.t.proto == IPPROTO_TCP {
+            p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && p.sig != (*fs).isn
+        } else {
+            let idle = conf!(conn_idle_secs) as u64 * 1_000_000_000;
+            idle != 0 && t.wrapping_sub((*fs).last_ns) > idle
+        }
     }
-    if !create {
-        return None;
+}
+
+/// Starts `fs` over as a new connection opened by the packet in `p`.
+#[inline(always)]
+fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
+    unsafe {
+        (*fs).conn = t;
+        (*fs).last_ns = t;
+        (*fs).req_pkts = 0;
+        (*fs).req_bytes = 0;
+        (*fs).rep_pkts = 0;
+        (*fs).rep_bytes = 0;
+        (*fs).drops = 0;
+        (*fs).isn = if p.tcp_flags & TCP_SYN != 0 { p.sig } else { 0 };
+        (*fs).req_traced = 0;
+        (*fs).rep_traced = 0;
+        (*fs).drop_events = 0;
+        (*fs).spent = 0;
     }
-    let fresh = FlowState {
-        first_ts: now,
-        req_traced: 0,
-        rep_traced: 0,
-        drop_events: 0,
-        _pad: 0,
-    };
-    let _ = FLOWS.insert(key, fresh, 0);
+}
+
+/// The current connection of the flow tuple in `p`, created (or started
+/// over) by this request packet when it opens one.
+#[inline(never)]
+fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
+    if let Some(fs) = FLOWS.get_ptr_mut(&p.t) {
+        if new_connection(fs, p, t) {
+            debug!(&(), "new connection on the tuple from port {}", p.t.sport);
+            restart(fs, p, t);
+            stat_inc(STAT_FLOWS);
+        }
+        return Some(fs);
+    }
+    let mut fresh = FlowState::default();
+    restart(&raw mut fresh, p, t);
+    let _ = FLOWS.insert(&p.t, &fresh, 0);
     stat_inc(STAT_FLOWS);
-    FLOWS.get_ptr_mut(key)
+    FLOWS.get_ptr_mut(&p.t)
+}
+
+/// The flow's state if `conn` is still its current connection.
+#[inline(always)]
+pub fn current(flow: &Tuple, conn: u64) -> Option<*mut FlowState> {
+    let fs = FLOWS.get_ptr_mut(flow)?;
+    (unsafe { (*fs).conn } == conn).then_some(fs)
 }
 
 /// Outcome of [`start_track`].
@@ -83,18 +123,14 @@ pub const STARTED: u8 = 0;
 pub const SPENT: u8 = 1;
 pub const NOT_STARTED: u8 = 2;
 
-/// Starts tracing `skb` (headers in `s.p`) as the next packet of `flow` in
-/// direction `dir`, if the flow's budget for that direction allows. The
-/// track is built in `s.tr`; `flow` may point into `s.p` or a map, never
-/// into `s.tr`.
+/// Starts tracing `skb` (headers in `s.p`) as the next packet of the
+/// connection `fs` of `flow` in direction `dir`, if its budget for that
+/// direction allows. The track is built in `s.tr`; `flow` may point into
+/// `s.p` or a map, never into `s.tr`.
 #[inline(never)]
-fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scratch) -> u8 {
-    let now = now();
-    // SAFETY: both point to live map memory (scratch, flows); `flow` is only read.
+fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mut Scratch) -> u8 {
+    // SAFETY: all point to live map memory (scratch, flows); `flow` is only read.
     let (flow, s) = unsafe { (&*flow, &mut *s) };
-    let Some(fs) = flow_state(flow, now, create) else {
-        return NOT_STARTED;
-    };
     let budget = conf!(trace_packets) as u16;
     let seq = unsafe {
         let n = if dir == DIR_REQUEST {
@@ -103,6 +139,7 @@ fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scra
             &mut (*fs).rep_traced
         };
         if *n >= budget {
+            (*fs).spent |= 1 << dir;
             debug!(
                 &(),
                 "flow from port {}: trace budget spent (dir {})", flow.sport, dir
@@ -114,7 +151,8 @@ fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scra
     };
     let tr = &mut s.tr;
     tr.flow = *flow;
-    tr.ts = now;
+    tr.conn = unsafe { (*fs).conn };
+    tr.ts = now();
     tr.head = skb_head(skb);
     tr.sig = s.p.sig;
     tr.netns = conf!(node_netns);
@@ -139,48 +177,47 @@ fn start_track(skb: u64, flow: *const Tuple, dir: u8, create: bool, s: *mut Scra
 }
 
 /// First sight of a packet to the LB IP (headers in `s.p`) in the node's
-/// namespace: count it, and trace it if its flow's budget allows.
+/// namespace: count it for its connection, and trace it if the budget
+/// allows. Past the budget this is the one lookup a packet costs.
 #[inline(never)]
 pub fn request_seen(skb: u64, s: &mut Scratch) -> bool {
     if !wanted(&s.p.t) {
         return false;
     }
-    let c = counters(&s.p.t);
-    if !c.is_null() {
-        unsafe {
-            (*c).req_pkts += 1;
-            (*c).req_bytes += skb_len(skb) as u64;
-            if (*c).spent != 0 {
-                // The bulk of a flow: counted, nothing more.
-                return false;
-            }
+    let t = now();
+    let Some(fs) = flow_for_request(&s.p, t) else {
+        return false;
+    };
+    unsafe {
+        add(&raw mut (*fs).req_pkts, 1);
+        add(&raw mut (*fs).req_bytes, skb_len(skb) as u64);
+        (*fs).last_ns = t;
+        if (*fs).spent & (1 << DIR_REQUEST) != 0 {
+            // The bulk of a connection: counted, nothing more.
+            return false;
         }
     }
-    match start_track(skb, &raw const s.p.t, DIR_REQUEST, true, s) {
-        STARTED => true,
-        SPENT => {
-            if !c.is_null() {
-                unsafe { (*c).spent = 1 };
-            }
-            false
-        }
-        _ => false,
-    }
+    start_track(skb, fs, &raw const s.p.t, DIR_REQUEST, s) == STARTED
 }
 
 /// A packet arriving on the node (headers in `s.p`) that carries the tuple
-/// of an expected reply.
+/// of an expected reply of a connection still current.
 #[inline(never)]
 pub fn reply_seen(skb: u64, s: &mut Scratch) -> bool {
-    match REPLIES.get_ptr(&s.p.t) {
-        Some(flow) => start_track(skb, flow, DIR_REPLY, false, s) == STARTED,
+    let Some(r) = REPLIES.get_ptr(&s.p.t) else {
+        return false;
+    };
+    let flow = unsafe { &(*r).flow };
+    match current(flow, unsafe { (*r).conn }) {
+        Some(fs) => start_track(skb, fs, flow, DIR_REPLY, s) == STARTED,
         None => false,
     }
 }
 
 /// The traced flow a conntrack entry belongs to, with the direction of the
 /// packet carrying it; None for RELATED packets (ICMP errors about the flow,
-/// not its packets) and directions whose budget is spent.
+/// not its packets), directions whose budget is spent, and entries whose
+/// `struct nf_conn` was freed and reused for another connection since.
 #[inline(always)]
 pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
     let ct = nfct & !7;
@@ -194,18 +231,34 @@ pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
     // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.
     let dir = if ctinfo >= 3 { DIR_REPLY } else { DIR_REQUEST };
     let cf = CT_FLOWS.get_ptr_mut(&ct)?;
-    if unsafe { (*cf).spent } & (1 << dir) != 0 {
+    if unsafe { (*cf).spent } & (1 << dir) != 0 || !same_conntrack(ct, cf) {
         return None;
     }
     Some((cf, dir))
 }
 
+/// Is the entry at `ct` still the one recorded for `cf`? Its original
+/// direction is the flow's first tuple: compare the client's port and
+/// address (IPv4 part; enough to tell a reused `nf_conn` apart).
+#[inline(never)]
+fn same_conntrack(ct: u64, cf: *const CtFlow) -> bool {
+    let t = ct + off!(ct_tuple_orig);
+    let sport = u16::from_be(rd::<u16>(t + off!(tuple_src_u)).unwrap_or(0));
+    let saddr = rd::<[u8; 4]>(t + off!(tuple_src_u3)).unwrap_or([0; 4]);
+    let flow = unsafe { &(*cf).flow };
+    sport == flow.sport && saddr == [flow.saddr[0], flow.saddr[1], flow.saddr[2], flow.saddr[3]]
+}
+
 /// A packet (headers in `s.p`) whose conntrack entry belongs to a traced
 /// flow (a reply first seen at netfilter, or a packet the kernel copied):
-/// trace it if the budget allows.
+/// trace it if its connection is current and the budget allows.
 #[inline(never)]
 pub fn ct_seen(skb: u64, cf: *mut CtFlow, dir: u8, s: &mut Scratch) -> bool {
-    match start_track(skb, unsafe { &raw const (*cf).flow }, dir, false, s) {
+    let flow = unsafe { &(*cf).flow };
+    let Some(fs) = current(flow, unsafe { (*cf).conn }) else {
+        return false;
+    };
+    match start_track(skb, fs, flow, dir, s) {
         STARTED => true,
         SPENT => {
             // From now on this direction costs one lookup per packet.
@@ -213,6 +266,14 @@ pub fn ct_seen(skb: u64, cf: *mut CtFlow, dir: u8, s: &mut Scratch) -> bool {
             false
         }
         _ => false,
+    }
+}
+
+/// Counts a dropped packet of connection `conn` of `flow`.
+#[inline(never)]
+pub fn count_drop(flow: &Tuple, conn: u64) {
+    if let Some(fs) = current(flow, conn) {
+        add(unsafe { &raw mut (*fs).drops }, 1);
     }
 }
 
@@ -298,7 +359,13 @@ pub fn set_current(skb: u64, t: &Tuple, j: u64) {
 #[inline(never)]
 pub fn expect_reply(tr: *const Track, p: &Parsed) {
     let rev = p.t.reversed();
-    let _ = REPLIES.insert(&rev, unsafe { &(*tr).flow }, 0);
+    let r = unsafe {
+        FlowRef {
+            flow: (*tr).flow,
+            conn: (*tr).conn,
+        }
+    };
+    let _ = REPLIES.insert(&rev, &r, 0);
 }
 
 /// Records the packet's conntrack entry as belonging to its flow, once.
@@ -310,6 +377,7 @@ pub fn remember_ct(tr: *mut Track, nfct: u64) {
     }
     let v = CtFlow {
         flow: unsafe { (*tr).flow },
+        conn: unsafe { (*tr).conn },
         spent: 0,
         _pad: [0; 7],
     };

@@ -7,9 +7,15 @@
 //! only its own; gratuitous ARPs (sent by the MetalLB leader on takeover)
 //! are broadcast again. A foreign MAC therefore shows up only through
 //! gratuitous ARPs, replies to this node's own requests, or flooding.
+//!
+//! This node's own frames are told by direction and MAC: what it sends is
+//! `Tx`; a frame arriving with one of its MACs (or one it was seen sending
+//! from) is its own frame received back, on another of its interfaces when
+//! two share a segment. That is never "sent" on the receiving interface and
+//! never another host.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
 
@@ -103,6 +109,27 @@ pub struct InterfaceArp {
     /// Requests this node sent with the LB IP as sender address.
     pub requests_from_lb_ip_sent: u64,
     pub others: Vec<ForeignClaim>,
+    /// This node's own frames about the LB IP received here (sent from
+    /// another of its interfaces on the same segment, or reflected).
+    pub own_received: Vec<OwnEcho>,
+}
+
+/// This node's frames from one of its interfaces, received on another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwnEcho {
+    /// The interface whose MAC the frames carry.
+    pub from_ifname: String,
+    pub mac: Mac,
+    pub count: u64,
+}
+
+/// One of this node's interfaces answering for the IP, with its MAC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwnAnswer {
+    pub ifname: String,
+    pub mac: Mac,
+    /// Replies and announcements sent from it.
+    pub claims: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -127,6 +154,12 @@ pub enum ArpVerdict {
     /// Another node announces the IP: normal for L2 mode on a non-leader.
     AnsweredElsewhere {
         macs: Vec<Mac>,
+    },
+    /// This node answers from two or more of its interfaces on one
+    /// segment, each with its own MAC (ARP flux): clients cache whichever
+    /// answer came last.
+    ArpFlux {
+        answers: Vec<OwnAnswer>,
     },
     /// Two or more MACs claim the IP at the same time: split brain or a
     /// duplicate IP. `this_node` is this node's MAC among them, if any.
@@ -188,6 +221,19 @@ struct Acc {
     others: BTreeMap<Mac, ForeignClaim>,
     /// Requester IPs this node replied to, with counts.
     answered: BTreeMap<Ipv4Addr, u64>,
+    /// This node's own frames received here, by (sending interface, MAC).
+    own_received: BTreeMap<(String, Mac), u64>,
+}
+
+/// Where an observed frame comes from, seen from this node.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// Sent by this node on the interface it was seen on.
+    Sent,
+    /// This node's frame (from the interface owning its MAC) received back.
+    Echo { from: &'a str },
+    /// Another host's.
+    Foreign,
 }
 
 enum Kind {
@@ -225,13 +271,31 @@ struct Gathered<'a> {
     claims: BTreeMap<Claimant, Option<Span>>,
     /// This node's claims per (interface, MAC), to name the one it uses most.
     own_use: BTreeMap<(&'a str, Mac), u64>,
+    /// The claims of those it was seen sending (not received back).
+    sent: BTreeMap<(&'a str, Mac), u64>,
     probes: BTreeMap<Mac, u64>,
+    /// Pairs of this node's interfaces seen on one segment: one received
+    /// the other's frame, or both received the same host's request.
+    segments: BTreeSet<(&'a str, &'a str)>,
 }
 
 impl<'a> Gathered<'a> {
-    fn add(&mut self, o: &'a ArpObservation, kind: Kind, own: bool) {
+    fn add(&mut self, o: &'a ArpObservation, kind: Kind, origin: Origin<'a>) {
         let acc = self.ifs.entry(o.ifname.as_str()).or_default();
         let sha = Mac(o.sha);
+        if let Origin::Echo { from } = origin {
+            *acc.own_received.entry((from.to_string(), sha)).or_default() += 1;
+            if from != o.ifname {
+                self.segments.insert(pair(from, &o.ifname));
+            }
+            // Still this node's claim, made on the interface it came from.
+            if let Kind::Claim(_) = kind {
+                *self.own_use.entry((from, sha)).or_default() += 1;
+                Span::add(self.claims.entry(Claimant::ThisNode).or_default(), o.ts_ns);
+            }
+            return;
+        }
+        let own = matches!(origin, Origin::Sent);
         match kind {
             Kind::Request if own => acc.requests_sent += 1,
             Kind::Request => {
@@ -265,6 +329,7 @@ impl<'a> Gathered<'a> {
                 }
                 *acc.reply_macs.entry(sha).or_default() += 1;
                 *self.own_use.entry((o.ifname.as_str(), sha)).or_default() += 1;
+                *self.sent.entry((o.ifname.as_str(), sha)).or_default() += 1;
                 Span::add(self.claims.entry(Claimant::ThisNode).or_default(), o.ts_ns);
             }
             Kind::Claim(k) => {
@@ -297,6 +362,11 @@ impl<'a> Gathered<'a> {
     }
 }
 
+/// The pair of interface names in a stable order.
+fn pair<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
 /// Evidence about `lb_ip` from `observations`, given this node's MAC per
 /// interface (`own_macs`).
 pub fn analyze<S: AsRef<str>>(
@@ -308,14 +378,43 @@ pub fn analyze<S: AsRef<str>>(
         .iter()
         .map(|(name, mac)| (name.as_ref(), Mac(*mac)))
         .collect();
-    let is_own = |mac: Mac| own_by_if.values().any(|m| *m == mac);
+    // Which interface a MAC of this node belongs to: its own interfaces'
+    // MACs, then any MAC this node was seen sending ARP from (a speaker may
+    // use another MAC than the interface's).
+    let mut owner: BTreeMap<Mac, &str> = BTreeMap::new();
+    for (name, mac) in &own_by_if {
+        // A bridge shares its port's MAC: the port (listed first by index
+        // or name) must not hide the bridge, so keep the first one seen.
+        owner.entry(*mac).or_insert(name);
+    }
+    for o in observations.iter().filter(|o| o.dir == Dir::Tx) {
+        owner.entry(Mac(o.sha)).or_insert(o.ifname.as_str());
+    }
     let mut g = Gathered::default();
     for o in observations {
-        if let Some(kind) = classify(o, lb_ip) {
-            // Sent by this node: leaving through its stack, or carrying its
-            // MAC (e.g. seen again on a bridge port).
-            let own = o.dir == Dir::Tx || is_own(Mac(o.sha));
-            g.add(o, kind, own);
+        let Some(kind) = classify(o, lb_ip) else {
+            continue;
+        };
+        let origin = match (o.dir, owner.get(&Mac(o.sha))) {
+            (Dir::Tx, _) => Origin::Sent,
+            (Dir::Rx, Some(from)) => Origin::Echo { from },
+            (Dir::Rx, None) => Origin::Foreign,
+        };
+        g.add(o, kind, origin);
+    }
+    // Two interfaces that received the same host's request share its segment.
+    let mut heard: BTreeMap<Host, BTreeSet<&str>> = BTreeMap::new();
+    for (ifname, acc) in &g.ifs {
+        for h in acc.requesters.keys() {
+            heard.entry(*h).or_default().insert(ifname);
+        }
+    }
+    for ifs in heard.values() {
+        let v: Vec<&str> = ifs.iter().copied().collect();
+        for (i, a) in v.iter().enumerate() {
+            for b in &v[i + 1..] {
+                g.segments.insert(pair(a, b));
+            }
         }
     }
     let probes = std::mem::take(&mut g.probes);
@@ -334,6 +433,54 @@ pub fn analyze<S: AsRef<str>>(
     report
 }
 
+/// This node sending claims from two or more MACs on interfaces that share
+/// a segment: one answer per MAC, named after the interface it left by most.
+fn flux(g: &Gathered) -> Option<Vec<OwnAnswer>> {
+    // MAC → (interfaces it was sent on, claims).
+    let mut by_mac: BTreeMap<Mac, (BTreeSet<&str>, u64)> = BTreeMap::new();
+    for ((ifname, mac), n) in &g.sent {
+        let e = by_mac.entry(*mac).or_default();
+        e.0.insert(ifname);
+        e.1 += n;
+    }
+    let macs: Vec<(&Mac, &(BTreeSet<&str>, u64))> = by_mac.iter().collect();
+    let shared = |a: &BTreeSet<&str>, b: &BTreeSet<&str>| {
+        a.iter()
+            .any(|x| b.iter().any(|y| x == y || g.segments.contains(&pair(x, y))))
+    };
+    let mut flux: BTreeSet<usize> = BTreeSet::new();
+    for i in 0..macs.len() {
+        for j in i + 1..macs.len() {
+            if shared(&macs[i].1.0, &macs[j].1.0) {
+                flux.insert(i);
+                flux.insert(j);
+            }
+        }
+    }
+    if flux.len() < 2 {
+        return None;
+    }
+    let mut answers: Vec<OwnAnswer> = flux
+        .into_iter()
+        .map(|i| {
+            let (mac, (ifs, claims)) = macs[i];
+            // Named after the interface it left by most.
+            let ifname = ifs
+                .iter()
+                .max_by_key(|i| g.sent.get(&(**i, *mac)).copied().unwrap_or(0))
+                .copied()
+                .unwrap_or_default();
+            OwnAnswer {
+                ifname: ifname.to_string(),
+                mac: *mac,
+                claims: *claims,
+            }
+        })
+        .collect();
+    answers.sort_by(|a, b| a.ifname.cmp(&b.ifname));
+    Some(answers)
+}
+
 fn interfaces(ifs: BTreeMap<&str, Acc>, own_by_if: &BTreeMap<&str, Mac>) -> Vec<InterfaceArp> {
     ifs.into_iter()
         .map(|(name, mut acc)| {
@@ -344,6 +491,15 @@ fn interfaces(ifs: BTreeMap<&str, Acc>, own_by_if: &BTreeMap<&str, Mac>) -> Vec<
             requesters.sort_by_key(|r| r.first_ts_ns);
             let mut others: Vec<ForeignClaim> = acc.others.into_values().collect();
             others.sort_by_key(|c| c.first_ts_ns);
+            let own_received = acc
+                .own_received
+                .into_iter()
+                .map(|((from_ifname, mac), count)| OwnEcho {
+                    from_ifname,
+                    mac,
+                    count,
+                })
+                .collect();
             InterfaceArp {
                 ifname: name.to_string(),
                 own_mac: own_by_if.get(name).copied(),
@@ -355,6 +511,7 @@ fn interfaces(ifs: BTreeMap<&str, Acc>, own_by_if: &BTreeMap<&str, Mac>) -> Vec<
                 gratuitous_sent: acc.gratuitous_sent,
                 requests_from_lb_ip_sent: acc.requests_from_lb_ip_sent,
                 others,
+                own_received,
             }
         })
         .collect()
@@ -404,13 +561,14 @@ fn decide(g: &Gathered, interfaces: &[InterfaceArp]) -> (ArpVerdict, Vec<Mac>) {
                 Claimant::Foreign(m) => *m,
             })
             .collect();
-        let verdict = match (current, own_main) {
-            (Claimant::ThisNode, Some((ifname, mac))) => {
+        let verdict = match (current, own_main, flux(g)) {
+            (Claimant::ThisNode, Some(_), Some(answers)) => ArpVerdict::ArpFlux { answers },
+            (Claimant::ThisNode, Some((ifname, mac)), None) => {
                 ArpVerdict::AnsweredByThisNode { mac, ifname }
             }
-            (Claimant::Foreign(m), _) => ArpVerdict::AnsweredElsewhere { macs: vec![*m] },
+            (Claimant::Foreign(m), _, _) => ArpVerdict::AnsweredElsewhere { macs: vec![*m] },
             // A ThisNode span always comes with an `own_use` entry.
-            (Claimant::ThisNode, None) => ArpVerdict::NoArpSeen,
+            (Claimant::ThisNode, None, _) => ArpVerdict::NoArpSeen,
         };
         return (verdict, earlier);
     }
@@ -464,11 +622,34 @@ impl ArpReport {
                 "{} announces {ip}: another node is the leader (normal for L2 mode on a non-leader node)",
                 join(macs)
             ),
+            ArpVerdict::ArpFlux { answers } => {
+                let named: Vec<String> = answers
+                    .iter()
+                    .map(|a| format!("{} (MAC {}, {} sent)", a.ifname, a.mac, a.claims))
+                    .collect();
+                format!(
+                    "this node answers ARP for {ip} from {} of its interfaces on one segment: {}: each with its own MAC, so clients cache whichever answered last (ARP flux)",
+                    answers.len(),
+                    named.join(" and ")
+                )
+            }
             ArpVerdict::Conflict { macs, this_node } => {
+                // Every MAC this node used is named as this node's.
+                let own: BTreeSet<Mac> = self
+                    .interfaces
+                    .iter()
+                    .flat_map(|i| {
+                        i.reply_macs
+                            .iter()
+                            .copied()
+                            .chain(i.own_received.iter().map(|e| e.mac))
+                    })
+                    .chain(*this_node)
+                    .collect();
                 let named: Vec<String> = macs
                     .iter()
                     .map(|m| {
-                        if Some(*m) == *this_node {
+                        if own.contains(m) {
                             format!("{m} (this node)")
                         } else {
                             m.to_string()
@@ -513,6 +694,12 @@ impl ArpReport {
                         join(&foreign)
                     ));
                 }
+            }
+            for e in i.own_received.iter().filter(|e| e.from_ifname != i.ifname) {
+                notes.push(format!(
+                    "{} received {} of this node's own ARP frame(s) for {ip} sent from {} (MAC {}): {} and {} are on one segment",
+                    i.ifname, e.count, e.from_ifname, e.mac, e.from_ifname, i.ifname
+                ));
             }
             let unanswered: Vec<String> = i
                 .requesters
@@ -628,13 +815,15 @@ mod tests {
             }
         );
         let i = &r.interfaces[0];
-        assert_eq!((i.requests_received, i.replies_sent), (2, 2));
+        // The reply received back was not sent on eth0 a second time.
+        assert_eq!((i.requests_received, i.replies_sent), (2, 1));
         assert_eq!(i.reply_macs, [Mac(NODE)]);
+        assert_eq!(i.own_received[0].count, 1);
         assert_eq!(i.requesters.len(), 1);
-        assert_eq!((i.requesters[0].requests, i.requesters[0].answered), (2, 2));
+        assert_eq!((i.requesters[0].requests, i.requesters[0].answered), (2, 1));
         assert_eq!(
             r.text,
-            "this node answers ARP for 192.168.10.240 from MAC 02:00:00:00:00:05 on eth0 (2 replies to 2 requests)"
+            "this node answers ARP for 192.168.10.240 from MAC 02:00:00:00:00:05 on eth0 (1 replies to 2 requests)"
         );
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         let v = serde_json::to_value(&r).unwrap();
@@ -785,6 +974,135 @@ mod tests {
         assert_eq!(r.interfaces[0].requests_from_lb_ip_sent, 1);
         assert!(r.notes.iter().any(|n| n.contains("strictARP")));
         assert!(r.notes.iter().any(|n| n.contains("ARP flux")));
+    }
+
+    fn on(ifname: &str, o: ArpObservation) -> ArpObservation {
+        ArpObservation {
+            ifname: ifname.into(),
+            ..o
+        }
+    }
+
+    #[test]
+    fn two_interfaces_on_one_segment_answering_is_arp_flux() {
+        // A client's request reaches eth0 and eth1; both answer with their MAC.
+        let obs = [
+            request(SEC, CLIENT_IP, CLIENT),
+            on("eth1", request(SEC, CLIENT_IP, CLIENT)),
+            reply(SEC + 10, Dir::Tx, NODE),
+            on("eth1", reply(SEC + 20, Dir::Tx, NODE_ETH1)),
+        ];
+        let r = analyze(LB, &own(), &obs);
+        let ArpVerdict::ArpFlux { answers } = &r.verdict else {
+            panic!("{:?}", r.verdict)
+        };
+        let got: Vec<(&str, Mac)> = answers.iter().map(|a| (a.ifname.as_str(), a.mac)).collect();
+        assert_eq!(got, [("eth0", Mac(NODE)), ("eth1", Mac(NODE_ETH1))]);
+        assert!(
+            r.text.contains("eth0 (MAC 02:00:00:00:00:05")
+                && r.text.contains("eth1 (MAC 02:00:00:00:01:05")
+                && r.text.contains("ARP flux"),
+            "{}",
+            r.text
+        );
+        // This node is one claimant: never a conflict with itself.
+        assert!(!r.text.contains("split brain"));
+    }
+
+    #[test]
+    fn two_macs_on_separate_segments_are_not_flux() {
+        let other_ip = Ipv4Addr::new(192, 168, 20, 1);
+        let obs = [
+            request(SEC, CLIENT_IP, CLIENT),
+            reply(SEC + 10, Dir::Tx, NODE),
+            on("eth1", request(SEC, other_ip, THIRD)),
+            on("eth1", reply(SEC + 20, Dir::Tx, NODE_ETH1)),
+        ];
+        let r = analyze(LB, &own(), &obs);
+        assert!(
+            matches!(r.verdict, ArpVerdict::AnsweredByThisNode { .. }),
+            "{:?}",
+            r.verdict
+        );
+    }
+
+    #[test]
+    fn own_frame_received_on_another_interface_is_not_sent_there() {
+        // eth0 announces the IP; the broadcast comes in on eth1 too.
+        let obs = [
+            gratuitous(SEC, Dir::Tx, NODE),
+            on("eth1", gratuitous(SEC + 5, Dir::Rx, NODE)),
+        ];
+        let r = analyze(LB, &own(), &obs);
+        assert_eq!(
+            r.verdict,
+            ArpVerdict::AnsweredByThisNode {
+                mac: Mac(NODE),
+                ifname: "eth0".into()
+            }
+        );
+        let eth1 = r.interfaces.iter().find(|i| i.ifname == "eth1").unwrap();
+        assert_eq!(
+            (
+                eth1.gratuitous_sent,
+                eth1.reply_macs.len(),
+                eth1.others.len()
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(eth1.own_received[0].from_ifname, "eth0");
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("eth1 received 1 of this node's own")
+                    && n.contains("sent from eth0")),
+            "{:?}",
+            r.notes
+        );
+        assert!(
+            !r.notes.iter().any(|n| n.contains("carries MAC")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn a_mac_this_node_sends_from_is_never_another_host() {
+        // The speaker answers from a MAC not among the interfaces' own; the
+        // same MAC comes back in within the second.
+        const SPEAKER: [u8; 6] = [0x02, 0, 0, 0, 9, 9];
+        let obs = [
+            reply(SEC, Dir::Tx, SPEAKER),
+            gratuitous(SEC + 100, Dir::Rx, SPEAKER),
+        ];
+        let r = analyze(LB, &own(), &obs);
+        assert_eq!(
+            r.verdict,
+            ArpVerdict::AnsweredByThisNode {
+                mac: Mac(SPEAKER),
+                ifname: "eth0".into()
+            }
+        );
+        // A real other claimant is still a conflict of two, each named.
+        let obs = [
+            reply(SEC, Dir::Tx, SPEAKER),
+            gratuitous(SEC + 100, Dir::Rx, SPEAKER),
+            gratuitous(SEC + 200, Dir::Rx, OTHER),
+        ];
+        let r = analyze(LB, &own(), &obs);
+        assert_eq!(
+            r.verdict,
+            ArpVerdict::Conflict {
+                macs: vec![Mac(SPEAKER), Mac(OTHER)],
+                this_node: Some(Mac(SPEAKER))
+            }
+        );
+        assert!(
+            r.text
+                .starts_with("2 MACs answer or announce 192.168.10.240 at the same time: 02:00:00:00:09:09 (this node) and 02:00:00:00:00:06"),
+            "{}",
+            r.text
+        );
     }
 
     #[test]

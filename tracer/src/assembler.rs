@@ -1,5 +1,8 @@
-//! Groups live events by flow and decides when a flow has been seen enough to
-//! be reported: soon after it is answered or dropped, or once it goes quiet.
+//! Groups live events by connection (a flow tuple and the kernel's
+//! connection id, so a tuple reused by a later connection is a new flow) and
+//! decides when a connection has been seen enough to be reported: soon after
+//! it is answered or dropped, or once it goes quiet. Later drops of a
+//! reported connection come back as updates of it, not as new flows.
 //! Bounded: a flood of flows or events is cut and counted, never unbounded.
 
 use std::{
@@ -32,6 +35,7 @@ impl Default for Timing {
 }
 
 struct Pending {
+    update: bool,
     events: Vec<Event>,
     first: u64,
     last: u64,
@@ -40,18 +44,42 @@ struct Pending {
     cut: u64,
 }
 
+/// One connection of a flow tuple ([`Event::conn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub flow: Tuple,
+    pub conn: u64,
+}
+
+impl FlowKey {
+    pub fn of(e: &Event) -> Self {
+        Self {
+            flow: e.flow,
+            conn: e.conn,
+        }
+    }
+}
+
 /// A flow ready to report: its events, and how many the bounds left out.
 pub struct Done {
     pub events: Vec<Event>,
     pub cut: u64,
+    /// Later events of a connection already reported (drops past its trace
+    /// budget): an update of that flow, not a new one.
+    pub update: bool,
+    /// Reported before it settled, to stay within the bounds.
+    pub early: bool,
 }
+
+/// Flows pending at once; more report the oldest early.
+pub const MAX_FLOWS: usize = 4096;
 
 pub struct Assembler {
     timing: Timing,
-    pending: HashMap<Tuple, Pending>,
-    /// Flows already reported, oldest first (bounded).
-    done: VecDeque<Tuple>,
-    done_set: HashSet<Tuple>,
+    pending: HashMap<FlowKey, Pending>,
+    /// Connections already reported, oldest first (bounded).
+    done: VecDeque<FlowKey>,
+    done_set: HashSet<FlowKey>,
     max_flows: usize,
     max_events: usize,
     /// Events held in all pending flows at most (memory stays bounded
@@ -71,7 +99,7 @@ impl Assembler {
             pending: HashMap::new(),
             done: VecDeque::new(),
             done_set: HashSet::new(),
-            max_flows: 4096,
+            max_flows: MAX_FLOWS,
             max_events: 256,
             max_total: 32_768,
             total: 0,
@@ -98,12 +126,13 @@ impl Assembler {
     /// Adds an event (`now` and event times are CLOCK_MONOTONIC ns). Returns
     /// flows that had to be reported early to stay within bounds.
     pub fn push(&mut self, e: Event) -> Vec<Done> {
-        let key = e.flow;
+        let key = FlowKey::of(&e);
         let mut out = Vec::new();
-        if self.done_set.contains(&key) && e.flags & EV_UNTRACED == 0 {
-            // Stragglers of a reported flow (its last ACKs, retransmissions
-            // dropped like the first): only drops past the trace budget,
-            // which may tell something new, make a new report.
+        let reported = self.done_set.contains(&key);
+        if reported && e.flags & EV_UNTRACED == 0 {
+            // Stragglers of a reported connection (its last ACKs): only
+            // drops past the trace budget, which may tell something new,
+            // make an update.
             return out;
         }
         let full = (!self.pending.contains_key(&key) && self.pending.len() >= self.max_flows)
@@ -116,11 +145,15 @@ impl Assembler {
                 .min_by_key(|(_, p)| p.first)
                 .map(|(k, _)| *k)
             {
-                out.extend(self.finish(&oldest));
+                out.extend(self.finish(&oldest).map(|mut d| {
+                    d.early = true;
+                    d
+                }));
             }
         }
         let concludes = self.concludes(&e);
         let p = self.pending.entry(key).or_insert_with(|| Pending {
+            update: reported,
             events: Vec::new(),
             first: e.ts,
             last: e.ts,
@@ -139,7 +172,7 @@ impl Assembler {
         out
     }
 
-    fn finish(&mut self, key: &Tuple) -> Option<Done> {
+    fn finish(&mut self, key: &FlowKey) -> Option<Done> {
         let p = self.pending.remove(key)?;
         self.total -= p.events.len();
         if self.done_set.insert(*key) {
@@ -153,13 +186,15 @@ impl Assembler {
         Some(Done {
             events: p.events,
             cut: p.cut,
+            update: p.update,
+            early: false,
         })
     }
 
     /// Flows ready to be reported at time `now`.
     pub fn ready(&mut self, now: u64) -> Vec<Done> {
         let t = self.timing;
-        let keys: Vec<Tuple> = self
+        let keys: Vec<FlowKey> = self
             .pending
             .iter()
             .filter(|(_, p)| {
@@ -234,6 +269,7 @@ mod tests {
             mac_src: [0; 6],
             flags: 0,
             _pad: 0,
+            conn: 1,
         }
     }
 
@@ -256,6 +292,18 @@ mod tests {
         d.flags = EV_UNTRACED;
         a.push(d);
         assert_eq!(a.pending(), 1);
+        let u = a.ready(900 * MS);
+        assert!(
+            u.len() == 1 && u[0].update,
+            "an update of the flow reported"
+        );
+        // The same tuple, a later connection: a new flow, not a straggler.
+        let mut e = ev(Kind::Arrive, 0, 1_000 * MS, 1);
+        e.conn = 2;
+        a.push(e);
+        assert_eq!(a.pending(), 1);
+        let r = a.ready(3_000 * MS);
+        assert!(r.len() == 1 && !r[0].update);
     }
 
     #[test]

@@ -47,20 +47,72 @@ pub struct Sysctls {
     /// (interface, all, interface value) for interfaces that may receive LB traffic.
     pub rp_filter: Vec<(String, i64, i64)>,
     pub conntrack: Option<(u64, u64)>,
+    /// arp_ignore / arp_announce of the uplinks the IP layer uses.
+    pub arp: Vec<ArpConf>,
+}
+
+/// One interface's ARP sysctls, each as (all, interface); the kernel uses
+/// the larger of the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ArpConf {
+    pub iface: String,
+    pub arp_ignore: (i64, i64),
+    pub arp_announce: (i64, i64),
+}
+
+impl ArpConf {
+    pub fn ignore(&self) -> i64 {
+        self.arp_ignore.0.max(self.arp_ignore.1)
+    }
+    pub fn announce(&self) -> i64 {
+        self.arp_announce.0.max(self.arp_announce.1)
+    }
+    /// "eth0: arp_ignore=0 (all=0, eth0=0), arp_announce=0 (all=0, eth0=0)".
+    pub fn describe(&self) -> String {
+        let i = &self.iface;
+        format!(
+            "{i}: arp_ignore={} (all={}, {i}={}), arp_announce={} (all={}, {i}={})",
+            self.ignore(),
+            self.arp_ignore.0,
+            self.arp_ignore.1,
+            self.announce(),
+            self.arp_announce.0,
+            self.arp_announce.1
+        )
+    }
 }
 
 impl Sysctls {
     pub fn read(net: &NetInfo) -> Self {
         use crate::netinfo::sysctl;
-        let rp_filter = net
+        // Where the IP layer receives: not the ports of a bridge or bond.
+        let uplinks: Vec<&crate::netinfo::Iface> = net
             .ifaces
             .values()
             .filter(|i| {
-                matches!(net.role(i.index), IfRole::Uplink | IfRole::Overlay) && i.name != "lo"
+                matches!(net.role(i.index), IfRole::Uplink | IfRole::Overlay) && net.is_l3(i.index)
             })
+            .collect();
+        let rp_filter = uplinks
+            .iter()
             .map(|i| {
                 let (all, dev, _) = crate::netinfo::rp_filter(&i.name);
                 (i.name.clone(), all, dev)
+            })
+            .collect();
+        let conf = |name: &str, key: &str| {
+            (
+                sysctl(&format!("ipv4/conf/all/{key}")).unwrap_or(0),
+                sysctl(&format!("ipv4/conf/{name}/{key}")).unwrap_or(0),
+            )
+        };
+        let arp = uplinks
+            .iter()
+            .filter(|i| net.role(i.index) == IfRole::Uplink)
+            .map(|i| ArpConf {
+                iface: i.name.clone(),
+                arp_ignore: conf(&i.name, "arp_ignore"),
+                arp_announce: conf(&i.name, "arp_announce"),
             })
             .collect();
         let conntrack = match (
@@ -74,6 +126,7 @@ impl Sysctls {
             ip_forward: sysctl("ipv4/ip_forward"),
             rp_filter,
             conntrack,
+            arp,
         }
     }
 }
@@ -91,6 +144,7 @@ pub fn run(
     out.push(address(lb, net));
     out.extend(ip_forward(sys));
     out.extend(rp_filters(sys));
+    out.extend(arp_flux(net, sys));
     out.extend(mtu(net));
     out.extend(conntrack(sys));
     out
@@ -154,8 +208,13 @@ fn service(lb: IpAddr, s: &ServicePort) -> Finding {
     } else {
         String::new()
     };
+    let ranges = if s.source_ranges.is_empty() {
+        String::new()
+    } else {
+        format!(", loadBalancerSourceRanges {}", s.source_ranges.join(", "))
+    };
     let text = format!(
-        "{lb}:{} → {} ({}, chain {}): {} endpoint{}{locality}{}",
+        "{lb}:{} → {} ({}, chain {}): {} endpoint{}{locality}{}{ranges}",
         s.port,
         s.service,
         kind_label(s.kind),
@@ -271,6 +330,64 @@ fn rp_filters(sys: &Sysctls) -> Vec<Finding> {
         .collect()
 }
 
+/// Two uplinks with addresses in one IPv4 subnet, with the kernel answering
+/// ARP for any local address on any interface (arp_ignore=0): both answer
+/// the same request, each with its own MAC (ARP flux).
+fn arp_flux(net: &NetInfo, sys: &Sysctls) -> Option<Finding> {
+    let subnet = |c: &ArpConf| -> Vec<ipnet::Ipv4Net> {
+        net.by_name(&c.iface)
+            .map(|i| {
+                i.addrs
+                    .iter()
+                    .filter_map(|(ip, len)| match ip {
+                        IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => {
+                            ipnet::Ipv4Net::new(*v4, *len).ok().map(|n| n.trunc())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut shared: Vec<(&ArpConf, &ArpConf, ipnet::Ipv4Net)> = Vec::new();
+    for (i, a) in sys.arp.iter().enumerate() {
+        for b in &sys.arp[i + 1..] {
+            let nb = subnet(b);
+            if let Some(n) = subnet(a)
+                .into_iter()
+                .find(|n| nb.iter().any(|m| m.contains(n) || n.contains(m)))
+            {
+                shared.push((a, b, n));
+            }
+        }
+    }
+    let (a, b, n) = shared.first()?;
+    let loose = |c: &ArpConf| c.ignore() == 0 || c.announce() == 0;
+    let text = format!(
+        "{} and {} are both on {n}: {}; {}",
+        a.iface,
+        b.iface,
+        a.describe(),
+        b.describe()
+    );
+    Some(if loose(a) || loose(b) {
+        f(
+            "arp",
+            Level::Warn,
+            format!(
+                "{text}: the kernel answers ARP for its addresses on both interfaces, each with its own MAC (ARP flux)"
+            ),
+            Hint::ArpFlux {
+                ifaces: &[a.iface.as_str(), b.iface.as_str()],
+                speaker: false,
+            }
+            .text(),
+        )
+    } else {
+        f("arp", Level::Ok, text, None)
+    })
+}
+
 /// Pod path MTU against the uplink's.
 fn mtu(net: &NetInfo) -> Option<Finding> {
     let up = net
@@ -381,6 +498,7 @@ mod tests {
             ip_forward: Some(1),
             rp_filter: vec![("eth0".into(), 0, 2)],
             conntrack: Some((10, 1000)),
+            ..Default::default()
         };
         let fs = run(
             "192.0.2.240".parse().unwrap(),
@@ -401,6 +519,7 @@ mod tests {
             ip_forward: Some(0),
             rp_filter: vec![("eth0".into(), 1, 0)],
             conntrack: Some((950, 1000)),
+            ..Default::default()
         };
         let lb = "192.0.2.240".parse().unwrap();
         let fs = run(lb, 80, &[], false, None, &net(1400, true), &sys);
@@ -447,12 +566,86 @@ mod tests {
         );
     }
 
+    /// Two uplinks on one subnet: a warning naming both and the sysctls
+    /// while the kernel answers on both, fine once arp_ignore/announce are set.
+    #[test]
+    fn two_uplinks_on_one_subnet_with_loose_arp() {
+        let mut n = net(1500, false);
+        n.ifaces.insert(
+            5,
+            Iface {
+                index: 5,
+                name: "eth2".into(),
+                mtu: 1500,
+                addrs: vec![("192.0.2.4".parse().unwrap(), 24)],
+                up: true,
+                ..Default::default()
+            },
+        );
+        let conf = |iface: &str, ignore, announce| ArpConf {
+            iface: iface.into(),
+            arp_ignore: (0, ignore),
+            arp_announce: (0, announce),
+        };
+        let mut sys = Sysctls {
+            arp: vec![conf("eth0", 0, 0), conf("eth2", 0, 0)],
+            ..Default::default()
+        };
+        let fs = run(
+            "192.0.2.240".parse().unwrap(),
+            80,
+            &[svc(None, false, None)],
+            true,
+            None,
+            &n,
+            &sys,
+        );
+        let a = fs.iter().find(|f| f.check == "arp").expect("arp check");
+        assert_eq!(a.level, Level::Warn, "{a:?}");
+        assert!(
+            a.text.contains("eth0 and eth2 are both on 192.0.2.0/24")
+                && a.text.contains("arp_ignore=0 (all=0, eth2=0)"),
+            "{a:?}"
+        );
+        let next = a.next_step.as_deref().unwrap();
+        assert!(
+            next.contains("net.ipv4.conf.all.arp_ignore=1")
+                && next.contains("net.ipv4.conf.all.arp_announce=2"),
+            "{next}"
+        );
+        sys.arp = vec![conf("eth0", 1, 2), conf("eth2", 1, 2)];
+        let fs = run(
+            "192.0.2.240".parse().unwrap(),
+            80,
+            &[svc(None, false, None)],
+            true,
+            None,
+            &n,
+            &sys,
+        );
+        let a = fs.iter().find(|f| f.check == "arp").expect("arp check");
+        assert_eq!(a.level, Level::Ok, "{a:?}");
+        // One uplink per subnet: nothing to say.
+        sys.arp.pop();
+        let fs = run(
+            "192.0.2.240".parse().unwrap(),
+            80,
+            &[],
+            true,
+            None,
+            &n,
+            &sys,
+        );
+        assert!(!fs.iter().any(|f| f.check == "arp"), "{fs:?}");
+    }
+
     #[test]
     fn unreadable_rules_are_said_not_taken_for_a_missing_rule() {
         let sys = Sysctls {
             ip_forward: Some(1),
             rp_filter: vec![],
             conntrack: None,
+            ..Default::default()
         };
         let lb = "192.0.2.240".parse().unwrap();
         let why = "iptables-nft-save -c: failed (exit status: 4): Permission denied";

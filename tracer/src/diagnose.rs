@@ -7,9 +7,10 @@
 //! in the window, 2 bad input or cannot run.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::{IsTerminal, Write},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use anyhow::Result;
@@ -19,11 +20,11 @@ use crate::{
     arp::{self, ArpReport, ArpVerdict},
     assembler::Timing,
     bgp::{LbBgpSummary, RouteStatus, SessionState},
-    checks::{self, Finding, Level, Sysctls},
+    checks::{self, ArpConf, Finding, Level, Sysctls},
     cli::DiagnoseArgs,
     engine::Output,
     hints::Hint,
-    model::{FlowReport, VerdictKind},
+    model::{Dir, FlowReport, HopKind, VerdictKind},
     render::{self, Style},
     session::{FrontEnd, Session, SessionOptions},
 };
@@ -46,6 +47,8 @@ pub enum Layer {
     /// Traffic seen, but not enough of it (events lost, rules unreadable)
     /// to say whether it worked.
     Inconclusive,
+    /// This node answers ARP for the IP from two interfaces on one segment.
+    ArpFlux,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +66,18 @@ pub struct Wire<'a> {
     pub bgp: &'a LbBgpSummary,
 }
 
+/// What the node's state adds to the verdict.
+#[derive(Default)]
+pub struct Facts<'a> {
+    /// The Service's endpoints as kube-proxy's rules list them.
+    pub endpoints: &'a [SocketAddr],
+    /// The LB IP is assigned to an interface here (the kernel answers ARP
+    /// for it, not the speaker).
+    pub lb_local: bool,
+    /// ARP sysctls of the uplinks.
+    pub arp_conf: &'a [ArpConf],
+}
+
 fn is_problem(k: VerdictKind) -> bool {
     !matches!(
         k,
@@ -72,11 +87,25 @@ fn is_problem(k: VerdictKind) -> bool {
 
 /// The verdict from everything gathered, most telling layer first. Pure.
 pub fn decide(lb: IpAddr, findings: &[Finding], flows: &[FlowReport], wire: &Wire) -> Diagnosis {
+    decide_with(lb, findings, flows, wire, &Facts::default())
+}
+
+/// [`decide`], with what the node's state tells.
+pub fn decide_with(
+    lb: IpAddr,
+    findings: &[Finding],
+    flows: &[FlowReport],
+    wire: &Wire,
+    facts: &Facts,
+) -> Diagnosis {
     if let Some(d) = split_brain(lb, wire) {
         return d;
     }
+    if let Some(d) = arp_flux(lb, wire, flows, facts) {
+        return d;
+    }
     if !flows.is_empty() {
-        return from_flows(flows);
+        return from_flows(flows, facts.endpoints);
     }
     let mut evidence = Vec::new();
     if let Some(d) = from_arp(lb, wire, &mut evidence) {
@@ -119,13 +148,231 @@ fn split_brain(lb: IpAddr, wire: &Wire) -> Option<Diagnosis> {
     })
 }
 
-/// Traffic was seen: the worst flow decides.
-fn from_flows(flows: &[FlowReport]) -> Diagnosis {
-    let evidence = flows
+/// This node answering ARP from two interfaces on one segment: clients
+/// reach it through either MAC, so traffic comes in by an interface the
+/// replies may not leave by (rp_filter, firewalls on the way). A problem
+/// whatever the traffic did.
+fn arp_flux(lb: IpAddr, wire: &Wire, flows: &[FlowReport], facts: &Facts) -> Option<Diagnosis> {
+    let Some(ArpReport {
+        verdict: ArpVerdict::ArpFlux { answers },
+        text,
+        ..
+    }) = wire.arp
+    else {
+        return None;
+    };
+    let named: Vec<String> = answers
         .iter()
-        .take(8)
-        .map(|f| format!("{} → {}: {}", f.flow.client, f.flow.lb, f.verdict.summary))
+        .map(|a| format!("{} (MAC {})", a.ifname, a.mac))
         .collect();
+    let ifaces: Vec<&str> = answers.iter().map(|a| a.ifname.as_str()).collect();
+    let mut evidence = vec![text.clone()];
+    evidence.extend(
+        facts
+            .arp_conf
+            .iter()
+            .filter(|c| ifaces.contains(&c.iface.as_str()))
+            .map(ArpConf::describe),
+    );
+    if let Some(p) = flows
+        .iter()
+        .filter(|f| is_problem(f.verdict.kind))
+        .max_by_key(|f| severity(f.verdict.kind))
+    {
+        evidence.push(format!(
+            "{} → {}: {}",
+            p.flow.client, p.flow.lb, p.verdict.summary
+        ));
+    }
+    Some(Diagnosis {
+        layer: Layer::ArpFlux,
+        summary: format!(
+            "this node answers ARP for {lb} from {} on one segment (ARP flux): clients send to whichever MAC they cached last",
+            named.join(" and ")
+        ),
+        evidence,
+        next_step: Hint::ArpFlux {
+            ifaces: &ifaces,
+            speaker: !facts.lb_local,
+        }
+        .text(),
+        exit_code: 1,
+    })
+}
+
+/// How the flows to one endpoint (a DNAT target) went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointFlows {
+    pub endpoint: SocketAddr,
+    pub flows: u64,
+    /// Flows per verdict kind.
+    pub verdicts: BTreeMap<VerdictKind, u64>,
+    /// The summary of its worst failing flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(skip)]
+    failure_kind: Option<VerdictKind>,
+    #[serde(skip)]
+    hint: Option<String>,
+}
+
+impl EndpointFlows {
+    pub fn failed(&self) -> u64 {
+        self.verdicts
+            .iter()
+            .filter(|(k, _)| is_problem(**k))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn worst(&self) -> Option<VerdictKind> {
+        self.failure_kind
+    }
+
+    /// "8 refused", "5 answered, 3 no_answer".
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .verdicts
+            .iter()
+            .map(|(k, n)| format!("{n} {}", crate::watch::verdict_key(*k)))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Flows rolled up by the endpoint they were DNATed to: tells one broken
+/// pod among healthy ones from a Service that is down.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Rollup {
+    /// Every endpoint known (rules) or seen (flows), failing ones first.
+    pub endpoints: Vec<EndpointFlows>,
+    /// Flows that reached no endpoint (not DNATed, or dropped before).
+    pub without_endpoint: u64,
+    /// Those of them that failed.
+    pub without_endpoint_failed: u64,
+}
+
+/// The endpoint a flow was DNATed to, from its request's DNAT hop.
+pub fn flow_endpoint(f: &FlowReport) -> Option<SocketAddr> {
+    f.hops.iter().find_map(|h| match &h.kind {
+        HopKind::Dnat { to, .. } if h.dir == Dir::Request => Some(*to),
+        _ => None,
+    })
+}
+
+/// The rollup of `flows` over `known` endpoints (those without a flow are
+/// listed with none). Pure.
+pub fn rollup<'a>(flows: impl IntoIterator<Item = &'a FlowReport>, known: &[SocketAddr]) -> Rollup {
+    let mut by: BTreeMap<SocketAddr, EndpointFlows> = known
+        .iter()
+        .map(|e| {
+            (
+                *e,
+                EndpointFlows {
+                    endpoint: *e,
+                    flows: 0,
+                    verdicts: BTreeMap::new(),
+                    failure: None,
+                    failure_kind: None,
+                    hint: None,
+                },
+            )
+        })
+        .collect();
+    let (mut without, mut without_failed) = (0, 0);
+    for f in flows {
+        let Some(ep) = flow_endpoint(f) else {
+            without += 1;
+            without_failed += u64::from(is_problem(f.verdict.kind));
+            continue;
+        };
+        let e = by.entry(ep).or_insert_with(|| EndpointFlows {
+            endpoint: ep,
+            flows: 0,
+            verdicts: BTreeMap::new(),
+            failure: None,
+            failure_kind: None,
+            hint: None,
+        });
+        e.flows += 1;
+        *e.verdicts.entry(f.verdict.kind).or_default() += 1;
+        // Keep the worst failure's words (the first of its kind).
+        let k = f.verdict.kind;
+        if is_problem(k) && e.failure_kind.is_none_or(|w| severity(k) > severity(w)) {
+            e.failure_kind = Some(k);
+            e.failure = Some(f.verdict.summary.clone());
+            e.hint = f.verdict.hint.clone();
+        }
+    }
+    let mut endpoints: Vec<EndpointFlows> = by.into_values().collect();
+    endpoints.sort_by_key(|e| (std::cmp::Reverse(e.failed()), e.endpoint));
+    Rollup {
+        endpoints,
+        without_endpoint: without,
+        without_endpoint_failed: without_failed,
+    }
+}
+
+/// Evidence lines: one per endpoint (failing first), then what reached no
+/// endpoint, grouped by verdict; bounded, and saying what was left out.
+fn evidence(flows: &[FlowReport], r: &Rollup) -> Vec<String> {
+    const MAX_LINES: usize = 12;
+    let mut out = Vec::new();
+    for e in &r.endpoints {
+        let line = match (&e.failure, e.flows) {
+            (_, 0) => format!("endpoint {}: no flow in the window", e.endpoint),
+            (Some(why), n) => format!(
+                "endpoint {}: {} of {n} flow{} failed ({}): {why}",
+                e.endpoint,
+                e.failed(),
+                if n == 1 { "" } else { "s" },
+                e.describe()
+            ),
+            (None, n) => format!(
+                "endpoint {}: {n} flow{} ({})",
+                e.endpoint,
+                if n == 1 { "" } else { "s" },
+                e.describe()
+            ),
+        };
+        out.push(line);
+    }
+    // Flows without an endpoint, grouped by what happened to them.
+    let mut groups: Vec<(String, u64)> = Vec::new();
+    for f in flows.iter().filter(|f| flow_endpoint(f).is_none()) {
+        let text = format!("{}: {}", f.flow.lb, f.verdict.summary);
+        match groups.iter_mut().find(|(t, _)| *t == text) {
+            Some(g) => g.1 += 1,
+            None => groups.push((text, 1)),
+        }
+    }
+    for (text, n) in groups {
+        out.push(format!(
+            "{n} flow{} to {text}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    if out.len() > MAX_LINES {
+        let more = out.len() - MAX_LINES;
+        out.truncate(MAX_LINES);
+        out.push(format!(
+            "… and {more} more line(s) of evidence (see the flows)"
+        ));
+    }
+    out
+}
+
+/// Traffic was seen: the worst flow decides, rolled up by endpoint so one
+/// failing endpoint among answering ones reads as what it is.
+fn from_flows(flows: &[FlowReport], known: &[SocketAddr]) -> Diagnosis {
+    let roll = rollup(flows, known);
+    let evidence = evidence(flows, &roll);
+    let failed = flows.iter().filter(|f| is_problem(f.verdict.kind)).count();
+    let total = flows.len();
+    let of_flows = format!(
+        "{failed} of {total} flow{} failed",
+        if total == 1 { "" } else { "s" }
+    );
     let problem = flows
         .iter()
         .filter(|f| is_problem(f.verdict.kind))
@@ -168,20 +415,92 @@ fn from_flows(flows: &[FlowReport]) -> Diagnosis {
             exit_code: 0,
         };
     };
-    let (layer, what) = match p.verdict.kind {
+    if let Some(d) = partial_outage(&roll, &of_flows) {
+        return Diagnosis { evidence, ..d };
+    }
+    let (layer, what) = layer_of(p.verdict.kind);
+    let summary = if total > 1 {
+        format!("{what}: {} ({of_flows})", p.verdict.summary)
+    } else {
+        format!("{what}: {}", p.verdict.summary)
+    };
+    Diagnosis {
+        layer,
+        summary,
+        evidence,
+        next_step: p.verdict.hint.clone(),
+        exit_code: 1,
+    }
+}
+
+fn layer_of(k: VerdictKind) -> (Layer, &'static str) {
+    match k {
         VerdictKind::Refused | VerdictKind::NoAnswer => (
             Layer::PodNotAnswering,
             "DNATed, but the pod does not answer",
         ),
         _ => (Layer::DroppedOnNode, "traffic reaches this node but"),
-    };
-    Diagnosis {
-        layer,
-        summary: format!("{what}: {}", p.verdict.summary),
-        evidence,
-        next_step: p.verdict.hint.clone(),
-        exit_code: 1,
     }
+}
+
+/// Some endpoints fail every flow while others answer every one, and no
+/// failure happened before an endpoint was chosen: the Service works, some
+/// of its pods do not. None when the failures are not endpoint-specific.
+fn partial_outage(r: &Rollup, of_flows: &str) -> Option<Diagnosis> {
+    if r.without_endpoint_failed > 0 {
+        return None;
+    }
+    let tried: Vec<&EndpointFlows> = r.endpoints.iter().filter(|e| e.flows > 0).collect();
+    let failing: Vec<&EndpointFlows> = tried
+        .iter()
+        .copied()
+        .filter(|e| e.failed() == e.flows)
+        .collect();
+    let answering = tried.iter().filter(|e| e.failed() == 0).count();
+    let mixed = tried.len() - failing.len() - answering;
+    if failing.is_empty() || answering == 0 || mixed > 0 {
+        return None;
+    }
+    let worst = failing
+        .iter()
+        .filter_map(|e| e.worst())
+        .max_by_key(|k| severity(*k))?;
+    let verb = match worst {
+        VerdictKind::Refused if failing.len() == 1 => "refuses",
+        VerdictKind::Refused => "refuse",
+        VerdictKind::NoAnswer if failing.len() == 1 => "does not answer",
+        VerdictKind::NoAnswer => "do not answer",
+        _ if failing.len() == 1 => "fails",
+        _ => "fail",
+    };
+    let list: Vec<String> = failing.iter().map(|e| e.endpoint.to_string()).collect();
+    let untried = r.endpoints.len() - tried.len();
+    let summary = format!(
+        "{} of {} endpoints {verb}: {}; {answering} answer{}{}; {of_flows}",
+        failing.len(),
+        r.endpoints.len(),
+        list.join(", "),
+        if answering == 1 { "s" } else { "" },
+        if untried > 0 {
+            format!("; {untried} got no flow")
+        } else {
+            String::new()
+        }
+    );
+    let (layer, _) = layer_of(worst);
+    let addrs: Vec<SocketAddr> = failing.iter().map(|e| e.endpoint).collect();
+    let next = Hint::SomeEndpointsFail {
+        endpoints: &addrs,
+        cause: failing.iter().find_map(|e| e.hint.as_deref()),
+    }
+    .text();
+    Some(Diagnosis {
+        layer,
+        summary,
+        evidence: Vec::new(),
+        next_step: next,
+        exit_code: 1,
+    })
 }
 
 /// No traffic: what ARP for the IP says.
@@ -396,6 +715,8 @@ struct IpReport {
     arp: Option<ArpReport>,
     bgp: LbBgpSummary,
     flows: Vec<FlowReport>,
+    /// The flows by endpoint (DNAT target).
+    endpoints: Rollup,
     verdict: Diagnosis,
 }
 
@@ -435,7 +756,19 @@ fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
         .filter(|f| f.flow.lb.ip() == lb)
         .cloned()
         .collect();
-    let verdict = decide(
+    let mut endpoints: Vec<SocketAddr> = services
+        .iter()
+        .filter(|s| port == 0 || s.port == port)
+        .flat_map(|s| s.endpoints.iter().map(|e| SocketAddr::new(e.ip, e.port)))
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    let facts = Facts {
+        endpoints: &endpoints,
+        lb_local: s.engine.net.is_local(lb),
+        arp_conf: &sys.arp,
+    };
+    let verdict = decide_with(
         lb,
         &checks,
         &flows,
@@ -443,12 +776,14 @@ fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
             arp: arp.as_ref(),
             bgp: &bgp,
         },
+        &facts,
     );
     IpReport {
         lb,
         checks,
         arp,
         bgp,
+        endpoints: rollup(&flows, &endpoints),
         flows,
         verdict,
     }
@@ -573,6 +908,7 @@ mod tests {
                 proto: "tcp".into(),
                 client: "192.0.2.10:1000".parse().unwrap(),
                 lb: "192.0.2.240:80".parse().unwrap(),
+                conn: 0,
             },
             service: None,
             hops: vec![],
@@ -583,6 +919,7 @@ mod tests {
             },
             counters: None,
             notes: vec![],
+            update: false,
         }
     }
 
@@ -606,6 +943,161 @@ mod tests {
     }
 
     const LB: &str = "192.0.2.240";
+
+    /// A flow DNATed to `ep` with verdict `kind`.
+    fn to_endpoint(kind: VerdictKind, ep: &str, port: u16) -> FlowReport {
+        let mut f = flow(kind, &format!("{kind:?} at {ep}"));
+        f.flow.client.set_port(port);
+        f.hops.push(crate::model::Hop {
+            t_ms: 0.1,
+            dir: Dir::Request,
+            packet: 1,
+            kind: HopKind::Dnat {
+                from: f.flow.lb,
+                to: ep.parse().unwrap(),
+                hook: "PREROUTING".into(),
+                by: None,
+            },
+            inferred: false,
+        });
+        f
+    }
+
+    #[test]
+    fn one_endpoint_refusing_among_three_is_a_partial_outage() {
+        let bgp = empty_bgp();
+        let wire = Wire {
+            arp: None,
+            bgp: &bgp,
+        };
+        let eps: Vec<SocketAddr> = ["10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.7:8080"]
+            .iter()
+            .map(|e| e.parse().unwrap())
+            .collect();
+        let mut flows = Vec::new();
+        for i in 0..12u16 {
+            let (kind, ep) = match i % 3 {
+                0 => (VerdictKind::Refused, "10.244.1.7:8080"),
+                1 => (VerdictKind::Answered, "10.244.1.5:8080"),
+                _ => (VerdictKind::Answered, "10.244.1.6:8080"),
+            };
+            flows.push(to_endpoint(kind, ep, 1000 + i));
+        }
+        let facts = Facts {
+            endpoints: &eps,
+            ..Default::default()
+        };
+        let d = decide_with(LB.parse().unwrap(), &[], &flows, &wire, &facts);
+        assert_eq!((d.layer, d.exit_code), (Layer::PodNotAnswering, 1));
+        assert_eq!(
+            d.summary,
+            "1 of 3 endpoints refuses: 10.244.1.7:8080; 2 answer; 4 of 12 flows failed"
+        );
+        // Every flow is in the evidence, by endpoint, the failing one first.
+        assert_eq!(d.evidence.len(), 3, "{:?}", d.evidence);
+        assert!(
+            d.evidence[0].starts_with("endpoint 10.244.1.7:8080: 4 of 4 flows failed (4 refused)"),
+            "{:?}",
+            d.evidence
+        );
+        assert!(
+            d.evidence[1].contains("4 flows (4 answered)"),
+            "{:?}",
+            d.evidence
+        );
+        let next = d.next_step.unwrap();
+        assert!(
+            next.contains("10.244.1.7:8080") && next.contains("grep -F 10.244.1.7"),
+            "{next}"
+        );
+
+        // All endpoints refusing: the Service is down, not partially.
+        let all: Vec<FlowReport> = (0..6u16)
+            .map(|i| {
+                to_endpoint(
+                    VerdictKind::Refused,
+                    if i % 2 == 0 {
+                        "10.244.1.5:8080"
+                    } else {
+                        "10.244.1.6:8080"
+                    },
+                    2000 + i,
+                )
+            })
+            .collect();
+        let d = decide_with(LB.parse().unwrap(), &[], &all, &wire, &facts);
+        assert_eq!(d.layer, Layer::PodNotAnswering);
+        assert!(
+            d.summary.starts_with("DNATed, but the pod does not answer")
+                && d.summary.ends_with("(6 of 6 flows failed)"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e == "endpoint 10.244.1.7:8080: no flow in the window"),
+            "{:?}",
+            d.evidence
+        );
+    }
+
+    #[test]
+    fn arp_flux_names_both_interfaces_and_the_sysctls() {
+        let bgp = empty_bgp();
+        let a = arp_report(ArpVerdict::ArpFlux {
+            answers: vec![
+                crate::arp::OwnAnswer {
+                    ifname: "eth0".into(),
+                    mac: Mac([2, 0, 0, 0, 0, 1]),
+                    claims: 2,
+                },
+                crate::arp::OwnAnswer {
+                    ifname: "eth2".into(),
+                    mac: Mac([2, 0, 0, 0, 0, 2]),
+                    claims: 2,
+                },
+            ],
+        });
+        let conf = [ArpConf {
+            iface: "eth2".into(),
+            ..Default::default()
+        }];
+        let facts = Facts {
+            lb_local: true,
+            arp_conf: &conf,
+            ..Default::default()
+        };
+        let d = decide_with(
+            LB.parse().unwrap(),
+            &[],
+            &[flow(VerdictKind::Answered, "ok")],
+            &Wire {
+                arp: Some(&a),
+                bgp: &bgp,
+            },
+            &facts,
+        );
+        assert_eq!((d.layer, d.exit_code), (Layer::ArpFlux, 1));
+        assert!(
+            d.summary
+                .contains("eth0 (MAC 02:00:00:00:00:01) and eth2 (MAC 02:00:00:00:00:02)"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e.starts_with("eth2: arp_ignore=0")),
+            "{:?}",
+            d.evidence
+        );
+        let next = d.next_step.unwrap();
+        assert!(
+            next.contains("net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2"),
+            "{next}"
+        );
+    }
 
     #[test]
     fn healthy_traffic() {

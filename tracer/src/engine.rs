@@ -3,7 +3,7 @@
 //! records. `watch` prints its outputs as they come; `diagnose` collects them.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -13,13 +13,12 @@ use tracer_common::{Event, Kind, Tuple};
 
 use crate::{
     arp::ArpObservation,
-    assembler::Done,
-    assembler::{Assembler, Timing, monotonic_ns},
+    assembler::{Assembler, Done, FlowKey, Timing, monotonic_ns},
     drops::DropNames,
     events::{Record, ifname},
     kubeproxy::{AddressKind, NodeRules, ServicePort},
     loader::Tracer,
-    model::{Counters, FlowReport, Verdict, VerdictKind},
+    model::{Counters, FlowReport, HopKind, Verdict, VerdictKind},
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
     path::{self, Context, RuleHit},
@@ -77,7 +76,53 @@ pub struct Engine {
     pub totals: BTreeMap<VerdictKind, u64>,
     pub filtered_out: u64,
     losses: LossLog,
+    /// What each reported connection was reported as (bounded): a later
+    /// drop of it is shown as an update only when it tells something new.
+    reported: HashMap<FlowKey, Outcome>,
+    reported_order: VecDeque<FlowKey>,
+    /// When every hook was in place (CLOCK_MONOTONIC ns): flows that began
+    /// earlier were partly unobserved.
+    attached_ns: u64,
 }
+
+/// A report's outcome for comparing an update with it: the verdict and,
+/// for drops, why and at which hook. An untraced drop's place is less
+/// precise than a traced one's: its place is not compared, its hook only
+/// when known.
+#[derive(Clone)]
+struct Outcome {
+    kind: VerdictKind,
+    drop: Option<(String, Option<String>)>,
+}
+
+impl Outcome {
+    /// Whether `later` tells nothing `self` did not.
+    fn covers(&self, later: &Outcome) -> bool {
+        self.kind == later.kind
+            && match (&self.drop, &later.drop) {
+                (None, None) => true,
+                (Some((r1, h1)), Some((r2, h2))) => {
+                    r1 == r2 && (h1.is_none() || h2.is_none() || h1 == h2)
+                }
+                _ => false,
+            }
+    }
+}
+
+impl Outcome {
+    fn of(r: &FlowReport) -> Self {
+        Self {
+            kind: r.verdict.kind,
+            drop: r.hops.iter().find_map(|h| match &h.kind {
+                HopKind::Dropped { reason, hook, .. } => Some((reason.clone(), hook.clone())),
+                _ => None,
+            }),
+        }
+    }
+}
+
+/// Reported connections remembered for updates.
+const REPORTED: usize = 16_384;
 
 struct Waiting {
     done: Done,
@@ -248,6 +293,10 @@ impl Engine {
             losses: LossLog::default(),
             totals: BTreeMap::new(),
             filtered_out: 0,
+            reported: HashMap::new(),
+            reported_order: VecDeque::new(),
+            // Built once loading returned: every hook is in place.
+            attached_ns: monotonic_ns(),
         }
     }
 
@@ -267,7 +316,7 @@ impl Engine {
                 .collect(),
             Record::Arp(a) => {
                 let obs = wire::arp_observation(&a);
-                let line = wire::arp_line(&obs, &self.targets);
+                let line = wire::arp_line(&obs, &self.targets, &self.net);
                 // Bounded: a few thousand ARPs are plenty of evidence.
                 if self.arp.len() < MAX_ARP {
                     self.arp.push(obs);
@@ -439,9 +488,9 @@ impl Engine {
 
     fn assemble(&mut self, done: &Done, tracer: &Tracer, hits: &[RuleHit]) -> Option<FlowReport> {
         let evs = &done.events;
-        let flow = evs.first()?.flow;
+        let key = FlowKey::of(evs.first()?);
         let first_ts = evs.iter().map(|e| e.ts).min().unwrap_or(0);
-        let counters = tracer.counters(&flow).map(|c| Counters {
+        let counters = tracer.counters(&key.flow, key.conn).map(|c| Counters {
             request_packets: c.req_pkts,
             request_bytes: c.req_bytes,
             reply_packets: c.rep_pkts,
@@ -463,17 +512,63 @@ impl Engine {
             netfilter_links: self.netfilter_links,
         };
         let mut r = path::assemble(evs, &ctx, counters)?;
+        r.flow.conn = key.conn;
         // Events of this flow may be missing: no confident verdict.
         let lost = self.losses.since(first_ts.saturating_sub(100_000_000));
         if lost > 0 || done.cut > 0 {
-            mark_incomplete(&mut r, lost, done.cut);
+            mark_incomplete(
+                &mut r,
+                &Missing::Events {
+                    lost,
+                    cut: done.cut,
+                },
+            );
+        } else if done.early {
+            mark_incomplete(&mut r, &Missing::Early);
+        } else if !done.update && key.conn < self.attached_ns {
+            mark_incomplete(&mut r, &Missing::BeforeAttach);
         }
+        if done.update {
+            return self.update(key, r);
+        }
+        self.remember(key, Outcome::of(&r));
         *self.totals.entry(r.verdict.kind).or_insert(0) += 1;
         if self.recent.len() >= RECENT {
             self.recent.pop_front();
         }
         self.recent.push_back(r.clone());
         Some(r)
+    }
+
+    /// Later drops of a reported connection: shown when they tell
+    /// something its report did not (a drop elsewhere, or after an answer),
+    /// folded into the report diagnose keeps; never a flow of its own.
+    fn update(&mut self, key: FlowKey, mut r: FlowReport) -> Option<FlowReport> {
+        let outcome = Outcome::of(&r);
+        if self.reported.get(&key).is_some_and(|o| o.covers(&outcome)) {
+            return None;
+        }
+        self.remember(key, outcome);
+        r.update = true;
+        if let Some(earlier) = self.recent.iter_mut().rev().find(|e| e.flow == r.flow) {
+            earlier.hops.extend(r.hops.iter().cloned());
+            if earlier.verdict.kind != VerdictKind::Incomplete {
+                earlier.verdict = r.verdict.clone();
+            }
+            earlier.counters = r.counters;
+        }
+        Some(r)
+    }
+
+    fn remember(&mut self, key: FlowKey, outcome: Outcome) {
+        if self.reported.insert(key, outcome).is_none() {
+            self.reported_order.push_back(key);
+            if self.reported_order.len() > REPORTED
+                && let Some(old) = self.reported_order.pop_front()
+            {
+                self.reported.remove(&old);
+            }
+        }
     }
 
     /// Re-reads interfaces (new pods) and returns the pod-facing ones.
@@ -483,20 +578,52 @@ impl Engine {
     }
 }
 
-/// A flow some of whose events were lost (ring buffer full) or cut (the
-/// per-flow bound): what was seen stays, the verdict says it is partial.
-fn mark_incomplete(r: &mut FlowReport, lost: u64, cut: u64) {
-    let why = match (lost, cut) {
-        (0, c) => format!("{c} of its events were left out (per-flow bound)"),
-        (l, 0) => format!("{l} events were lost while it was traced (ring buffer full)"),
-        (l, c) => {
-            format!("{l} events were lost while it was traced and {c} of its own were left out")
-        }
+/// Why part of a flow was not seen.
+enum Missing {
+    /// Events lost (ring buffer full) or cut (the per-flow bound).
+    Events { lost: u64, cut: u64 },
+    /// Reported before it settled: too many flows in flight at once.
+    Early,
+    /// It began before every hook was in place.
+    BeforeAttach,
+}
+
+/// A flow part of which was not seen: what was seen stays, the verdict
+/// says it is partial and why.
+fn mark_incomplete(r: &mut FlowReport, missing: &Missing) {
+    const KEEP_UP: &str = "lbpath could not keep up: trace fewer packets per flow (--packets), narrow the watch (--port, --client, fewer IPs), or look at a quieter moment";
+    let (why, hint) = match *missing {
+        Missing::Events { lost: 0, cut } => (
+            format!("{cut} of its events were left out (per-flow bound)"),
+            KEEP_UP,
+        ),
+        Missing::Events { lost, cut: 0 } => (
+            format!("{lost} events were lost while it was traced (ring buffer full)"),
+            KEEP_UP,
+        ),
+        Missing::Events { lost, cut } => (
+            format!(
+                "{lost} events were lost while it was traced and {cut} of its own were left out"
+            ),
+            KEEP_UP,
+        ),
+        Missing::Early => (
+            format!(
+                "it was reported before it settled (more than {} flows in flight)",
+                crate::assembler::MAX_FLOWS
+            ),
+            KEEP_UP,
+        ),
+        Missing::BeforeAttach => (
+            "it began while lbpath was still attaching, so its first hops were not all observed"
+                .to_string(),
+            "send the traffic again now that lbpath is watching",
+        ),
     };
     r.notes.push(format!("incomplete: {why}"));
     r.verdict = Verdict {
         kind: VerdictKind::Incomplete,
         summary: format!("incomplete, {why}; as far as seen: {}", r.verdict.summary),
-        hint: Some("lbpath could not keep up: trace fewer packets per flow (--packets), narrow the watch (--port, --client, fewer IPs), or look at a quieter moment".into()),
+        hint: Some(hint.into()),
     };
 }

@@ -24,6 +24,11 @@ pub enum Hint<'a> {
     NoLocalEndpoint {
         service: &'a str,
     },
+    /// kube-proxy's loadBalancerSourceRanges firewall dropped the client.
+    SourceRanges {
+        service: &'a str,
+        client: IpAddr,
+    },
     /// A DROP/REJECT rule of the node, found by its counter.
     FirewallRule,
     /// A netfilter drop with no rule pinned on it, at this hook if known.
@@ -71,6 +76,12 @@ pub enum Hint<'a> {
     NodeNotListening,
     /// The pod got the packet and did not answer.
     PodSilent,
+    /// Some endpoints of the Service fail every flow while others answer.
+    SomeEndpointsFail {
+        endpoints: &'a [SocketAddr],
+        /// The advice for the failure itself (the failing flows' hint).
+        cause: Option<&'a str>,
+    },
     /// The reply leaves by another interface than the request came in on.
     Asymmetric {
         client: IpAddr,
@@ -84,6 +95,13 @@ pub enum Hint<'a> {
     },
     IpForwardOff,
     ConntrackFull,
+    /// This node answers ARP from two interfaces on one segment (ARP flux).
+    /// `speaker`: the address is on no interface here, so the MetalLB
+    /// speaker (not the kernel) answers.
+    ArpFlux {
+        ifaces: &'a [&'a str],
+        speaker: bool,
+    },
     /// Several MACs answer ARP for the IP.
     SplitBrain {
         lb: IpAddr,
@@ -125,6 +143,13 @@ impl fmt::Display for Hint<'_> {
                 f,
                 "{service} has externalTrafficPolicy: Local and no endpoint on this node: MetalLB should announce the IP only from nodes running a ready pod of it (check the speaker on this node and `kubectl get pods -o wide`), or use externalTrafficPolicy: Cluster"
             ),
+            Hint::SourceRanges { service, client } => {
+                let (ns, name) = service_parts(service);
+                write!(
+                    f,
+                    "{client} is outside the Service's allowed sources: check them with `kubectl get svc {name} -n {ns} -o jsonpath='{{.spec.loadBalancerSourceRanges}}'` and add the client's network (as it arrives here: after any SNAT on the way), or drop the field to allow every source"
+                )
+            }
             Hint::FirewallRule => f.write_str(
                 "the rule above dropped it: a NetworkPolicy or host firewall rule; check why it matches this traffic",
             ),
@@ -171,11 +196,21 @@ impl fmt::Display for Hint<'_> {
                 f.write_str("check the container's listening port and the Service's targetPort")
             }
             Hint::NodeNotListening => f.write_str(
-                "the node itself received it and nothing listens there: the kube-proxy DNAT did not happen",
+                "the LB IP is local to this node (assigned to an interface such as kube-ipvs0) and nothing takes it: no kube-proxy DNAT or IPVS virtual service for this port (`ipvsadm -Ln`, `kubectl get svc -A -o wide`), and no socket",
             ),
             Hint::PodSilent => f.write_str(
                 "the pod received the packet but did not answer: check the application (`kubectl logs`), and the pod's own route back",
             ),
+            Hint::SomeEndpointsFail { endpoints, cause } => {
+                let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+                let ip = endpoints.first().map(|e| e.ip().to_string()).unwrap_or_default();
+                write!(
+                    f,
+                    "the Service and the path work (its other endpoints answer): look at the pod behind {} (`kubectl get pods -A -o wide | grep -F {ip}`){}; a readiness probe failing there would take it out of the endpoints",
+                    list.join(", "),
+                    cause.map(|c| format!(": {c}")).unwrap_or_default()
+                )
+            }
             Hint::Asymmetric {
                 client,
                 arrived,
@@ -192,6 +227,21 @@ impl fmt::Display for Hint<'_> {
             Hint::ConntrackFull => f.write_str(
                 "a full conntrack table drops new flows: raise net.netfilter.nf_conntrack_max or find the flood",
             ),
+            Hint::ArpFlux { ifaces, speaker } => {
+                let list = ifaces.join(" and ");
+                let sysctls = "`sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2` (and in /etc/sysctl.d/ to keep it): the kernel then answers only on the interface holding the address and announces with it";
+                if *speaker {
+                    write!(
+                        f,
+                        "the MetalLB speaker answers on {list}: limit the L2Advertisement to one of them (`spec.interfaces`); for the node's own addresses set {sysctls}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "{list} share a segment and the kernel answers on both: set {sysctls}; or take one of them off the segment (or bond them)"
+                    )
+                }
+            }
             Hint::SplitBrain { lb } => write!(
                 f,
                 "only the elected speaker may answer for {lb}: check the speakers (`kubectl -n metallb-system logs -l component=speaker`) and that no host has {lb} configured (`arping -D {lb}`)"
@@ -247,6 +297,16 @@ mod tests {
         }
         .to_string();
         assert!(h.ends_with("(FORWARD hook)"), "{h}");
+        let h = Hint::ArpFlux {
+            ifaces: &["eth0", "eth2"],
+            speaker: false,
+        }
+        .to_string();
+        assert!(
+            h.starts_with("eth0 and eth2 share a segment")
+                && h.contains("net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2"),
+            "{h}"
+        );
         assert!(
             Hint::Mtu {
                 len: 1500,

@@ -31,6 +31,7 @@ pub mod engine;
 pub mod escape;
 pub mod events;
 pub mod hints;
+pub mod ipvs;
 pub mod kubeproxy;
 pub mod loader;
 pub mod model;

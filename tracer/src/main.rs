@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lbpath::{
     UsageError,
     cli::{CommonArgs, DiagnoseArgs, WatchArgs},
@@ -14,7 +14,7 @@ use lbpath::{
     name = "lbpath",
     version,
     about = "Trace packets to a Kubernetes LoadBalancer IP through this node: where they arrive, which kube-proxy rule DNATs them, where they go and why they stop.",
-    after_help = "Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) and a kernel with BTF (5.10+; netfilter hooks are observed from 6.4, inferred before).\nExit codes: 0 ok, 1 a problem found (diagnose), 2 bad input or cannot run, 3 no traffic seen (diagnose)."
+    after_help = "Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) and a kernel with BTF (5.10+; netfilter hooks are observed from 6.4, inferred before).\nExit codes: 0 ok, 1 a problem found (diagnose), 2 bad input or cannot run, 3 no traffic seen (diagnose), 4 inconclusive: traffic seen but not all of it could be observed (diagnose)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,6 +27,24 @@ enum Command {
     Watch(WatchArgs),
     /// One-shot diagnosis: static checks, a bounded live watch, a verdict and a next step.
     Diagnose(DiagnoseArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// For example `lbpath completions bash > /etc/bash_completion.d/lbpath`,
+    /// `lbpath completions zsh > "${fpath[1]}/_lbpath"` or
+    /// `lbpath completions fish > ~/.config/fish/completions/lbpath.fish`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: lbpath(1), or lbpath-COMMAND(1).
+    /// `cargo xtask dist` writes the pages with it.
+    #[command(hide = true)]
+    Man {
+        /// A subcommand, for its own page.
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,16 +59,16 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // One line, not clap's usage block.
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "lbpath: {} (see lbpath --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("lbpath: {} (see lbpath --help)", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
+    // These two only print: no runtime, no logging, no privileges.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { command } => return man_page(command.as_deref()),
+        Command::Watch(_) | Command::Diagnose(_) => {}
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,12 +82,14 @@ fn main() -> ExitCode {
     let common: &CommonArgs = match &cli.command {
         Command::Watch(w) => &w.common,
         Command::Diagnose(d) => &d.common,
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
     };
     init_logging(common.verbose);
     let result = rt.block_on(async {
         match &cli.command {
             Command::Watch(w) => watch::run(w).await,
             Command::Diagnose(d) => diagnose::run(d).await,
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         }
     });
     match result {
@@ -80,6 +100,69 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("lbpath: {e:#}");
             }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's error as one line, not its usage block: the first line, with the
+/// indented lines that complete it ("… not provided:\n  <LB-IP>...").
+fn one_line(msg: &str) -> String {
+    let mut lines = msg.lines();
+    let mut out = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    if out.ends_with(':') {
+        let rest: Vec<&str> = lines
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        if !rest.is_empty() {
+            out = format!("{} {}", out, rest.join(", "));
+        }
+    }
+    out
+}
+
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "lbpath", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// lbpath(1), or the page of one subcommand (`lbpath-watch(1)`), which
+/// lbpath(1) refers to for each subcommand's options.
+fn man_page(command: Option<&str>) -> ExitCode {
+    // `lbpath help` is clap's, and needs no page of its own.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // Gives subcommands their full names ("lbpath watch", page lbpath-watch).
+    cmd.build();
+    let page = match command {
+        None => cmd,
+        Some(name) => match cmd
+            .get_subcommands()
+            .find(|s| s.get_name() == name && !s.is_hide_set())
+        {
+            Some(sub) => sub.clone(),
+            None => {
+                eprintln!("lbpath: no man page for '{name}' (see lbpath --help)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut out = Vec::new();
+    let man = clap_mangen::Man::new(page).source(concat!("lbpath ", env!("CARGO_PKG_VERSION")));
+    if let Err(e) = man.render(&mut out) {
+        eprintln!("lbpath: cannot render the man page: {e}");
+        return ExitCode::from(2);
+    }
+    use std::io::Write;
+    match std::io::stdout().write_all(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbpath: cannot write the man page: {e}");
             ExitCode::from(2)
         }
     }
@@ -98,4 +181,20 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_argument_is_named_on_one_line() {
+        let msg = "error: the following required arguments were not provided:\n  <LB-IP>...\n\nUsage: lbpath watch <LB-IP>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::one_line(msg),
+            "the following required arguments were not provided: <LB-IP>..."
+        );
+        assert_eq!(
+            super::one_line("error: unexpected argument '--bogus' found\n\nUsage: x\n"),
+            "unexpected argument '--bogus' found"
+        );
+    }
 }

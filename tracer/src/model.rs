@@ -2,7 +2,8 @@
 //! for both outputs (text and `--json`), so they never disagree.
 //!
 //! JSON schema (one object per flow, stable; new fields may be added):
-//! `{"flow": {proto, client, lb}, "service": {...}|null, "hops": [{"t_ms",
+//! `{"flow": {proto, client, lb}, "service": {name, kind, chain, endpoints,
+//! local_endpoints, local_only, source_ranges}|null, "hops": [{"t_ms",
 //! "dir", "packet", "hop", ...hop fields, "text"}], "verdict": {"kind",
 //! "summary", "hint"}, "counters": {...}|null, "notes": [...]}`.
 
@@ -24,6 +25,14 @@ pub struct FlowId {
     pub proto: String,
     pub client: SocketAddr,
     pub lb: SocketAddr,
+    /// The connection on this tuple (kernel monotonic ns of its first
+    /// packet): a later connection reusing the tuple has another.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conn: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,6 +47,9 @@ pub struct ServiceInfo {
     pub local_endpoints: Option<usize>,
     /// externalTrafficPolicy=Local.
     pub local_only: bool,
+    /// loadBalancerSourceRanges: the only sources kube-proxy lets through
+    /// (empty: any).
+    pub source_ranges: Vec<String>,
 }
 
 /// One step of one packet.
@@ -174,8 +186,13 @@ pub struct FlowReport {
     pub service: Option<ServiceInfo>,
     pub hops: Vec<Hop>,
     pub verdict: Verdict,
+    /// Totals of the connection when this was reported (so far).
     pub counters: Option<Counters>,
     pub notes: Vec<String>,
+    /// A later report on a connection already shown (its packets past the
+    /// trace budget dropped): the same flow, not a new one.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub update: bool,
 }
 
 /// TCP flags as tcpdump-like words.

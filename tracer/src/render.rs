@@ -172,7 +172,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
     let mut out = String::new();
     let svc = match &r.service {
         Some(svc) => format!(
-            "   service {} ({}, {} endpoint{}{})",
+            "   service {} ({}, {} endpoint{}{}{})",
             svc.name,
             svc.kind,
             svc.endpoints,
@@ -181,14 +181,27 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
                 ", externalTrafficPolicy=Local"
             } else {
                 ""
+            },
+            if svc.source_ranges.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", loadBalancerSourceRanges {}",
+                    svc.source_ranges.join(", ")
+                )
             }
         ),
         None => String::new(),
     };
+    let again = if r.update {
+        s.dim("   (same connection, later packets)")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{} {} {} → {}{}",
-        s.bold("●"),
+        "{} {} {} → {}{}{again}",
+        s.bold(if r.update { "↻" } else { "●" }),
         r.flow.proto,
         s.bold(&r.flow.client.to_string()),
         s.bold(&r.flow.lb.to_string()),
@@ -236,7 +249,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
             out,
             "    {}",
             s.dim(&format!(
-                "counted: → {} {} B, ← {} {} B, {} dropped",
+                "counted so far: → {} {} B, ← {} {} B, {} dropped",
                 plural(c.request_packets, "packet"),
                 c.request_bytes,
                 plural(c.reply_packets, "packet"),
@@ -275,6 +288,7 @@ mod tests {
                 proto: "tcp".into(),
                 client: "192.0.2.10:4000".parse().unwrap(),
                 lb: "192.0.2.240:80".parse().unwrap(),
+                conn: 0,
             },
             service: Some(ServiceInfo {
                 name: "default/web:http".into(),
@@ -283,6 +297,7 @@ mod tests {
                 endpoints: 1,
                 local_endpoints: None,
                 local_only: false,
+                source_ranges: vec!["198.51.100.0/24".into(), "192.0.2.0/25".into()],
             }),
             hops: vec![
                 Hop {
@@ -332,6 +347,7 @@ mod tests {
             },
             counters: Some(Counters::default()),
             notes: vec![],
+            update: false,
         }
     }
 
@@ -342,6 +358,7 @@ mod tests {
         assert!(
             lines[0].contains("192.0.2.10:4000 → 192.0.2.240:80")
                 && lines[0].contains("default/web:http")
+                && lines[0].contains("loadBalancerSourceRanges 198.51.100.0/24, 192.0.2.0/25)")
         );
         assert!(
             lines[1].contains("→ arrived")
@@ -368,5 +385,6 @@ mod tests {
         assert_eq!(v["hops"][1]["to"], "10.244.1.5:8080");
         assert_eq!(v["verdict"]["kind"], "answered");
         assert_eq!(v["service"]["name"], "default/web:http");
+        assert_eq!(v["service"]["source_ranges"][1], "192.0.2.0/25");
     }
 }

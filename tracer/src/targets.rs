@@ -62,7 +62,12 @@ impl Targets {
             .rulesets
             .iter()
             .flat_map(|r| &r.services)
-            .filter(|s| matches!(s.kind, AddressKind::LoadBalancer | AddressKind::ExternalIp))
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    AddressKind::LoadBalancer | AddressKind::ExternalIp | AddressKind::External
+                )
+            })
             .map(|s| IpNet::from(s.address))
             .collect();
         nets.sort();

@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::{
     assembler::Timing,
     cli::WatchArgs,
+    diagnose,
     engine::Output,
     model::VerdictKind,
     render::{self, Style},
@@ -123,17 +124,49 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     // filtered out here: their events were lost or cut, or said too little
     // to make a path. So every flow is accounted for.
     let unreported = stats.flows.saturating_sub(n + s.engine.filtered_out);
+    // By endpoint, from the reports kept (the most recent ones): one pod
+    // failing among answering ones shows as such.
+    let kept = s.engine.recent.len() as u64;
+    let mut roll = diagnose::rollup(&s.engine.recent, &[]);
+    roll.endpoints.retain(|e| e.flows > 0);
     if printer.json {
+        let endpoints: Vec<serde_json::Value> = roll
+            .endpoints
+            .iter()
+            .map(|e| {
+                let verdicts: BTreeMap<String, u64> = e
+                    .verdicts
+                    .iter()
+                    .map(|(k, n)| (verdict_key(*k), *n))
+                    .collect();
+                serde_json::json!({ "endpoint": e.endpoint, "flows": e.flows, "verdicts": verdicts })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({ "totals": {
                 "flows": per,
                 "flows_not_reported": unreported,
+                "endpoints": endpoints,
+                "endpoints_of_last": kept,
                 "events_lost": lost,
                 "events_cut": cut,
             } })
         );
     } else {
+        if !roll.endpoints.is_empty() {
+            let list: Vec<String> = roll
+                .endpoints
+                .iter()
+                .map(|e| format!("{} {}", e.endpoint, e.describe()))
+                .collect();
+            let of = if kept < n {
+                format!(" (last {kept} flows)")
+            } else {
+                String::new()
+            };
+            eprintln!("lbpath: by endpoint{of}: {}", list.join("; "));
+        }
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
             "lbpath: {n} flow{}{}; not reported: {unreported}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",

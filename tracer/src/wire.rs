@@ -15,6 +15,7 @@ use crate::{
     events::ifname,
     events::{dst, src},
     model::mac,
+    netinfo::NetInfo,
     targets::Targets,
 };
 
@@ -37,17 +38,35 @@ pub fn arp_observation(e: &ArpEvent) -> ArpObservation {
     }
 }
 
+/// Who sent an ARP frame, seen from this node: this node when it left by
+/// one of its interfaces; its own frame received back when it arrives with
+/// one of its MACs (from another of its interfaces on the segment);
+/// otherwise another host.
+fn sender(o: &ArpObservation, net: &NetInfo) -> String {
+    if o.dir == arp::Dir::Tx {
+        return "this node".into();
+    }
+    // The interface the IP layer uses first (a bridge shares its port's MAC).
+    let mut owners: Vec<&crate::netinfo::Iface> = net
+        .ifaces
+        .values()
+        .filter(|i| i.mac == Some(o.sha) && !i.loopback)
+        .collect();
+    owners.sort_by_key(|i| !net.is_l3(i.index));
+    match owners.first() {
+        Some(i) if i.name == o.ifname => "this node's own frame, received back".into(),
+        Some(i) => format!("this node's {}, received on {}", i.name, o.ifname),
+        None => "another host".into(),
+    }
+}
+
 /// "eth0 ← who-has 192.0.2.240 tell 192.0.2.10 (02:…)" and friends.
-pub fn arp_line(o: &ArpObservation, targets: &Targets) -> String {
+pub fn arp_line(o: &ArpObservation, targets: &Targets, net: &NetInfo) -> String {
     let arrow = if o.dir == arp::Dir::Tx { "→" } else { "←" };
-    let who = if o.dir == arp::Dir::Tx {
-        "this node"
-    } else {
-        "another host"
-    };
+    let who = sender(o, net);
     match o.op {
         1 if o.spa == o.tpa => format!(
-            "{} {arrow} probe/announcement for {} from {}",
+            "{} {arrow} probe/announcement for {} from {} ({who})",
             o.ifname,
             o.tpa,
             mac(o.sha)
@@ -170,12 +189,33 @@ mod tests {
         }
     }
 
+    /// The node: eth0 (MAC 02:00:00:00:00:01) and eth2 on one segment.
+    fn node() -> NetInfo {
+        let mut n = NetInfo::default();
+        for (index, name, m) in [(2, "eth0", 1u8), (3, "eth2", 2)] {
+            n.ifaces.insert(
+                index,
+                crate::netinfo::Iface {
+                    index,
+                    name: name.into(),
+                    mac: Some([2, 0, 0, 0, 0, m]),
+                    ..Default::default()
+                },
+            );
+        }
+        n
+    }
+
     #[test]
     fn arp_lines() {
         let lb = Targets::new(vec!["192.0.2.240/32".parse().unwrap()], false);
+        let mut n = node();
+        // The test frames carry eth0's MAC; another host's for the first ones.
+        n.ifaces.get_mut(&2).unwrap().mac = Some([2, 0, 0, 0, 0, 9]);
         let l = arp_line(
             &obs(arp::Dir::Rx, 1, [192, 0, 2, 10], [192, 0, 2, 240]),
             &lb,
+            &n,
         );
         assert_eq!(
             l,
@@ -184,6 +224,7 @@ mod tests {
         let l = arp_line(
             &obs(arp::Dir::Tx, 2, [192, 0, 2, 240], [192, 0, 2, 10]),
             &lb,
+            &n,
         );
         assert!(
             l.contains("192.0.2.240 is-at 02:00:00:00:00:01 (this node)"),
@@ -192,10 +233,33 @@ mod tests {
         let l = arp_line(
             &obs(arp::Dir::Rx, 2, [192, 0, 2, 240], [192, 0, 2, 240]),
             &lb,
+            &n,
         );
         assert!(
             l.contains("gratuitous") && l.contains("another host"),
             "{l}"
         );
+    }
+
+    /// The node's own announcement from eth0, received on eth2: its own,
+    /// never another host's, and not sent by eth2.
+    #[test]
+    fn own_frames_received_are_this_nodes() {
+        let lb = Targets::new(vec!["192.0.2.240/32".parse().unwrap()], false);
+        let n = node();
+        let mut o = obs(arp::Dir::Rx, 2, [192, 0, 2, 240], [192, 0, 2, 240]);
+        o.ifname = "eth2".into();
+        let l = arp_line(&o, &lb, &n);
+        assert_eq!(
+            l,
+            "eth2 ← gratuitous ARP: 192.0.2.240 is-at 02:00:00:00:00:01 (this node's eth0, received on eth2)"
+        );
+        o.op = 1;
+        let l = arp_line(&o, &lb, &n);
+        assert!(
+            l.contains("← probe/announcement") && l.contains("this node's eth0"),
+            "{l}"
+        );
+        assert!(!l.contains("another host"), "{l}");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{linker, packages, run, toolchain, workspace::Workspace};
+use crate::{cargo_fuzz, deploy, dist, linker, packages, run, toolchain, workspace::Workspace};
 
 /// What to do when host packages are missing and cannot be installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,19 +20,44 @@ pub fn run(ws: &Workspace, policy: Packages) -> Result<()> {
     let start = Instant::now();
     let nightly = toolchain::ensure()?;
     let linker = linker::ensure(&ws.tools, &nightly)?;
+    let fuzz = cargo_fuzz::ensure(&ws.tools)?;
     let pkgs = ensure_packages(policy)?;
+    // Only dist and the deploy/ checks (in test) need these.
+    let musl = optional(dist::ensure_musl_target(), policy)?;
+    let validator = optional(deploy::ensure_validator(&ws.tools), policy)?;
     let elapsed = start.elapsed().as_secs_f64();
     let linker = match linker {
         linker::Outcome::UpToDate => "up to date",
         linker::Outcome::Built => "built",
     };
+    let fuzz = match fuzz {
+        cargo_fuzz::Outcome::UpToDate => "up to date",
+        cargo_fuzz::Outcome::Installed => "installed",
+    };
     eprintln!(
-        "bootstrap: {} (LLVM {}) with rust-src ok, bpf-linker {} {linker}, packages {pkgs} [{elapsed:.2}s]",
+        "bootstrap: {} (LLVM {}) with rust-src ok, bpf-linker {} {linker}, cargo-fuzz {} {fuzz}, \
+         packages {pkgs}, {} target {musl}, {} {validator} [{elapsed:.2}s]",
         nightly.name,
         nightly.llvm_major,
         linker::VERSION,
+        cargo_fuzz::VERSION,
+        dist::MUSL,
+        deploy::REQUIREMENT,
     );
     Ok(())
+}
+
+/// A step only some tasks need: its failure stops the tasks that require
+/// everything, and is a warning for the others.
+fn optional(step: Result<&'static str>, policy: Packages) -> Result<&'static str> {
+    match step {
+        Ok(word) => Ok(word),
+        Err(e) if policy == Packages::WarnIfMissing => {
+            eprintln!("xtask: warning: {e:#}");
+            Ok("missing")
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Returns a word for the summary line.

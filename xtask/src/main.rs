@@ -1,11 +1,15 @@
-//! `cargo xtask`: set a machine up for lbpath, then build, lint, test, demo
-//! or benchmark it.
+//! `cargo xtask`: set a machine up for lbpath, then build, lint, test, fuzz,
+//! demo or benchmark it.
 //!
 //! Every subcommand starts with `bootstrap`, which installs only what is
 //! missing and costs well under a second when nothing is, so the one command
 //! the README gives is enough on a fresh machine, and CI runs exactly that.
 
 mod bootstrap;
+mod cargo_fuzz;
+mod deploy;
+mod dist;
+mod fuzz;
 mod kernels;
 mod linker;
 mod lint;
@@ -28,7 +32,7 @@ use crate::{bootstrap::Packages, workspace::Workspace};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Set up, build, lint, test, demo and benchmark lbpath",
+    about = "Set up, build, lint, test, fuzz, demo and benchmark lbpath",
     after_help = "Every subcommand runs `bootstrap` first; it does nothing when all is in place."
 )]
 struct Cli {
@@ -41,14 +45,25 @@ enum Task {
     /// Install what building and testing lbpath needs (idempotent).
     ///
     /// The pinned nightly toolchain (rust-toolchain-ebpf) with rust-src;
-    /// bpf-linker built against its LLVM into target/lbpath-tools (or
-    /// $LBPATH_TOOLS_DIR); and, as root with
+    /// bpf-linker built against its LLVM and cargo-fuzz, both into
+    /// target/lbpath-tools (or $LBPATH_TOOLS_DIR); and, as root with
     /// apt-get, the host packages the tests and the demo use: iproute2,
     /// iptables, nftables, frr, conntrack, curl, and for the kernel matrix
     /// qemu-system-x86, busybox-static, kmod, xz-utils.
     Bootstrap,
     /// Build the release `lbpath` binary (target/release/lbpath).
     Build,
+    /// Build what users run into target/dist: the static `lbpath`, its man
+    /// pages and shell completions, and the debug image. No root needed.
+    ///
+    /// lbpath for x86_64-unknown-linux-musl (in
+    /// target/x86_64-unknown-linux-musl/release), stripped, checked static
+    /// and run, with lbpath.sha256; lbpath.1 and lbpath-COMMAND.1 from
+    /// `lbpath man`; completions/ for bash, zsh and fish from `lbpath
+    /// completions`; lbpath-image.tar, an oci-archive (at most 25 MiB) of
+    /// lbpath with this Debian host's iptables and nft save tools and exactly
+    /// the libraries they load.
+    Dist,
     /// Run clippy (host crates, and tracer-ebpf for the BPF target) and
     /// rustfmt's check; all parts run, then a summary names the failed ones.
     ///
@@ -58,11 +73,16 @@ enum Task {
     /// rustflags) with -D warnings, in target/lint-ebpf; `cargo fmt --all --
     /// --check`. Adds clippy and rustfmt to the toolchains that lack them.
     Lint,
-    /// Run the unit tests, the integration tests, then the kernel matrix. Needs root.
+    /// Run the unit tests, the fuzz targets briefly, the integration tests, then
+    /// the kernel matrix. Needs root.
     ///
-    /// Runs `cargo test` on the workspace but lbpath-tests, builds the release
-    /// `lbpath`, runs lbpath-tests with LBPATH_BIN set to it, then
+    /// Runs `cargo test` on the workspace but lbpath-tests, each fuzz target
+    /// of tracer/fuzz for 20 s, builds the release `lbpath`, runs lbpath-tests
+    /// with LBPATH_BIN set to it (also when fuzzing found a problem), then
     /// `test-kernels` with its defaults (also when the host tests failed).
+    /// Before the integration tests it runs `dist`, reads the image back
+    /// (skopeo, umoci, podman) and validates deploy/ (kubernetes-validate);
+    /// lbpath-tests gets the image in LBPATH_IMAGE.
     Test {
         /// How many integration tests run at once (libtest's --test-threads).
         #[arg(long, short = 'j', default_value_t = 2,
@@ -99,6 +119,22 @@ enum Task {
         /// (e.g. watch::healthy_iptables_nft).
         #[arg(last = true, value_name = "SELECTOR")]
         selectors: Vec<String>,
+    },
+    /// Run the fuzz targets of tracer/fuzz (the parsers of BGP, iptables-save,
+    /// nft JSON and ARP records) for longer than `test` does.
+    ///
+    /// Builds them with cargo-fuzz and the pinned nightly, then runs each
+    /// under libFuzzer, its output shown; corpus, crashing inputs and logs
+    /// go to target/fuzz/. Fails when an input panics, hangs or eats memory.
+    Fuzz {
+        /// Only this target (bgp_decode, iptables_save, nft_json, arp).
+        #[arg(long, value_name = "NAME",
+              value_parser = clap::builder::PossibleValuesParser::new(fuzz::target_names()))]
+        target: Option<String>,
+        /// Seconds each target runs.
+        #[arg(long, value_name = "N", default_value_t = fuzz::DEFAULT_SECONDS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
     },
     /// Build `lbpath` and run it in the built-in network-namespace lab. Needs root.
     Demo {
@@ -141,6 +177,12 @@ fn dispatch(task: Task) -> Result<()> {
             bootstrap::run(&ws, Packages::WarnIfMissing)?;
             lint::run(&ws)
         }
+        Task::Dist => {
+            // The image takes iptables and nftables from this host; the
+            // build needs no other package, and no root.
+            bootstrap::run(&ws, Packages::WarnIfMissing)?;
+            dist::run(&ws).map(drop)
+        }
         Task::Test {
             jobs,
             no_kernels,
@@ -164,6 +206,12 @@ fn dispatch(task: Task) -> Result<()> {
                 (Err(h), Ok(())) => Err(h),
                 (Err(h), Err(m)) => Err(h.context(format!("{m:#}"))),
             }
+        }
+        Task::Fuzz { target, seconds } => {
+            // Fuzzing needs neither root nor host packages.
+            bootstrap::run(&ws, Packages::WarnIfMissing)?;
+            let only: Vec<String> = target.into_iter().collect();
+            fuzz::run(&ws, &only, seconds, fuzz::Purpose::Explore)
         }
         Task::TestKernels {
             kernels,
@@ -309,9 +357,27 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_takes_a_known_target_and_seconds() {
+        let Task::Fuzz { target, seconds } = parse(&["fuzz"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!((target, seconds), (None, fuzz::DEFAULT_SECONDS));
+        let Task::Fuzz { target, seconds } =
+            parse(&["fuzz", "--target", "nft_json", "--seconds", "600"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((target.as_deref(), seconds), (Some("nft_json"), 600));
+        assert!(parse(&["fuzz", "--target", "nope"]).is_err());
+        assert!(parse(&["fuzz", "--seconds", "0"]).is_err());
+    }
+
+    #[test]
     fn bootstrap_build_and_lint_take_no_args() {
         assert!(matches!(parse(&["bootstrap"]).unwrap(), Task::Bootstrap));
         assert!(matches!(parse(&["build"]).unwrap(), Task::Build));
+        assert!(matches!(parse(&["dist"]).unwrap(), Task::Dist));
+        assert!(parse(&["dist", "--", "x"]).is_err());
         assert!(parse(&["build", "--", "x"]).is_err());
         assert!(matches!(parse(&["lint"]).unwrap(), Task::Lint));
         assert!(parse(&["lint", "--fix"]).is_err());

@@ -52,6 +52,36 @@ pub const PACKAGES: &[Package] = &[
         program: "curl",
         static_binary: false,
     },
+    // kube-proxy's IPVS mode in the lab (tests/src/ipvs_lab.rs): virtual
+    // services and the ipsets kube-proxy keeps beside them; lbpath reads the
+    // sets with `ipset save`.
+    Package {
+        name: "ipvsadm",
+        program: "ipvsadm",
+        static_binary: false,
+    },
+    Package {
+        name: "ipset",
+        program: "ipset",
+        static_binary: false,
+    },
+    // `cargo xtask test` reads the debug image back as users would:
+    // skopeo inspects and copies it, umoci unpacks it, podman loads it.
+    Package {
+        name: "skopeo",
+        program: "skopeo",
+        static_binary: false,
+    },
+    Package {
+        name: "umoci",
+        program: "umoci",
+        static_binary: false,
+    },
+    Package {
+        name: "podman",
+        program: "podman",
+        static_binary: false,
+    },
     // The kernel matrix (`cargo xtask test-kernels`): qemu boots the guests,
     // busybox-static is their initramfs's shell (the plain busybox package
     // installs a dynamic one, useless there), kmod's depmod/modprobe index and
@@ -240,7 +270,7 @@ mod tests {
 
     #[test]
     fn every_package_names_a_program() {
-        assert_eq!(PACKAGES.len(), 10);
+        assert_eq!(PACKAGES.len(), 15);
         assert_eq!(PACKAGES.iter().filter(|p| p.static_binary).count(), 1);
         assert!(
             PACKAGES

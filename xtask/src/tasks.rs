@@ -4,12 +4,14 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{run, workspace::Workspace};
+use crate::{deploy, dist, fuzz, run, workspace::Workspace};
 
 pub const DEMO_BIN: &str = "lbpath-demo";
 pub const BENCH_BIN: &str = "lbpath-bench";
 /// The package holding the integration tests and the lab binaries.
 pub const TESTS_PKG: &str = "lbpath-tests";
+/// Tells the image test (tests/tests/image.rs) where the image is.
+pub const IMAGE_ENV: &str = "LBPATH_IMAGE";
 
 /// Builds the release `lbpath` and returns its absolute path.
 pub fn build(ws: &Workspace) -> Result<PathBuf> {
@@ -22,7 +24,15 @@ pub fn build(ws: &Workspace) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Unit tests, then the integration tests against the release binary.
+/// Unit tests, the fuzz targets for a short while, then the integration
+/// tests against the release binary.
+///
+/// Fuzzing comes right after the unit tests: like them it needs no lab and
+/// takes under two minutes, and a parser that panics on some input is
+/// better named there than found as a confusing failure of an
+/// integration test. A fuzzing failure does not stop the integration tests
+/// (their result is worth having from the same run); the task fails either way.
+/// The same goes for [`deliverables`], which runs just before them.
 pub fn test(ws: &Workspace, jobs: u16, args: &[String]) -> Result<()> {
     // tracer-ebpf is no_std and builds only for the BPF target (tracer's
     // build script does that), so it has no host tests to run.
@@ -34,13 +44,44 @@ pub fn test(ws: &Workspace, jobs: u16, args: &[String]) -> Result<()> {
         "--exclude",
         "tracer-ebpf",
     ]))?;
+    let fuzzed = fuzz::run(ws, &[], fuzz::TEST_SECONDS, fuzz::Purpose::Test);
+    if let Err(e) = &fuzzed {
+        eprintln!("xtask: fuzzing failed ({e:#}); running the integration tests anyway");
+    }
+    let delivered = deliverables(ws);
+    if let Err(e) = &delivered {
+        eprintln!(
+            "xtask: dist or deploy checks failed ({e:#}); running the integration tests anyway"
+        );
+    }
     let bin = build(ws)?;
-    run::run(
+    // Set whether or not dist succeeded: the image test fails, rather than
+    // skips, when the archive is missing.
+    let integration = run::run(
         ws.cargo()?
             .args(["test", "--release", "-p", TESTS_PKG, "--"])
             .args(libtest_args(jobs, args))
-            .env("LBPATH_BIN", &bin),
-    )
+            .env("LBPATH_BIN", &bin)
+            .env(IMAGE_ENV, dist::image_path(ws)),
+    );
+    let result = match (fuzzed, integration) {
+        (Ok(()), i) => i,
+        (Err(f), Ok(())) => Err(f),
+        (Err(f), Err(i)) => Err(f.context(format!("{i:#}"))),
+    };
+    match (delivered, result) {
+        (Ok(()), r) => r,
+        (Err(d), Ok(())) => Err(d),
+        (Err(d), Err(r)) => Err(d.context(format!("{r:#}"))),
+    }
+}
+
+/// What users run: `dist`, the image read back with skopeo, umoci and
+/// podman, and the deploy/ manifests validated.
+fn deliverables(ws: &Workspace) -> Result<()> {
+    let image = dist::run(ws)?;
+    dist::verify::image(&image, &ws.target.join("dist-check"))?;
+    deploy::validate(ws)
 }
 
 /// Builds lbpath, then runs one of the lab binaries of lbpath-tests with it.

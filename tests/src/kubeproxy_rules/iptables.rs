@@ -25,6 +25,7 @@ pub fn iptables_restore(services: &[SvcSpec], masquerade_all: bool) -> String {
     for svc in services {
         let s = ServicePort::new(svc);
         s.cluster_ip(&mut t);
+        s.external_ips(&mut t);
         s.load_balancer(&mut t);
         s.node_port(&mut t);
         // A service without endpoints has no nat chains at all.
@@ -228,6 +229,27 @@ impl<'a> ServicePort<'a> {
             t.filter(format!(
                 "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" {dst} -j REJECT"
             ));
+        }
+    }
+
+    /// externalIPs: into KUBE-EXT-… (nat), or the reject or drop without
+    /// (local) endpoints (filter); no firewall applies to them.
+    fn external_ips(&self, t: &mut Tables) {
+        let name = &self.plan.name;
+        for ip in &self.svc.external_ips {
+            let dst = self.to_address(&ip.to_string());
+            if self.plan.has_endpoints {
+                t.nat(format!(
+                    "-A KUBE-SERVICES -m comment --comment \"{name} external IP\" {dst} -j {}",
+                    self.ext_chain
+                ));
+            }
+            if !self.plan.has_external_endpoints {
+                let (comment, target) = self.no_external_endpoints();
+                t.filter(format!(
+                    "-A KUBE-EXTERNAL-SERVICES -m comment --comment {comment} {dst} -j {target}"
+                ));
+            }
         }
     }
 

@@ -58,6 +58,9 @@ pub struct SvcSpec {
     pub etp_local: bool,
     /// loadBalancerSourceRanges (CIDRs).
     pub source_ranges: Vec<String>,
+    /// spec.externalIPs: captured like the LoadBalancer IP, but never
+    /// subject to loadBalancerSourceRanges.
+    pub external_ips: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,12 @@ impl SvcSpec {
 
     fn has_lb(&self) -> bool {
         !self.lb_ip.is_unspecified()
+    }
+
+    /// kube-proxy's `ExternallyAccessible`: a node port, an external IP or
+    /// a LoadBalancer IP.
+    fn externally_accessible(&self) -> bool {
+        self.has_lb() || self.node_port.is_some() || !self.external_ips.is_empty()
     }
 }
 
@@ -172,7 +181,7 @@ impl<'a> Plan<'a> {
         } else {
             has_endpoints
         };
-        let externally_accessible = svc.has_lb() || svc.node_port.is_some();
+        let externally_accessible = svc.externally_accessible();
         Plan {
             name: svc.port_name_string(),
             uses_local_chain: svc.etp_local && !local_eps.is_empty(),
@@ -208,6 +217,7 @@ pub fn fixture_services() -> Vec<SvcSpec> {
         endpoints: vec![],
         etp_local: false,
         source_ranges: vec![],
+        external_ips: vec![],
     };
     vec![
         // LoadBalancer, two endpoints, one on this node.
@@ -325,6 +335,7 @@ pub fn scale_services(n: usize) -> Vec<SvcSpec> {
             } else {
                 Vec::new()
             },
+            external_ips: Vec::new(),
         })
         .collect()
 }
@@ -450,6 +461,7 @@ mod tests {
             endpoints: vec![],
             etp_local: false,
             source_ranges: vec![],
+            external_ips: vec![],
         }
     }
 
@@ -608,7 +620,26 @@ mod tests {
         udp.proto = "udp";
         udp.lb_ip = Ipv4Addr::new(203, 0, 113, 105);
         udp.endpoints = vec![ep(4, true), ep(5, false), ep(6, false)];
-        vec![local_fw, empty_fw, no_local_fw, sctp, udp]
+        // externalIPs: beside a LoadBalancer IP with source ranges (they
+        // do not apply to it), on a ClusterIP Service, and without
+        // endpoints.
+        let mut ext_fw = variant(f[3].clone(), "ext-fw", 6);
+        ext_fw.external_ips = vec![Ipv4Addr::new(198, 51, 100, 206)];
+        let mut ext_only = variant(spec("", "", "http"), "ext-only", 7);
+        ext_only.external_ips = vec![Ipv4Addr::new(198, 51, 100, 207)];
+        ext_only.endpoints = vec![ep(7, true)];
+        let mut ext_empty = variant(f[1].clone(), "ext-empty", 8);
+        ext_empty.external_ips = vec![Ipv4Addr::new(198, 51, 100, 208)];
+        vec![
+            local_fw,
+            empty_fw,
+            no_local_fw,
+            sctp,
+            udp,
+            ext_fw,
+            ext_only,
+            ext_empty,
+        ]
     }
 
     /// Both writers on the fixtures and the variants, with

@@ -38,6 +38,7 @@ pub fn nft_script(services: &[SvcSpec], masquerade_all: bool) -> String {
         p.firewall_chain(&mut s);
         p.endpoint_chains(&mut s);
         p.cluster_ip(&mut s);
+        p.external_ips(&mut s);
         p.load_balancer(&mut s);
         p.node_port(&mut s);
     }
@@ -299,14 +300,16 @@ impl<'a> ServicePort<'a> {
         }
     }
 
-    /// firewall-…: drop sources outside loadBalancerSourceRanges.
+    /// firewall-…: drop sources outside loadBalancerSourceRanges, listed
+    /// as kube-proxy joins them (`knftables.Concat` puts spaces around the
+    /// commas).
     fn firewall_chain(&self, s: &mut String) {
         if self.uses_fw {
             let _ = writeln!(
                 s,
                 "add rule {T} {} ip saddr != {{ {} }} drop",
                 self.fw_chain,
-                self.svc.source_ranges.join(", ")
+                self.svc.source_ranges.join(" , ")
             );
         }
     }
@@ -346,6 +349,29 @@ impl<'a> ServicePort<'a> {
                 s,
                 "add element {T} no-endpoint-services {{ {cip} . {proto} . {port} comment \"{name}\" : goto reject-chain }}"
             );
+        }
+    }
+
+    /// externalIPs: in @service-ips like the LoadBalancer IP, never in
+    /// @firewall-ips; @no-endpoint-services without endpoints for outside
+    /// traffic.
+    fn external_ips(&self, s: &mut String) {
+        let (name, proto, port) = (&self.plan.name, self.svc.proto, self.svc.port);
+        for ip in &self.svc.external_ips {
+            if self.plan.has_endpoints {
+                let _ = writeln!(
+                    s,
+                    "add element {T} service-ips {{ {ip} . {proto} . {port} : goto {} }}",
+                    self.ext_chain
+                );
+            }
+            if !self.plan.has_external_endpoints {
+                let _ = writeln!(
+                    s,
+                    "add element {T} no-endpoint-services {{ {ip} . {proto} . {port} comment \"{name}\" : {} }}",
+                    self.no_external_endpoints()
+                );
+            }
         }
     }
 

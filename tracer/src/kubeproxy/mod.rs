@@ -125,6 +125,10 @@ impl FromStr for Proto {
 pub enum AddressKind {
     LoadBalancer,
     ExternalIp,
+    /// A LoadBalancer IP or an externalIP: kube-proxy's nftables rules
+    /// capture both alike, and only loadBalancerSourceRanges (which apply
+    /// to LoadBalancer IPs alone) tell them apart.
+    External,
     ClusterIp,
     /// Any local address of the node, at the node port.
     NodePort,
@@ -136,6 +140,7 @@ impl fmt::Display for AddressKind {
         f.write_str(match self {
             AddressKind::LoadBalancer => "loadbalancer IP",
             AddressKind::ExternalIp => "external IP",
+            AddressKind::External => "loadbalancer or external IP",
             AddressKind::ClusterIp => "cluster IP",
             AddressKind::NodePort => "nodePort",
         })
@@ -160,9 +165,10 @@ pub struct ServicePort {
     pub address: IpAddr,
     pub port: u16,
     pub proto: Proto,
-    /// LoadBalancer IPs and externalIPs jump to the same kind of chain and,
-    /// when kube-proxy only rejects them for lack of endpoints, look the same;
-    /// such an address is reported as LoadBalancer.
+    /// iptables mode names the kind in its comments; nftables mode
+    /// captures LoadBalancer IPs and externalIPs alike, and tells them
+    /// apart only through loadBalancerSourceRanges (see
+    /// [`AddressKind::External`]).
     pub kind: AddressKind,
     /// The chain the address jumps to (KUBE-EXT-…, KUBE-FW-…, KUBE-SVC-…,
     /// external-…, service-…). For an address kube-proxy only rejects or
@@ -184,6 +190,18 @@ pub struct ServicePort {
     pub source_ranges: Vec<String>,
     /// The rule that drops sources outside [`Self::source_ranges`].
     pub firewall_rule: Option<String>,
+    /// The base chains whose traffic meets that rule (iptables' filter
+    /// INPUT/FORWARD/OUTPUT, nftables' filter-*-pre-dnat): a drop in their
+    /// band may be the firewall's.
+    pub firewall_chains: Vec<ChainRef>,
+}
+
+/// A chain as the netfilter plan names base chains: table "family name"
+/// ("ip filter", "ip kube-proxy") and chain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ChainRef {
+    pub table: String,
+    pub chain: String,
 }
 
 /// A pod (or other backend) a Service address can be DNATed to.
@@ -352,6 +370,7 @@ impl Ruleset {
 fn kind_rank(kind: AddressKind) -> u8 {
     match kind {
         AddressKind::LoadBalancer => 0,
+        AddressKind::External => 1,
         AddressKind::ExternalIp => 1,
         AddressKind::NodePort => 2,
         AddressKind::ClusterIp => 3,
@@ -487,6 +506,10 @@ fn sanitize(rules: &mut NodeRules) {
             svc.source_ranges.iter_mut().for_each(s);
             if let Some(r) = &mut svc.firewall_rule {
                 s(r);
+            }
+            for c in &mut svc.firewall_chains {
+                s(&mut c.table);
+                s(&mut c.chain);
             }
         }
         for r in &mut rs.filter_rules {
@@ -895,6 +918,7 @@ mod tests {
             no_endpoints: None,
             source_ranges: vec![],
             firewall_rule: None,
+            firewall_chains: vec![],
         }
     }
 

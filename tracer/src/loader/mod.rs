@@ -17,13 +17,12 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
-        lpm_trie::Key as LpmKey,
+        HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey,
     },
     programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_EMPTY, CFG_LB_SET, Config, FlowCounters, LB_KEY_BITS,
+    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_EMPTY, CFG_LB_SET, Config, FlowState, LB_KEY_BITS,
     LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
@@ -223,6 +222,17 @@ pub fn kernel_hz() -> u64 {
     hz_from_config(&config).unwrap_or(1000)
 }
 
+/// How long conntrack keeps an idle, unanswered UDP entry: a flow idle
+/// longer is a new connection when it sends again (30 s when unreadable,
+/// the kernel's default).
+fn conntrack_udp_timeout_secs() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_udp_timeout")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(30)
+}
+
 fn hz_from_config(config: &str) -> Option<u64> {
     config
         .lines()
@@ -237,13 +247,17 @@ pub fn own_netns() -> Result<u32> {
 }
 
 /// A load error with the verifier's log cut to its last lines, which say
-/// why (the whole log can run to thousands of lines).
+/// why (the whole log can run to thousands of lines); all of it with -vv.
 fn verifier_tail(text: &str) -> String {
-    const KEEP: usize = 12;
+    let keep = if tracing::enabled!(tracing::Level::DEBUG) {
+        usize::MAX
+    } else {
+        12
+    };
     match text.split_once("Verifier output:") {
         Some((head, log)) => {
             let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-            let tail = &lines[lines.len().saturating_sub(KEEP)..];
+            let tail = &lines[lines.len().saturating_sub(keep)..];
             format!(
                 "{head}Verifier output ({} of {} lines):\n  {}",
                 tail.len(),
@@ -404,20 +418,12 @@ impl Tracer {
         })
     }
 
-    /// A flow's totals across CPUs.
-    pub fn counters(&self, flow: &Tuple) -> Option<FlowCounters> {
-        let map: PerCpuHashMap<_, Tuple, FlowCounters> =
-            PerCpuHashMap::try_from(self.ebpf.map("COUNTERS")?).ok()?;
-        let vals = map.get(flow, 0).ok()?;
-        let mut out = FlowCounters::default();
-        for v in vals.iter() {
-            out.req_pkts += v.req_pkts;
-            out.req_bytes += v.req_bytes;
-            out.rep_pkts += v.rep_pkts;
-            out.rep_bytes += v.rep_bytes;
-            out.drops += v.drops;
-        }
-        Some(out)
+    /// The totals of connection `conn` of `flow`, while it is the tuple's
+    /// current one (a later connection on the same tuple replaces them).
+    pub fn counters(&self, flow: &Tuple, conn: u64) -> Option<FlowState> {
+        let map: aya::maps::HashMap<_, Tuple, FlowState> =
+            aya::maps::HashMap::try_from(self.ebpf.map("FLOWS")?).ok()?;
+        map.get(flow, 0).ok().filter(|s| s.conn == conn)
     }
 
     /// Replaces the watched addresses and ranges (used when there are
@@ -531,7 +537,7 @@ fn load_object(
         window_jiffies: 5 * kernel_hz(),
         nf_last_pos: opts.plan.last_pos(),
         flags,
-        _pad: 0,
+        conn_idle_secs: conntrack_udp_timeout_secs(),
         layout: kernel.layout,
     };
     // aya-log's level: 0 keeps every log statement out of the verified

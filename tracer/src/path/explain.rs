@@ -11,7 +11,7 @@ use super::{
 use crate::{
     events::{dst, ifname, ip, src},
     hints::Hint,
-    kubeproxy::NoEndpoints,
+    kubeproxy::{NoEndpoints, ServicePort},
     netinfo::rp_filter_name,
     nfplan::hook_name,
 };
@@ -128,7 +128,10 @@ fn cause(
     match reason {
         "NETFILTER_DROP" => netfilter(e, ctx, flow, out),
         "IP_RPFILTER" => {
-            let arrived = out.arrived_on.clone().unwrap_or_else(|| dev.clone());
+            // The IP layer's input device: a bridged or bonded NIC's master.
+            let arrived = ctx
+                .net
+                .l3_name(out.arrived_on.as_deref().unwrap_or(dev.as_str()));
             let (all, ifv, eff) = (ctx.rp_filter)(&arrived);
             let back = match reverse {
                 Some((iface, Some(gw))) => format!("goes out {iface} via {gw}"),
@@ -195,7 +198,9 @@ fn cause(
             None,
         ),
         "IP_ROUTE_INPUT" => {
-            let iif = out.arrived_on.clone().unwrap_or_else(|| dev.clone());
+            let iif = ctx
+                .net
+                .l3_name(out.arrived_on.as_deref().unwrap_or(dev.as_str()));
             let hint = Hint::InputRoute {
                 dst: pkt_dst.ip(),
                 src: src(&e.pkt).ip(),
@@ -214,17 +219,20 @@ fn cause(
     }
 }
 
-/// A netfilter drop: kube-proxy turning the Service away, or a firewall
-/// rule (named when its counter moved).
+/// A netfilter drop: kube-proxy turning the Service away (no endpoints, or
+/// its loadBalancerSourceRanges firewall), or a firewall rule (named when
+/// its counter moved).
 fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, Option<String>) {
     let lb = dst(flow);
-    let svcs = services_for_port(ctx, lb.port(), flow.proto);
+    let svcs = services_for_port(ctx, lb, flow.proto);
     let kp = svcs
         .iter()
         .find_map(|s| s.no_endpoints.as_ref().map(|n| (s, n)));
+    let fw = source_range_drop(e, ctx, flow, out, &svcs);
     let by_counter: Vec<String> = ctx
         .rule_hits
         .iter()
+        .filter(|r| fw.is_none_or(|(s, _)| s.firewall_rule.as_deref() != Some(r.rule.as_str())))
         .map(|r| {
             format!(
                 "{} {}: {} (+{} packet{}, attributed by counters)",
@@ -236,8 +244,29 @@ fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, 
             )
         })
         .collect();
-    let (mut s, hint) = match (kp, out.dnat_to) {
-        (Some((svc, NoEndpoints::Reject { rule })), None) => (
+    let (mut s, hint) = match (kp, out.dnat_to, fw) {
+        (_, None, Some((svc, how))) => {
+            let client = src(flow).ip();
+            // nft's rule text starts with "rule" already.
+            let rule = match svc.firewall_rule.as_deref() {
+                Some(r) if r.starts_with("rule ") => format!("; {r}"),
+                Some(r) => format!("; rule: {r}"),
+                None => String::new(),
+            };
+            (
+                format!(
+                    "DROP by kube-proxy's load-balancer firewall: {client} is not in {}'s loadBalancerSourceRanges ({}) and was {how}{rule}",
+                    svc.service,
+                    svc.source_ranges.join(", ")
+                ),
+                Hint::SourceRanges {
+                    service: &svc.service,
+                    client,
+                }
+                .text(),
+            )
+        }
+        (Some((svc, NoEndpoints::Reject { rule })), None, _) => (
             format!(
                 "REJECT by kube-proxy: {} has no endpoints ({rule})",
                 svc.service
@@ -247,7 +276,7 @@ fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, 
             }
             .text(),
         ),
-        (Some((svc, NoEndpoints::DropNoLocal { rule })), None) => (
+        (Some((svc, NoEndpoints::DropNoLocal { rule })), None, _) => (
             format!(
                 "DROP by kube-proxy: {} has no local endpoints ({rule})",
                 svc.service
@@ -274,6 +303,66 @@ fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, 
     (s, hint)
 }
 
+/// kube-proxy's loadBalancerSourceRanges firewall, told from the rules'
+/// structure (nftables' have no counters): the packet was not DNATed (the
+/// firewall lets only the ranges through to the DNAT), its client is
+/// outside the ranges of the address it was sent to, and it was dropped in
+/// the band of a base chain the firewall's drop hangs off — or the firewall
+/// rule's own counter moved. The Service port and how it was placed.
+fn source_range_drop<'a>(
+    e: &Event,
+    ctx: &Context,
+    flow: &Tuple,
+    out: &Outcome,
+    svcs: &[&'a ServicePort],
+) -> Option<(&'a ServicePort, &'static str)> {
+    if out.dnat_to.is_some() {
+        return None;
+    }
+    let (lb, client) = (dst(flow).ip(), src(flow).ip());
+    let svc = *svcs.iter().find(|s| {
+        s.address == lb && !s.source_ranges.is_empty() && !in_ranges(client, &s.source_ranges)
+    })?;
+    let counted = ctx
+        .rule_hits
+        .iter()
+        .any(|r| svc.firewall_rule.as_deref() == Some(r.rule.as_str()));
+    let placed = e.hook != NO_HOOK
+        && ctx
+            .plan
+            .band_after(e.hook, e.pos)
+            .occupants
+            .iter()
+            .any(|o| {
+                o.chain.as_ref().is_some_and(|(table, chain)| {
+                    svc.firewall_chains
+                        .iter()
+                        .any(|c| &c.table == table && &c.chain == chain)
+                })
+            });
+    match (placed, counted) {
+        (true, true) => Some((
+            svc,
+            "dropped where kube-proxy checks them (its rule's counter moved too)",
+        )),
+        // Another rule's counter moved: that rule, not the firewall, dropped it.
+        (true, false) if ctx.rule_hits.is_empty() => {
+            Some((svc, "dropped where kube-proxy checks them"))
+        }
+        (_, true) => Some((svc, "dropped by that rule (its counter moved)")),
+        _ => None,
+    }
+}
+
+/// Whether `ip` is in one of loadBalancerSourceRanges' CIDRs (a bare
+/// address counts as a host).
+fn in_ranges(ip: IpAddr, ranges: &[String]) -> bool {
+    ranges.iter().any(|r| match r.parse::<ipnet::IpNet>() {
+        Ok(n) => n.contains(&ip),
+        Err(_) => r.parse::<IpAddr>().is_ok_and(|a| a == ip),
+    })
+}
+
 /// Without kernel drop reasons, the freeing function gives a cause that the
 /// packet and the routing then make precise: an input-route refusal whose
 /// reverse route leaves by another interface is rp_filter, a forwarded
@@ -288,7 +377,9 @@ fn refine_reason(
 ) -> (String, Option<(u32, String)>) {
     match reason.as_str() {
         "IP_ROUTE_INPUT" => match (reverse, &out.arrived_on) {
-            (Some((back, _)), Some(arrived)) if back != arrived => ("IP_RPFILTER".into(), None),
+            (Some((back, _)), Some(arrived)) if *back != ctx.net.l3_name(arrived) => {
+                ("IP_RPFILTER".into(), None)
+            }
             _ => (reason, None),
         },
         "IP_FORWARD" | "PKT_TOO_BIG" => {
@@ -305,5 +396,21 @@ fn refine_reason(
             }
         }
         _ => (reason, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_ranges;
+
+    #[test]
+    fn source_ranges_match_cidrs_and_hosts() {
+        let ranges = ["198.51.100.0/24".to_string(), "192.0.2.7".to_string()];
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(in_ranges(ip("198.51.100.10"), &ranges));
+        assert!(in_ranges(ip("192.0.2.7"), &ranges));
+        assert!(!in_ranges(ip("192.0.2.10"), &ranges));
+        assert!(!in_ranges(ip("2001:db8::1"), &ranges));
+        assert!(!in_ranges(ip("192.0.2.10"), &["not a range".to_string()]));
     }
 }

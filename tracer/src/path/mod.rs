@@ -71,10 +71,16 @@ fn endpoint_rule(ctx: &Context, t: &Tuple) -> Option<String> {
     })
 }
 
-fn services_for_port<'a>(ctx: &'a Context, port: u16, proto: u8) -> Vec<&'a ServicePort> {
+/// The Service ports a flow to `lb` may hit: that address's (several LB
+/// IPs may be watched at once, each with its own Service).
+fn services_for_port<'a>(ctx: &'a Context, lb: SocketAddr, proto: u8) -> Vec<&'a ServicePort> {
     ctx.services
         .iter()
-        .filter(|s| (s.port == port || s.port == 0) && s.proto.ip_proto() == proto)
+        .filter(|s| {
+            s.address == lb.ip()
+                && (s.port == lb.port() || s.port == 0)
+                && s.proto.ip_proto() == proto
+        })
         .collect()
 }
 
@@ -83,6 +89,7 @@ pub fn kind_label(k: AddressKind) -> &'static str {
     match k {
         AddressKind::LoadBalancer => "LoadBalancer",
         AddressKind::ExternalIp => "ExternalIP",
+        AddressKind::External => "LoadBalancer or ExternalIP",
         AddressKind::ClusterIp => "ClusterIP",
         AddressKind::NodePort => "NodePort",
     }
@@ -100,6 +107,7 @@ fn service_info(s: &ServicePort) -> ServiceInfo {
             .any(|e| e.local.is_some())
             .then(|| s.endpoints.iter().filter(|e| e.local == Some(true)).count()),
         local_only: s.local_only,
+        source_ranges: s.source_ranges.clone(),
     }
 }
 
@@ -143,7 +151,7 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
     let flow = events.first()?.flow;
     let t0 = events.iter().map(|e| e.ts).min()?;
     let lb = dst(&flow);
-    let svcs = services_for_port(ctx, lb.port(), flow.proto);
+    let svcs = services_for_port(ctx, lb, flow.proto);
 
     let mut hops = Vec::new();
     let (mut req, mut rep, mut later): (Vec<Outcome>, Vec<Outcome>, Vec<Outcome>) =
@@ -203,12 +211,14 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
             proto: proto_name(flow.proto),
             client: src(&flow),
             lb,
+            conn: 0,
         },
         service: svcs.first().map(|s| service_info(s)),
         hops,
         verdict,
         counters,
         notes,
+        update: false,
     })
 }
 
@@ -241,6 +251,7 @@ pub(crate) fn web_service(
         no_endpoints,
         source_ranges: vec![],
         firewall_rule: None,
+        firewall_chains: vec![],
     }
 }
 

@@ -88,6 +88,7 @@ impl B {
             mac_src: [0; 6],
             flags: 0,
             _pad: 0,
+            conn: 1,
         });
         self.evs.last_mut().unwrap()
     }
@@ -171,6 +172,7 @@ fn net() -> NetInfo {
             .map(|a| vec![(a.parse().unwrap(), 24)])
             .unwrap_or_default(),
         up: true,
+        ..Default::default()
     };
     for i in [
         mk(2, "eth0", "veth", Some("192.0.2.2"), None),
@@ -755,4 +757,61 @@ fn conntrack_invalid_is_named() {
     assert_eq!(states.len(), 1);
     assert!(states[0].starts_with("invalid"), "{states:?}");
     assert_eq!(r.verdict.kind, VerdictKind::Dropped);
+}
+
+/// The LB IP local on the node, nothing DNATing it: the node's own stack
+/// answers a SYN with a reset.
+fn refused_at_node(b: &mut B) {
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
+    b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
+    b.nf(0, 1, (C, LB), PRE, 5, 3, 2, 0);
+    b.ev(Kind::Reset, 0, 1, (C, LB), "eth0", 2);
+    b.drop_(0, 1, (C, LB), "eth0", 3, NO_HOOK, 0);
+}
+
+#[test]
+fn node_reset_without_any_rule_says_both() {
+    let mut b = B::new(C, LB);
+    refused_at_node(&mut b);
+    let r = run(&b, &[], &[]);
+    assert_eq!(r.verdict.kind, VerdictKind::NoRule, "{:?}", r.verdict);
+    assert!(
+        r.verdict
+            .summary
+            .contains("this node refused it with a reset"),
+        "{}",
+        r.verdict.summary
+    );
+}
+
+#[test]
+fn node_reset_with_a_service_is_the_node_refusing() {
+    let mut b = B::new(C, LB);
+    refused_at_node(&mut b);
+    let r = run(&b, &[svc(None)], &[]);
+    assert_eq!(r.verdict.kind, VerdictKind::Refused, "{:?}", r.verdict);
+    assert!(
+        r.verdict.summary.starts_with("refused by this node"),
+        "{}",
+        r.verdict.summary
+    );
+    assert!(r.verdict.hint.is_some());
+}
+
+#[test]
+fn a_reply_of_resets_only_is_a_refusal_not_an_answer() {
+    let mut b = B::new(C, LB);
+    request_to_pod(&mut b, 1);
+    pod_side(&mut b, 1);
+    reply_out(&mut b, 1, ("eth0", 2));
+    for e in b.evs.iter_mut().filter(|e| e.dir == DIR_REPLY) {
+        e.tcp_flags = 0x14; // RST|ACK
+    }
+    let r = run(&b, &[svc(None)], &[]);
+    assert_eq!(r.verdict.kind, VerdictKind::Refused, "{:?}", r.verdict);
+    assert!(
+        r.verdict.summary.contains("answered only with a reset"),
+        "{}",
+        r.verdict.summary
+    );
 }

@@ -84,6 +84,26 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
             Hint::Refused.text(),
         );
     }
+    // This node's own TCP stack refused it: the LB IP is local and nothing
+    // (no DNAT, no IPVS, no socket) took it.
+    let node_refused = p.req.iter().any(|o| {
+        !o.in_pod && (o.reset || o.drop.as_ref().is_some_and(|d| d.reason == "NO_SOCKET"))
+    });
+    if node_refused && pod_dnat.is_none() {
+        if svcs.is_empty() || ctx.rules_degraded.is_some() {
+            let mut r = no_rule(flow, ctx);
+            r.summary += ", and this node refused it with a reset (the address is local here)";
+            return r;
+        }
+        return v(
+            VerdictKind::Refused,
+            format!(
+                "refused by this node: {} is local here and nothing takes it, so the node answered with a reset",
+                dst(flow)
+            ),
+            Hint::NodeNotListening.text(),
+        );
+    }
     if let Some(verdict) = answered(flow, p, pod_dnat) {
         return verdict;
     }
@@ -154,6 +174,20 @@ fn answered(flow: &Tuple, p: &Packets, pod_dnat: Option<SocketAddr>) -> Option<V
     };
     if let Some(d) = p.rep.iter().find_map(bad) {
         return Some(reply_dropped(d));
+    }
+    // A reset is a refusal, not an answer.
+    let left: Vec<&Outcome> = p.rep.iter().filter(|o| o.left.is_some()).collect();
+    if left.iter().all(|o| o.tcp_flags & TCP_RST != 0) {
+        let by = if pod_dnat.is_some() {
+            format!("the pod{to}")
+        } else {
+            "the host behind the address".into()
+        };
+        return Some(v(
+            VerdictKind::Refused,
+            format!("refused: {by} answered only with a reset"),
+            Hint::Refused.text(),
+        ));
     }
     if let Some(d) = later_bad(p) {
         return Some(v(

@@ -28,6 +28,8 @@ pub(super) struct Outcome {
     pub delivered_node: bool,
     pub reset: bool,
     pub drop: Option<DropSeen>,
+    /// TCP flags of the packet (as first seen).
+    pub tcp_flags: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +130,7 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
     fn event(&mut self, e: &'c Event) {
         if e.pkt.family != 0 && self.first_tuple.is_none() && e.kind != Kind::Fib as u8 {
             self.first_tuple = Some(e.pkt);
+            self.out.tcp_flags = e.tcp_flags;
         }
         match Kind::from_u8(e.kind) {
             Some(Kind::Arrive) => self.arrive(e),

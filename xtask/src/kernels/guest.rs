@@ -83,7 +83,9 @@ EOF
 chmod +x /tmp/modprobe
 echo /tmp/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
-export HOME=/tmp LBPATH_BIN={lbpath} NO_COLOR=1 RUST_BACKTRACE=1
+# LBPATH_KERNEL_MATRIX: tests that skip where a kernel feature is missing
+# (the IPVS tests) must fail here instead.
+export HOME=/tmp LBPATH_BIN={lbpath} NO_COLOR=1 RUST_BACKTRACE=1 LBPATH_KERNEL_MATRIX=1
 run_test() {{
     id=$1; cwd=$2; shift 2
     echo "guest: start $id"
@@ -160,6 +162,7 @@ mod tests {
             "\nexec /usr/sbin/modprobe -d /w/target/kernels/linux-image-6.1.0-56-amd64 \"$@\"\n"
         ));
         assert!(s.contains("LBPATH_BIN=/w/target/kernels/runs/bin/lbpath NO_COLOR=1"));
+        assert!(s.contains(" LBPATH_KERNEL_MATRIX=1\n"));
         assert!(s.contains(
             "\nrun_test 01-watch-healthy /w/tests /w/target/kernels/runs/bin/watch-abc healthy --exact\n"
         ));

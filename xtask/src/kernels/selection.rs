@@ -18,6 +18,14 @@ pub const KERNEL_TESTS: &[&str] = &[
     "diagnose::bgp_notification_decoded",
     "cli::killed_lbpath_leaves_nothing_behind",
     "watch::debug_bpf_shows_the_programs_decisions",
+    // kube-proxy's IPVS mode (ip_vs, dummy, ipset modules) and uplink kinds
+    // (8021q, bonding); on a host without them they skip, here they must run.
+    "ipvs::healthy",
+    "ipvs::no_real_servers",
+    "ipvs::refusing_real_server",
+    "ipvs::strict_arp_on_and_off",
+    "ipvs::vlan_is_an_uplink",
+    "ipvs::bond_is_an_uplink",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::model::{Rule, Table, host, parse_ip_port, positive, rule_port, rule_proto};
 use crate::kubeproxy::{
-    AddressKind, BaseChain, FilterRule, Mode, NoEndpoints, Proto, Ruleset, ServicePort,
+    AddressKind, BaseChain, ChainRef, FilterRule, Mode, NoEndpoints, Proto, Ruleset, ServicePort,
     dedup_endpoints, unspecified,
 };
 
@@ -168,7 +168,19 @@ pub(super) fn build(tables: &[Table], mode: Mode, family: &str) -> Ruleset {
     let mut local_walks = walk_endpoints(&nat, &mut found.ports);
     without_endpoints(&filter_rules, ipv6, &mut found, &mut local_walks);
     mark_local_endpoints(&nat, &mut found.ports, local_walks);
-    source_ranges(&nat, &filter_rules, &mut found.ports);
+    let builtins: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.name == "filter")
+        .flat_map(|t| &t.chains)
+        .filter(|c| c.policy.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    let filter = Filter {
+        rules: &filter_rules,
+        builtins: &builtins,
+        family,
+    };
+    source_ranges(&nat, &filter, &mut found.ports);
     rs.services = found.ports;
     rs
 }
@@ -246,6 +258,7 @@ fn captured_addresses(nat: &Nat, ipv6: bool, found: &mut Found) {
                 no_endpoints: None,
                 source_ranges: Vec::new(),
                 firewall_rule: None,
+                firewall_chains: Vec::new(),
             },
         );
     }
@@ -314,6 +327,7 @@ fn without_endpoints(
                 no_endpoints: Some(verdict),
                 source_ranges: Vec::new(),
                 firewall_rule: None,
+                firewall_chains: Vec::new(),
             },
         );
         local_walks.push(false);
@@ -381,14 +395,53 @@ fn mark_local_endpoints(nat: &Nat, services: &mut [ServicePort], local_walks: Ve
     }
 }
 
-/// loadBalancerSourceRanges: the ranges a KUBE-FW-… chain lets through, and
+/// The filter table: its rules and built-in chains.
+struct Filter<'a> {
+    rules: &'a [&'a Rule],
+    builtins: &'a [&'a str],
+    family: &'a str,
+}
+
+impl Filter<'_> {
+    /// The built-in chains from which `target` is reached by jumps.
+    fn reaching(&self, target: &str) -> Vec<ChainRef> {
+        let mut out = Vec::new();
+        for b in self.builtins {
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut stack = vec![*b];
+            while let Some(chain) = stack.pop() {
+                if chain == target {
+                    out.push(ChainRef {
+                        table: format!("{} filter", self.family),
+                        chain: b.to_string(),
+                    });
+                    break;
+                }
+                if !seen.insert(chain) {
+                    continue;
+                }
+                stack.extend(
+                    self.rules
+                        .iter()
+                        .filter(|r| r.chain == chain)
+                        .filter_map(|r| r.m.target.as_deref()),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// loadBalancerSourceRanges: the ranges a KUBE-FW-… chain lets through,
 /// the rule dropping the rest (KUBE-PROXY-FIREWALL, or KUBE-MARK-DROP in the
-/// chain itself before v1.25).
-fn source_ranges(nat: &Nat, filter_rules: &[&Rule], services: &mut [ServicePort]) {
+/// chain itself before v1.25), and the built-in chains where that drop
+/// happens.
+fn source_ranges(nat: &Nat, filter: &Filter, services: &mut [ServicePort]) {
     for s in services
         .iter_mut()
         .filter(|s| s.entry_chain.starts_with("KUBE-FW-"))
     {
+        let mut marked = false;
         for r in nat.rules(&s.entry_chain) {
             let target = r.m.target.as_deref().unwrap_or("");
             if let Some(src) = positive(&r.m.src) {
@@ -397,9 +450,10 @@ fn source_ranges(nat: &Nat, filter_rules: &[&Rule], services: &mut [ServicePort]
                 }
             } else if target == "KUBE-MARK-DROP" {
                 s.firewall_rule = Some(r.text.clone()); // before v1.25
+                marked = true;
             }
         }
-        let drop = filter_rules.iter().find(|r| {
+        let drop = filter.rules.iter().find(|r| {
             r.m.target.as_deref() == Some("DROP")
                 && (r.chain == "KUBE-PROXY-FIREWALL"
                     || r.m
@@ -412,6 +466,19 @@ fn source_ranges(nat: &Nat, filter_rules: &[&Rule], services: &mut [ServicePort]
         });
         if let Some(r) = drop {
             s.firewall_rule = Some(r.text.clone());
+            s.firewall_chains = filter.reaching(&r.chain);
+        } else if marked {
+            // The marked packet is dropped by kubelet's KUBE-FIREWALL rule.
+            let mark_drop = filter.rules.iter().find(|r| {
+                r.m.target.as_deref() == Some("DROP")
+                    && r.m
+                        .comment
+                        .as_deref()
+                        .is_some_and(|c| c.contains("dropping marked packets"))
+            });
+            if let Some(r) = mark_drop {
+                s.firewall_chains = filter.reaching(&r.chain);
+            }
         }
     }
 }
@@ -805,6 +872,16 @@ mod tests {
                 .starts_with("-A KUBE-PROXY-FIREWALL -d 203.0.113.13/32")
         );
         assert_eq!(lb.endpoints.len(), 1);
+        // The built-in chains whose traffic meets that drop.
+        let at: Vec<String> = lb
+            .firewall_chains
+            .iter()
+            .map(|c| format!("{} {}", c.table, c.chain))
+            .collect();
+        assert_eq!(
+            at,
+            ["ip filter INPUT", "ip filter FORWARD", "ip filter OUTPUT"]
+        );
         // The NodePort is not subject to source ranges.
         assert!(
             find(&rs, "lab/restricted:https", AddressKind::NodePort)

@@ -389,7 +389,8 @@ pub(super) fn priority(v: &Value, family: Option<&str>) -> Option<i32> {
             _ => return None,
         }
     };
-    Some(base + offset)
+    // Out of i32's range ("security + 2147483647"): not a priority nft takes.
+    offset.checked_add(base)
 }
 
 /// The target of a `goto`/`jump` verdict.
@@ -435,6 +436,19 @@ mod tests {
             priority(&Value::String("filter".into()), Some("bridge")),
             Some(-200)
         );
+    }
+
+    /// Found by the nft_json fuzz target: the offset overflowed the sum.
+    #[test]
+    fn a_named_priority_beyond_i32_is_an_error_not_an_overflow() {
+        let p = |s: &str| priority(&Value::String(s.into()), Some("ip"));
+        assert_eq!(p("security + 2147483647"), None);
+        assert_eq!(p("raw - 2147483648"), None);
+        assert_eq!(p("filter + 2147483647"), Some(i32::MAX));
+        let json = r#"{"nftables": [{"chain": {"family": "ip", "table": "kube-proxy",
+            "name": "filter-forward", "hook": "forward", "prio": "security + 2147483647"}}]}"#;
+        let e = parse_nft_json(json).unwrap_err();
+        assert!(e.message.contains("unknown priority"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::model::{Elem, Model, Rule, Stmt, VmapData};
 use crate::kubeproxy::{
-    AddressKind, BaseChain, FilterRule, Mode, NoEndpoints, Proto, Ruleset, ServicePort,
+    AddressKind, BaseChain, ChainRef, FilterRule, Mode, NoEndpoints, Proto, Ruleset, ServicePort,
     dedup_endpoints, unspecified,
 };
 
@@ -326,6 +326,7 @@ impl<'m> KubeProxy<'m> {
         self.captured(&cluster_ips, &mut found);
         self.without_endpoints(&cluster_ips, &mut found);
         self.source_ranges(&mut found);
+        self.external_kinds(&mut found.ports);
         self.mark_local_endpoints(&mut found.ports);
         out.extend(found.ports);
     }
@@ -351,7 +352,7 @@ impl<'m> KubeProxy<'m> {
                 {
                     AddressKind::ClusterIp
                 } else {
-                    AddressKind::LoadBalancer
+                    AddressKind::External
                 };
                 let key = (address, port, proto, nodeport);
                 if found.contains(&key) {
@@ -372,6 +373,7 @@ impl<'m> KubeProxy<'m> {
                         no_endpoints: None,
                         source_ranges: Vec::new(),
                         firewall_rule: None,
+                        firewall_chains: Vec::new(),
                     },
                 );
             }
@@ -407,7 +409,7 @@ impl<'m> KubeProxy<'m> {
                 } else if cluster_ips.contains(&address) {
                     AddressKind::ClusterIp
                 } else {
-                    AddressKind::LoadBalancer
+                    AddressKind::External
                 };
                 found.push(
                     key,
@@ -426,6 +428,7 @@ impl<'m> KubeProxy<'m> {
                         no_endpoints: Some(verdict),
                         source_ranges: Vec::new(),
                         firewall_rule: None,
+                        firewall_chains: Vec::new(),
                     },
                 );
             }
@@ -456,8 +459,13 @@ impl<'m> KubeProxy<'m> {
         }
     }
 
-    /// loadBalancerSourceRanges: @firewall-ips -> firewall-… chain.
+    /// loadBalancerSourceRanges: @firewall-ips -> firewall-… chain, and
+    /// the base chains whose traffic is checked against it.
     fn source_ranges(&self, found: &mut Found) {
+        let check = self.chain_using("firewall-ips");
+        let at = check
+            .map(|c| self.base_chains_reaching(c))
+            .unwrap_or_default();
         for e in self.map("firewall-ips") {
             let Some(fw) = e.data.as_ref().and_then(|d| d.target.as_deref()) else {
                 continue;
@@ -469,8 +477,61 @@ impl<'m> KubeProxy<'m> {
             if let Some(s) = found.get_mut(&(address, port, proto, false)) {
                 s.source_ranges = ranges;
                 s.firewall_rule = rule;
+                s.firewall_chains = at.clone();
+                // Only LoadBalancer IPs are subject to source ranges.
+                s.kind = AddressKind::LoadBalancer;
             }
         }
+    }
+
+    /// kube-proxy gives every LoadBalancer IP of a service port with
+    /// loadBalancerSourceRanges an @firewall-ips element: its other outside
+    /// addresses, without one, are externalIPs. Without source ranges the
+    /// rules do not tell the two apart (the kind stays External).
+    fn external_kinds(&self, ports: &mut [ServicePort]) {
+        let firewalled: HashSet<(String, Proto, u16)> = ports
+            .iter()
+            .filter(|s| s.kind == AddressKind::LoadBalancer && s.firewall_rule.is_some())
+            .map(|s| (s.service.clone(), s.proto, s.port))
+            .collect();
+        for s in ports.iter_mut().filter(|s| s.kind == AddressKind::External) {
+            if firewalled.contains(&(s.service.clone(), s.proto, s.port)) {
+                s.kind = AddressKind::ExternalIp;
+            }
+        }
+    }
+
+    /// This table's base chains from which `target` is reached by jumps.
+    fn base_chains_reaching(&self, target: &str) -> Vec<ChainRef> {
+        let mut out = Vec::new();
+        for c in self
+            .model
+            .chains
+            .iter()
+            .filter(|c| c.family == self.family && c.table == self.table && c.hook.is_some())
+        {
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut stack = vec![c.name.as_str()];
+            while let Some(name) = stack.pop() {
+                if name == target {
+                    out.push(ChainRef {
+                        table: format!("{} {}", self.family, self.table),
+                        chain: c.name.to_string(),
+                    });
+                    break;
+                }
+                if !seen.insert(name) {
+                    continue;
+                }
+                for r in self.chains.get(name).map(Vec::as_slice).unwrap_or(&[]) {
+                    stack.extend(r.stmts.iter().filter_map(|s| match s {
+                        Stmt::Jump(t) => Some(t.as_str()),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+        out
     }
 
     /// Which endpoints run here: those of the service's local-… chain;
@@ -575,13 +636,13 @@ mod tests {
         got.sort();
         let mut want = vec![
             "lab/web:http ClusterIp 10.96.0.10:80/tcp",
-            "lab/web:http LoadBalancer 203.0.113.10:80/tcp",
+            "lab/web:http External 203.0.113.10:80/tcp",
             "lab/web:http NodePort 0.0.0.0:30080/tcp",
             "lab/empty:http ClusterIp 10.96.0.11:80/tcp",
-            "lab/empty:http LoadBalancer 203.0.113.11:80/tcp",
+            "lab/empty:http External 203.0.113.11:80/tcp",
             "lab/empty:http NodePort 0.0.0.0:30081/tcp",
             "lab/local-only:http ClusterIp 10.96.0.12:80/tcp",
-            "lab/local-only:http LoadBalancer 203.0.113.12:80/tcp",
+            "lab/local-only:http External 203.0.113.12:80/tcp",
             "lab/local-only:http NodePort 0.0.0.0:30082/tcp",
             "lab/restricted:https ClusterIp 10.96.0.13:443/tcp",
             "lab/restricted:https LoadBalancer 203.0.113.13:443/tcp",
@@ -589,7 +650,7 @@ mod tests {
             "lab/nodeport ClusterIp 10.96.0.14:9090/tcp",
             "lab/nodeport NodePort 0.0.0.0:30090/tcp",
             "lab/dns:dns ClusterIp 10.96.0.15:53/udp",
-            "lab/dns:dns LoadBalancer 203.0.113.14:53/udp",
+            "lab/dns:dns External 203.0.113.14:53/udp",
         ];
         want.sort();
         assert_eq!(got, want);
@@ -598,7 +659,7 @@ mod tests {
     #[test]
     fn load_balancer_with_a_local_and_a_remote_endpoint() {
         let rs = parsed();
-        let lb = find(&rs, "lab/web:http", AddressKind::LoadBalancer);
+        let lb = find(&rs, "lab/web:http", AddressKind::External);
         assert_eq!(lb.entry_chain, "external-URTH2HAX-lab/web/tcp/http");
         assert!(!lb.local_only && lb.no_endpoints.is_none());
         let eps: Vec<(String, &str, Option<bool>)> = lb
@@ -626,14 +687,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             (owner.service.as_str(), owner.kind),
-            ("lab/web:http", AddressKind::LoadBalancer)
+            ("lab/web:http", AddressKind::External)
         );
     }
 
     #[test]
     fn no_endpoints_rejects_through_the_reject_chain() {
         let rs = parsed();
-        let lb = find(&rs, "lab/empty:http", AddressKind::LoadBalancer);
+        let lb = find(&rs, "lab/empty:http", AddressKind::External);
         assert_eq!(lb.entry_chain, "service-endpoints-check");
         assert_eq!(
             lb.no_endpoints,
@@ -660,7 +721,7 @@ mod tests {
     #[test]
     fn local_policy_without_local_endpoint_drops_outside_traffic() {
         let rs = parsed();
-        let lb = find(&rs, "lab/local-only:http", AddressKind::LoadBalancer);
+        let lb = find(&rs, "lab/local-only:http", AddressKind::External);
         assert!(lb.local_only);
         assert!(
             matches!(&lb.no_endpoints, Some(NoEndpoints::DropNoLocal { rule }) if rule.ends_with(": drop }"))
@@ -706,6 +767,47 @@ mod tests {
                 .source_ranges
                 .is_empty()
         );
+        // Where the drop happens: the pre-DNAT filter base chains that jump
+        // to firewall-check.
+        let mut at: Vec<String> = lb
+            .firewall_chains
+            .iter()
+            .map(|c| format!("{} {}", c.table, c.chain))
+            .collect();
+        at.sort();
+        assert_eq!(
+            at,
+            [
+                "ip kube-proxy filter-output-pre-dnat",
+                "ip kube-proxy filter-prerouting-pre-dnat"
+            ]
+        );
+    }
+
+    /// kube-proxy captures a LoadBalancer IP and an externalIP alike; only
+    /// the LoadBalancer IP gets an @firewall-ips element when the Service
+    /// has loadBalancerSourceRanges, which tells the two apart.
+    #[test]
+    fn external_ips_beside_a_firewalled_load_balancer() {
+        let json = r#"{"nftables": [
+          {"chain": {"family": "ip", "table": "kube-proxy", "name": "external-AAAAAAAA-ns/s/tcp/p"}},
+          {"chain": {"family": "ip", "table": "kube-proxy", "name": "firewall-AAAAAAAA-ns/s/tcp/p"}},
+          {"chain": {"family": "ip", "table": "kube-proxy", "name": "external-BBBBBBBB-ns/o/tcp/p"}},
+          {"map": {"family": "ip", "name": "service-ips", "table": "kube-proxy", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict",
+                   "elem": [[{"concat": ["203.0.113.5", "tcp", 80]}, {"goto": {"target": "external-AAAAAAAA-ns/s/tcp/p"}}],
+                            [{"concat": ["198.51.100.5", "tcp", 80]}, {"goto": {"target": "external-AAAAAAAA-ns/s/tcp/p"}}],
+                            [{"concat": ["198.51.100.6", "tcp", 80]}, {"goto": {"target": "external-BBBBBBBB-ns/o/tcp/p"}}]]}},
+          {"map": {"family": "ip", "name": "firewall-ips", "table": "kube-proxy", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict",
+                   "elem": [[{"concat": ["203.0.113.5", "tcp", 80]}, {"goto": {"target": "firewall-AAAAAAAA-ns/s/tcp/p"}}]]}},
+          {"rule": {"family": "ip", "table": "kube-proxy", "chain": "firewall-AAAAAAAA-ns/s/tcp/p",
+                    "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": [{"prefix": {"addr": "192.0.2.0", "len": 24}}]}}}, {"drop": null}]}}
+        ]}"#;
+        let rs = parse_nft_json(json).unwrap();
+        let kind = |a: &str| rs.services_for(ip(a), 80, Proto::Tcp)[0].kind;
+        assert_eq!(kind("203.0.113.5"), AddressKind::LoadBalancer);
+        assert_eq!(kind("198.51.100.5"), AddressKind::ExternalIp);
+        // Another Service without source ranges: the rules cannot tell.
+        assert_eq!(kind("198.51.100.6"), AddressKind::External);
     }
 
     #[test]
@@ -853,9 +955,10 @@ mod tests {
         let rs = parse_nft_json(json).unwrap();
         assert_eq!(rs.base_chains[0].priority, -100);
         let lb = rs.services_for(ip("2001:db8::10"), 80, Proto::Tcp)[0];
+        // No source ranges: a LoadBalancer IP or an externalIP alike.
         assert_eq!(
             (lb.kind, lb.service.as_str()),
-            (AddressKind::LoadBalancer, "ns/v6:web")
+            (AddressKind::External, "ns/v6:web")
         );
         assert_eq!(lb.endpoints[0].ip, ip("fd00:244::5"));
         let np = rs.services_for(ip("2001:db8::1"), 30080, Proto::Tcp);
