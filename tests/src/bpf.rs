@@ -58,11 +58,18 @@ fn prog_id_in(fdinfo: &str) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The programs `ids`, each with its statistics.
+pub fn programs_of(ids: &[u32]) -> Vec<ProgStats> {
+    programs()
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .collect()
+}
+
 /// Run time and run count summed over the programs `ids`.
 pub fn stats_of(ids: &[u32]) -> (u64, u64) {
-    programs()
+    programs_of(ids)
         .iter()
-        .filter(|p| ids.contains(&p.id))
         .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt))
 }
 

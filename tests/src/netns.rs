@@ -742,15 +742,13 @@ pub fn syn_flood(
     })
 }
 
-/// New conntrack entries confirmed in `ns` so far (`conntrack -S`, summed
-/// over CPUs): the flows that made it through the namespace's netfilter.
-pub fn conntrack_inserts(ns: &str) -> Result<u64> {
-    let out = in_ns(ns, &["conntrack", "-S"])?;
-    Ok(out
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("insert="))
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum())
+/// Conntrack entries in `ns` now (`conntrack -C`). Not `conntrack -S`'s
+/// `insert=`: recent kernels print it but no longer count it.
+pub fn conntrack_entries(ns: &str) -> Result<u64> {
+    let out = in_ns(ns, &["conntrack", "-C"])?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("conntrack -C printed {out:?}"))
 }
 
 #[cfg(test)]

@@ -209,7 +209,7 @@ impl Obs {
 }
 
 /// One observer's run: two streams with it attached.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Sample {
     ratio_lb: f64,
     ratio_other: f64,
@@ -217,6 +217,8 @@ struct Sample {
     ns_other: Option<f64>,
     attach: Duration,
     rss: f64,
+    /// The LB stream program by program: where the time per packet goes.
+    per_prog_lb: String,
 }
 
 struct Streams {
@@ -293,8 +295,10 @@ impl Bench {
         let s0 = bpf::stats_of(&ids);
         let other = netns::iperf3(&client, self.other, self.secs)?;
         let s1 = bpf::stats_of(&ids);
+        let p1 = bpf::programs_of(&ids);
         let lb = netns::iperf3(&client, self.lb, self.secs)?;
         let s2 = bpf::stats_of(&ids);
+        let p2 = bpf::programs_of(&ids);
         let rss = proc_mib(r.pid(), "VmRSS").unwrap_or(0.0);
         r.stop()?;
         let per_pkt = |t0: u64, t1: u64, bytes: u64| {
@@ -305,10 +309,43 @@ impl Bench {
             ns_lb: per_pkt(s1.0, s2.0, lb.bytes),
             attach,
             rss,
+            per_prog_lb: per_program(&p1, &p2, lb.bytes),
             ..Default::default()
         };
         Ok((Streams { lb, other }, sample))
     }
+}
+
+/// Each program that ran between two readings: runs and ns per segment
+/// (`bytes` / MSS) and ns per run, most expensive first.
+fn per_program(before: &[bpf::ProgStats], after: &[bpf::ProgStats], bytes: u64) -> String {
+    let segs = (bytes as f64 / MSS).max(1.0);
+    let mut rows: Vec<(String, u64, u64)> = after
+        .iter()
+        .filter_map(|a| {
+            let b = before.iter().find(|b| b.id == a.id)?;
+            let runs = a.run_cnt.saturating_sub(b.run_cnt);
+            (runs > 0).then(|| {
+                (
+                    a.name.clone(),
+                    runs,
+                    a.run_time_ns.saturating_sub(b.run_time_ns),
+                )
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+    rows.iter()
+        .map(|(name, runs, ns)| {
+            format!(
+                "{name} {:.2} runs/seg {:.0} ns/run {:.1} ns/seg",
+                *runs as f64 / segs,
+                *ns as f64 / *runs as f64,
+                *ns as f64 / segs
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `VmRSS` / `VmHWM` of a process, MiB.
@@ -453,10 +490,12 @@ struct Flood {
 fn flood(b: &Bench, n: u16, rate: u32) -> Result<Flood> {
     let node = b.lab.node();
     let (r, _) = Obs::Lbpath.start(&node)?;
-    let before = netns::conntrack_inserts(&node)?;
+    // Entries of the flood's flows outlive it (CLOSE, 10 s): the growth is
+    // how many reached the node's netfilter.
+    let before = netns::conntrack_entries(&node)?;
     let took = netns::syn_flood(&b.lab.client(), FLOOD_SRC, 1024, n, b.lab.lb_addr(), rate)?;
     std::thread::sleep(Duration::from_secs(1));
-    let arrived = netns::conntrack_inserts(&node)? - before;
+    let arrived = netns::conntrack_entries(&node)?.saturating_sub(before);
     settle(&r, arrived as usize, Duration::from_secs(90));
     let hwm = proc_mib(r.pid(), "VmHWM").unwrap_or(f64::NAN);
     let out = r.stop()?;
@@ -572,6 +611,17 @@ fn run(a: &Args) -> Result<bool> {
     }
     if let Some(r) = &rounds {
         print_table(r, burst_r.as_ref());
+    }
+    if let Some(r) = &rounds {
+        for o in [Obs::Empty, Obs::Lbpath] {
+            if let Some(s) = r.samples.get(&o).and_then(|v| v.last()) {
+                println!(
+                    "\n{}, LB stream, last round, per program: {}",
+                    o.name(),
+                    s.per_prog_lb
+                );
+            }
+        }
     }
     print_details(a, burst_r.as_ref(), flood_r.as_ref(), &scales);
     Ok(goals(
