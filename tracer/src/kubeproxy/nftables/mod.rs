@@ -44,12 +44,44 @@ use model::Model;
 /// at a time (see [`model`]: the whole document as a JSON tree would take
 /// many times its size).
 pub fn parse_nft_json(json: &str) -> Result<Ruleset, ParseError> {
+    parse_from(serde_json::Deserializer::from_str(json))
+}
+
+/// Reads `nft -j list ruleset` output from `r` as it comes (a pipe from nft),
+/// so the document is never held whole; None when there is none (only
+/// white space: an older nft with an empty ruleset).
+pub fn read_nft_json(r: impl std::io::Read) -> Result<Option<Ruleset>, ParseError> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::with_capacity(64 << 10, r);
+    loop {
+        let buf = r
+            .fill_buf()
+            .map_err(|e| ParseError::new(None, format!("reading nft's output: {e}")))?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(at) => {
+                r.consume(at);
+                break;
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
+    }
+    parse_from(serde_json::Deserializer::from_reader(r)).map(Some)
+}
+
+fn parse_from<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Result<Ruleset, ParseError> {
     let mut doc = Document {
         model: reader::model(),
         error: None,
         found: false,
     };
-    let mut de = serde_json::Deserializer::from_str(json);
     let read = (&mut doc).deserialize(&mut de).and_then(|()| de.end());
     if let Some(e) = doc.error.take() {
         return Err(e);

@@ -425,6 +425,30 @@ mod tests {
     const NFT: &str = include_str!("../testdata/nftables.json");
 
     #[test]
+    fn read_from_a_pipe_as_from_text() {
+        use crate::kubeproxy::read_nft_json;
+        let text = parse_nft_json(NFT).unwrap();
+        // A reader handing out a few bytes at a time, as a pipe may.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(7);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let piped = read_nft_json(Trickle(format!("\n  {NFT}").as_bytes()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(piped, text);
+        assert!(read_nft_json(Trickle(b" \n\t")).unwrap().is_none());
+        let cut = &NFT.as_bytes()[..NFT.len() / 2];
+        let e = read_nft_json(Trickle(cut)).unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
     fn named_priorities() {
         let p = |s: &str| priority(&Value::String(s.into()), Some("ip"));
         assert_eq!(p("dstnat - 10"), Some(-110));
