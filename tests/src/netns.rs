@@ -657,6 +657,27 @@ pub fn syn_flood(
         if fd.raw() < 0 {
             bail!("raw socket: {}", std::io::Error::last_os_error());
         }
+        // Sent from `src`, not the address routing would pick: the
+        // checksum covers it, and a wrong one makes conntrack drop the SYN.
+        let from = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(src.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a valid address of the size given.
+        let bound = unsafe {
+            libc::bind(
+                fd.raw(),
+                &from as *const libc::sockaddr_in as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if bound != 0 {
+            bail!("binding to {src}: {}", std::io::Error::last_os_error());
+        }
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: 0,
