@@ -154,7 +154,15 @@ pub static NF_SEEN: PerCpuArray<NfSeen> = PerCpuArray::with_max_entries(1, 0);
 /// of this address cannot be that one any more (a free, local delivery, a
 /// packet the node sends).
 #[map]
-pub static PASSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static PASSED: PerCpuArray<Passed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet [`PASSED`] and whether it is a request (else an answer).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Passed {
+    pub skb: u64,
+    pub request: u64,
+}
 
 /// Big per-event values (parsed headers, event details, a track being
 /// built) live here, not on the BPF stack: before 6.13 a program's whole

@@ -113,7 +113,7 @@ fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
     };
     if outcome == SPENT {
         // The rest of its way on this CPU costs one compare per hook.
-        pass(skb);
+        pass(skb, !REPLY);
     } else if outcome == STARTED
         && let Some(tr) = tracked(skb)
     {
@@ -134,11 +134,15 @@ pub fn lbp_xmit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_xmit(skb: u64, dev: u64) {
-    let now = jiffies();
+    let open = window_open(jiffies());
+    // A request decided at its first hook has nothing more to tell here.
+    if open && passed_request(skb) {
+        return;
+    }
     let proto = skb_protocol(skb);
     let l3 = skb_network(skb);
-    // A passed packet is not tracked; an answer among them is still counted below.
-    if window_open(now)
+    // A passed answer is not tracked, but still counted below.
+    if open
         && !passed(skb)
         && let Some(tr) = tracked(skb)
         && let Some(f) = Frame::enter()

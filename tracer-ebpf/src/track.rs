@@ -216,17 +216,29 @@ pub fn reply_seen(skb: u64, s: &mut Scratch) -> u8 {
 }
 
 /// Marks `skb` as decided at its first hook: not traced (see [`PASSED`]).
+/// A request needs nothing at transmit; an answer is still counted there.
 #[inline(always)]
-pub fn pass(skb: u64) {
+pub fn pass(skb: u64, request: bool) {
     if let Some(p) = PASSED.get_ptr_mut(0) {
-        unsafe { *p = skb };
+        unsafe {
+            (*p).skb = skb;
+            (*p).request = request as u64;
+        }
     }
 }
 
 /// Was `skb` decided at its first hook on this CPU?
 #[inline(always)]
 pub fn passed(skb: u64) -> bool {
-    PASSED.get(0).is_some_and(|p| *p == skb)
+    PASSED.get(0).is_some_and(|p| p.skb == skb)
+}
+
+/// Was `skb` passed as a request?
+#[inline(always)]
+pub fn passed_request(skb: u64) -> bool {
+    PASSED
+        .get(0)
+        .is_some_and(|p| p.skb == skb && p.request != 0)
 }
 
 /// `skb` is no longer the packet passed (freed, delivered, or a new packet
@@ -235,8 +247,8 @@ pub fn passed(skb: u64) -> bool {
 pub fn unpass(skb: u64) {
     if let Some(p) = PASSED.get_ptr_mut(0) {
         unsafe {
-            if *p == skb {
-                *p = 0;
+            if (*p).skb == skb {
+                (*p).skb = 0;
             }
         }
     }
