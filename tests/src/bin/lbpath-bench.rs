@@ -208,6 +208,9 @@ impl Obs {
     }
 }
 
+/// A figure read from a sample, when it has one.
+type Metric = dyn Fn(&Sample) -> Option<f64>;
+
 /// One observer's run: two streams with it attached.
 #[derive(Debug, Clone, Default)]
 struct Sample {
@@ -824,7 +827,7 @@ fn goals(
             other >= GOAL_RATIO_OTHER,
             format!("{other:.3} ≥ {GOAL_RATIO_OTHER}"),
         );
-        let per_pkt: [(&str, &dyn Fn(&Sample) -> Option<f64>); 2] = [
+        let per_pkt: [(&str, &Metric); 2] = [
             ("eBPF time per packet, LB stream", &|s| s.ns_lb),
             ("eBPF time per packet, unrelated", &|s| s.ns_other),
         ];

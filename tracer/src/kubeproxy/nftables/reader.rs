@@ -107,19 +107,17 @@ fn verdict(model: &Model, r: &Rule) -> Option<&'static str> {
             Stmt::XtTarget(name) if name == "DROP" => out = Some("DROP"),
             Stmt::XtTarget(name) if name == "REJECT" => out = Some("REJECT"),
             // A verdict map drops when one of its values is drop.
-            Stmt::Vmap(VmapData::Named(name)) => {
+            Stmt::Vmap(VmapData::Named(name))
                 if model.set(&r.family, &r.table, name).is_some_and(|s| {
                     s.elems
                         .iter()
                         .any(|e| e.data.as_ref().is_some_and(|d| d.drop))
-                }) {
-                    out = Some("DROP");
-                }
+                }) =>
+            {
+                out = Some("DROP");
             }
-            Stmt::Vmap(VmapData::Inline(values)) => {
-                if values.iter().any(|v| v.drop) {
-                    out = Some("DROP");
-                }
+            Stmt::Vmap(VmapData::Inline(values)) if values.iter().any(|v| v.drop) => {
+                out = Some("DROP");
             }
             _ => {}
         }
