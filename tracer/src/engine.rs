@@ -432,7 +432,9 @@ impl Engine {
         if degraded != self.rules.degraded_reason() {
             out.push(Output::Rules { degraded });
         }
-        self.rules = (*read.rules).clone();
+        // Taken over rather than copied when nothing else holds it: a big
+        // ruleset is megabytes, and the old one is still here.
+        self.rules = std::sync::Arc::try_unwrap(read.rules).unwrap_or_else(|a| (*a).clone());
         let targets_changed = self.targets.refresh(&self.rules);
         self.services = services_for(&self.rules, &self.targets);
         // Only flows whose drop the read can have counted.

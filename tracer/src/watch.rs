@@ -152,10 +152,14 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
     }
     let (stats, cut) = s.losses()?;
     let lost = stats.lost_events;
+    let n: u64 = per.values().sum();
+    // Flows the kernel side began to trace that were neither reported nor
+    // filtered out here: their events were lost or cut, or said too little
+    // to make a path. So every flow is accounted for.
+    let unreported = stats.flows.saturating_sub(n + s.engine.filtered_out);
     // By endpoint, from the reports kept (the most recent ones): one pod
     // failing among answering ones shows as such.
     let kept = s.engine.recent.len() as u64;
-    let total: u64 = per.values().sum();
     let mut roll = diagnose::rollup(&s.engine.recent, &[]);
     roll.endpoints.retain(|e| e.flows > 0);
     if printer.json {
@@ -175,6 +179,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
             "{}",
             serde_json::json!({ "totals": {
                 "flows": per,
+                "flows_not_reported": unreported,
                 "endpoints": endpoints,
                 "endpoints_of_last": kept,
                 "events_lost": lost,
@@ -188,17 +193,16 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
                 .iter()
                 .map(|e| format!("{} {}", e.endpoint, e.describe()))
                 .collect();
-            let of = if kept < total {
+            let of = if kept < n {
                 format!(" (last {kept} flows)")
             } else {
                 String::new()
             };
             eprintln!("lbpath: by endpoint{of}: {}", list.join("; "));
         }
-        let n: u64 = per.values().sum();
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
-            "lbpath: {n} flow{}{}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
+            "lbpath: {n} flow{}{}; not reported: {unreported}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
             if n == 1 { "" } else { "s" },
             if flows.is_empty() {
                 String::new()

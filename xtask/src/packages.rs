@@ -88,6 +88,24 @@ pub const PACKAGES: &[Package] = &[
         program: "podman",
         static_binary: false,
     },
+    // `cargo xtask bench`: the observers lbpath is measured beside (bpftrace
+    // as a second eBPF tracer, tcpdump as a packet socket) and the bulk
+    // traffic they watch.
+    Package {
+        name: "tcpdump",
+        program: "tcpdump",
+        static_binary: false,
+    },
+    Package {
+        name: "bpftrace",
+        program: "bpftrace",
+        static_binary: false,
+    },
+    Package {
+        name: "iperf3",
+        program: "iperf3",
+        static_binary: false,
+    },
     // The kernel matrix (`cargo xtask test-kernels`): qemu boots the guests,
     // busybox-static is their initramfs's shell (the plain busybox package
     // installs a dynamic one, useless there), kmod's depmod/modprobe index and
@@ -276,7 +294,7 @@ mod tests {
 
     #[test]
     fn every_package_names_a_program() {
-        assert_eq!(PACKAGES.len(), 16);
+        assert_eq!(PACKAGES.len(), 19);
         assert_eq!(PACKAGES.iter().filter(|p| p.static_binary).count(), 1);
         assert!(
             PACKAGES
