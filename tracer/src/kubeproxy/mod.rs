@@ -400,6 +400,9 @@ pub struct NodeRules {
     /// "no rule for X" is not something lbpath can know.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// kube-proxy's IPVS mode: the kernel's virtual services and the sets
+    /// naming them (empty when IPVS is not in use).
+    pub ipvs: crate::ipvs::IpvsState,
 }
 
 impl NodeRules {
@@ -472,14 +475,40 @@ pub async fn read_node() -> NodeRules {
         }
     };
 
+    let ipvs = read_ipvs(&mut problems, &mut degraded);
     let mut rules = NodeRules {
         rulesets: merge_views(iptables, nft, &mut problems),
         problems,
         degraded,
+        ipvs,
     };
     note_mixed_modes(&mut rules);
     sanitize(&mut rules);
     rules
+}
+
+/// The IPVS state, when the kernel has IPVS. Virtual services that could
+/// not be read make the rules degraded (a missing one is then unknown, not
+/// a finding); sets or nat rules that could not be read only lose the
+/// Services' names and kinds, a problem.
+fn read_ipvs(problems: &mut Vec<String>, degraded: &mut Vec<String>) -> crate::ipvs::IpvsState {
+    let mut st = crate::ipvs::IpvsState::read();
+    for p in &st.problems {
+        if st.services_unread.contains(p) {
+            degraded.push(p.clone());
+        } else if !st.services.is_empty() {
+            problems.push(format!("kube-proxy IPVS mode: {p}"));
+        }
+    }
+    use crate::escape::sanitize as s;
+    for svc in &mut st.services {
+        if let Some(n) = &mut svc.service_name {
+            s(n);
+        }
+        s(&mut svc.scheduler);
+        svc.source_ranges.iter_mut().for_each(s);
+    }
+    st
 }
 
 /// Every string of the rules is untrusted (comments, chain and rule text
