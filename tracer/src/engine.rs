@@ -508,6 +508,7 @@ impl Engine {
             rule_hits: hits,
             rp_filter: &rp,
             netfilter_links: self.netfilter_links,
+            ipvs: &self.rules.ipvs,
         };
         let mut r = path::assemble(evs, &ctx, counters)?;
         r.flow.conn = key.conn;

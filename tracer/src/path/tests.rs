@@ -227,6 +227,7 @@ fn run(b: &B, services: &[ServicePort], hits: &[RuleHit]) -> FlowReport {
         rule_hits: hits,
         rp_filter: &rp,
         netfilter_links: true,
+        ipvs: &IpvsState::default(),
     };
     assemble(&b.evs, &ctx, None).unwrap()
 }
@@ -278,6 +279,7 @@ fn kinds(r: &FlowReport) -> Vec<&'static str> {
             HopKind::Conntrack { .. } => "conntrack",
             HopKind::Dnat { .. } => "dnat",
             HopKind::Snat { .. } => "snat",
+            HopKind::Ipvs { .. } => "ipvs",
             HopKind::Route { .. } => "route",
             HopKind::Left { .. } => "left",
             HopKind::InPod { .. } => "in_pod",
