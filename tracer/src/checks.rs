@@ -107,9 +107,10 @@ impl Sysctls {
                 sysctl(&format!("ipv4/conf/{name}/{key}")).unwrap_or(0),
             )
         };
+        // A dummy (kube-ipvs0) is on no wire: it never answers ARP itself.
         let arp = uplinks
             .iter()
-            .filter(|i| net.role(i.index) == IfRole::Uplink)
+            .filter(|i| net.role(i.index) == IfRole::Uplink && i.kind != "dummy")
             .map(|i| ArpConf {
                 iface: i.name.clone(),
                 arp_ignore: conf(&i.name, "arp_ignore"),
