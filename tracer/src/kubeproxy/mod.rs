@@ -475,7 +475,7 @@ pub async fn read_node() -> NodeRules {
         }
     };
 
-    let ipvs = read_ipvs(&mut problems, &mut degraded);
+    let ipvs = read_ipvs(&mut problems, &mut degraded).await;
     let mut rules = NodeRules {
         rulesets: merge_views(iptables, nft, &mut problems),
         problems,
@@ -491,8 +491,24 @@ pub async fn read_node() -> NodeRules {
 /// not be read make the rules degraded (a missing one is then unknown, not
 /// a finding); sets or nat rules that could not be read only lose the
 /// Services' names and kinds, a problem.
-fn read_ipvs(problems: &mut Vec<String>, degraded: &mut Vec<String>) -> crate::ipvs::IpvsState {
-    let mut st = crate::ipvs::IpvsState::read();
+async fn read_ipvs(
+    problems: &mut Vec<String>,
+    degraded: &mut Vec<String>,
+) -> crate::ipvs::IpvsState {
+    // Reading runs `ipset save` and `iptables-save` and waits for them: on
+    // a thread of its own, not the event loop's. A new thread starts in
+    // its creator's network namespace, so this still reads the caller's.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::ipvs::IpvsState::read());
+    });
+    let mut st = match rx.await {
+        Ok(st) => st,
+        Err(_) => {
+            degraded.push("IPVS could not be read: the reading thread failed".into());
+            return crate::ipvs::IpvsState::default();
+        }
+    };
     for p in &st.problems {
         if st.services_unread.contains(p) {
             degraded.push(p.clone());
