@@ -483,8 +483,13 @@ fn refusing_real_server() {
         flow["verdict"]
     );
     assert_through_ipvs(&flow);
+    // The pod's refusal: its reset (traced where the kernel has the
+    // tracepoint), or the SYN its stack found no socket for.
     assert!(
-        hops(&flow, "reset").iter().any(|h| h["at"] == "the pod"),
+        hops(&flow, "reset").iter().any(|h| h["at"] == "the pod")
+            || hops(&flow, "dropped")
+                .iter()
+                .any(|h| h["reason"] == "NO_SOCKET" && text(&h["at"]).contains("pod")),
         "{flow}"
     );
 }
