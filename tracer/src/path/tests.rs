@@ -877,7 +877,7 @@ const MASQ: &str = "10.244.1.1:40000";
 const LOCAL_IN: u8 = tracer_common::NF_INET_LOCAL_IN;
 const LOCAL_OUT: u8 = tracer_common::NF_INET_LOCAL_OUT;
 
-fn hop_of<'a>(r: &'a FlowReport, dir: Dir, f: impl Fn(&HopKind) -> bool) -> Option<&'a Hop> {
+fn hop_of(r: &FlowReport, dir: Dir, f: impl Fn(&HopKind) -> bool) -> Option<&Hop> {
     r.hops.iter().find(|h| h.dir == dir && f(&h.kind))
 }
 
