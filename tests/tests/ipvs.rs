@@ -17,9 +17,12 @@ use lbpath::{
 };
 use lbpath_tests::{
     ipvs_lab::{self, IpvsLab, IpvsSpec, Reals},
+    kernel,
     lab::{KubeProxy, LB, LB_PORT, Lab, LabSpec, POD, POD_PORT},
     netns::{self, in_ns},
+    run::Running,
 };
+use serde_json::Value;
 
 const T: Duration = Duration::from_secs(3);
 /// The kernel folds IPVS counters every 2 s; TCG guests are slow.
@@ -83,6 +86,149 @@ fn counters_past(ns: &str, before: u64) -> IpvsState {
     .unwrap_or_else(|| panic!("IPVS counters did not move: {:#?}", read_ipvs(ns)))
 }
 
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `lbpath watch <LB IP> --json` on the node while `traffic` runs; the
+/// first flow report (everything lbpath printed goes to the log).
+fn watch_flow(lab: &IpvsLab, traffic: impl FnOnce()) -> Value {
+    let lb = LB.to_string();
+    let w = Running::watch(&lab.node(), &[lb.as_str(), "--json"]).expect("lbpath attaches");
+    traffic();
+    let flow = w.wait_flow(WAIT, |_| true);
+    let out = w.stop().unwrap();
+    eprintln!(
+        "lbpath stdout:\n{}\nlbpath stderr:\n{}",
+        out.stdout, out.stderr
+    );
+    flow.expect("a flow is reported")
+}
+
+/// `lbpath watch <LB IP>` (text) while `traffic` runs, for the log.
+fn watch_text(lab: &IpvsLab, traffic: impl FnOnce()) -> String {
+    let lb = LB.to_string();
+    let w = Running::watch(&lab.node(), &[lb.as_str()]).expect("lbpath attaches");
+    traffic();
+    netns::wait_for(WAIT, || w.stdout().contains("  ✔ ").then_some(()));
+    let out = w.stop().unwrap();
+    eprintln!("lbpath text:\n{}", out.stdout);
+    out.stdout
+}
+
+/// `lbpath diagnose <LB IP> --port 80 --json` for `secs` while `traffic`
+/// runs; its report.
+fn diagnose(lab: &IpvsLab, secs: u32, traffic: impl FnOnce()) -> Value {
+    let d = format!("{secs}s");
+    let port = LB_PORT.to_string();
+    let lb = LB.to_string();
+    let r = Running::diagnose(
+        &lab.node(),
+        &[lb.as_str(), "--port", &port, "--json", "--duration", &d],
+    )
+    .expect("diagnose starts");
+    traffic();
+    let out = r.wait(Duration::from_secs(90)).unwrap();
+    eprintln!(
+        "lbpath diagnose stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report: {}\n{}", out.stdout, out.stderr))
+}
+
+fn hops<'a>(flow: &'a Value, kind: &str) -> Vec<&'a Value> {
+    flow["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["hop"] == kind)
+        .collect()
+}
+
+fn verdict(flow: &Value) -> &str {
+    flow["verdict"]["kind"].as_str().unwrap()
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// The diagnose findings of one check.
+fn checks<'a>(report: &'a Value, check: &str) -> Vec<&'a Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == check)
+        .collect()
+}
+
+/// The request's way into IPVS, common to every case where it schedules:
+/// arrived on eth0, delivered locally (the LB IP on kube-ipvs0), the
+/// virtual service matched and the pod chosen as real server, DNAT at INPUT.
+fn assert_through_ipvs(flow: &Value) {
+    let arrived = hops(flow, "arrived");
+    assert_eq!(arrived[0]["iface"], "eth0", "{arrived:?}");
+    assert_eq!(arrived[0]["dir"], "request");
+    assert_eq!(arrived[0]["tcp_flags"], "SYN");
+    let route = hops(flow, "route");
+    let local = text(&route[0]["decision"]);
+    assert!(
+        route[0]["dir"] == "request"
+            && local.contains("deliver locally")
+            && local.contains(ipvs_lab::DUMMY),
+        "{route:?}"
+    );
+    let ipvs = hops(flow, "ipvs");
+    assert_eq!(ipvs.len(), 1, "{ipvs:?}");
+    assert_eq!(ipvs[0]["virtual_server"], "TCP 192.0.2.240:80 rr");
+    assert_eq!(ipvs[0]["scheduler"], ipvs_lab::SCHEDULER);
+    assert_eq!(ipvs[0]["real_server"], "10.244.1.5:8080");
+    assert_eq!(ipvs[0]["forward"], "masq");
+    assert_eq!(ipvs[0]["real_servers"], 1);
+    let dnat: Vec<_> = hops(flow, "dnat")
+        .into_iter()
+        .filter(|h| h["dir"] == "request")
+        .collect();
+    assert_eq!(dnat.len(), 1, "{dnat:?}");
+    assert_eq!(dnat[0]["from"], "192.0.2.240:80");
+    assert_eq!(dnat[0]["to"], "10.244.1.5:8080");
+    assert_eq!(dnat[0]["hook"], "INPUT", "{dnat:?}");
+    assert!(text(&dnat[0]["by"]).starts_with("IPVS TCP 192.0.2.240:80 rr"));
+    // Without BPF netfilter links (before 6.4) IPVS' rewrite is inferred.
+    assert_eq!(
+        dnat[0]["inferred"].as_bool().unwrap_or(false),
+        !kernel::has_netfilter_links(),
+        "{dnat:?}"
+    );
+    // kube-proxy's KUBE-POSTROUTING masquerades the client.
+    let snat: Vec<_> = hops(flow, "snat")
+        .into_iter()
+        .filter(|h| h["dir"] == "request")
+        .collect();
+    assert!(
+        snat.len() == 1
+            && snat[0]["from"].as_str().unwrap().starts_with("192.0.2.10:")
+            && text(&snat[0]["hook"]).contains("POSTROUTING"),
+        "{snat:?}"
+    );
+    let left = hops(flow, "left");
+    assert!(
+        left.iter()
+            .any(|h| h["dir"] == "request" && h["iface"] == "vethpod" && h["role"] == "pod_veth"),
+        "{left:?}"
+    );
+    assert_eq!(hops(flow, "in_pod")[0]["addr"], "10.244.1.5:8080");
+    // Never "delivered to a socket on this node": IPVS took it.
+    assert!(
+        !hops(flow, "delivered")
+            .iter()
+            .any(|h| text(&h["at"]).contains("node")),
+        "{flow}"
+    );
+}
+
 #[test]
 fn healthy() {
     if !ipvs_or_skip("healthy") {
@@ -144,6 +290,83 @@ fn healthy() {
         dummy.up,
         info.role(dummy.index)
     );
+    let client = lab.client();
+    let flow = watch_flow(&lab, || {
+        let body = netns::http_get(&client, lab.lb_addr(), T).unwrap();
+        assert!(body.contains("hello from pod"), "{body}");
+    });
+    println!("flow: {flow}");
+    assert_eq!(verdict(&flow), "answered", "{}", flow["verdict"]);
+    assert_eq!(flow["flow"]["lb"], "192.0.2.240:80");
+    assert_eq!(flow["service"]["name"], "default/web:http");
+    assert_eq!(flow["service"]["kind"], "LoadBalancer");
+    assert_eq!(flow["service"]["chain"], "IPVS TCP 192.0.2.240:80 rr");
+    assert_eq!(flow["service"]["endpoints"], 1);
+    assert_through_ipvs(&flow);
+    assert_eq!(hops(&flow, "ipvs")[0]["service"], "default/web:http");
+    // The reply: masquerade undone, then IPVS puts the LB IP back as source.
+    let reply_nat: Vec<_> = hops(&flow, "snat")
+        .into_iter()
+        .chain(hops(&flow, "dnat"))
+        .filter(|h| h["dir"] == "reply")
+        .collect();
+    assert!(
+        reply_nat
+            .iter()
+            .any(|h| h["hop"] == "snat" && h["to"].as_str().unwrap().starts_with("192.0.2.10:")),
+        "{reply_nat:?}"
+    );
+    assert!(
+        reply_nat.iter().any(|h| h["hop"] == "dnat"
+            && h["from"] == "10.244.1.5:8080"
+            && h["to"] == "192.0.2.240:80"
+            && h["hook"] == "FORWARD"),
+        "{reply_nat:?}"
+    );
+    assert!(
+        hops(&flow, "left")
+            .iter()
+            .any(|h| h["dir"] == "reply" && h["iface"] == "eth0"),
+        "{flow}"
+    );
+    let notes = flow["notes"].to_string();
+    assert!(!notes.contains("no kube-proxy rules"), "{notes}");
+    let shown = watch_text(&lab, || {
+        netns::http_get(&client, lab.lb_addr(), T).unwrap();
+    });
+    assert!(shown.contains("IPVS"), "{shown}");
+
+    // diagnose: the virtual service and its real server among the checks,
+    // strictARP in effect (the lab's default), healthy traffic.
+    let report = diagnose(&lab, 5, || {
+        in_ns(&client, &["ip", "neigh", "flush", "all"]).unwrap();
+        netns::http_get(&client, lab.lb_addr(), T).unwrap();
+    });
+    assert_eq!(
+        report["verdict"]["layer"], "healthy",
+        "{}",
+        report["verdict"]
+    );
+    let vs = checks(&report, "ipvs");
+    assert!(
+        vs.iter().any(|c| c["level"] == "ok"
+            && text(&c["text"]).contains("TCP 192.0.2.240:80 rr")
+            && text(&c["text"]).contains("default/web:http")
+            && text(&c["text"]).contains("10.244.1.5:8080 masq weight 1")),
+        "{vs:?}"
+    );
+    let strict = checks(&report, "strictARP");
+    assert!(
+        strict.len() == 1 && strict[0]["level"] == "ok",
+        "{strict:?}"
+    );
+    assert!(
+        !checks(&report, "kube-proxy rules")
+            .iter()
+            .any(|c| c["level"] == "problem"),
+        "{}",
+        report["checks"]
+    );
 }
 
 #[test]
@@ -172,6 +395,46 @@ fn no_real_servers() {
     eprintln!("client: {err:#}");
     let st = read_ipvs(&lab.node());
     assert!(lb_service(&st).reals.is_empty());
+    let client = lab.client();
+    let flow = watch_flow(&lab, || {
+        let _ = netns::http_get(&client, lab.lb_addr(), T);
+    });
+    println!("flow: {flow}");
+    assert_eq!(verdict(&flow), "no_endpoints", "{}", flow["verdict"]);
+    let summary = text(&flow["verdict"]["summary"]);
+    assert!(
+        summary.contains("TCP 192.0.2.240:80 rr") && summary.contains("no real servers"),
+        "{summary}"
+    );
+    assert!(
+        text(&flow["verdict"]["hint"]).contains("IPVS has nowhere to send"),
+        "{}",
+        flow["verdict"]
+    );
+    assert_eq!(hops(&flow, "arrived")[0]["iface"], "eth0");
+    assert!(hops(&flow, "ipvs").is_empty() && hops(&flow, "dnat").is_empty());
+    assert!(hops(&flow, "in_pod").is_empty());
+    if kernel::has_netfilter_links() {
+        let route = hops(&flow, "route");
+        assert!(
+            text(&route[0]["decision"]).contains(ipvs_lab::DUMMY),
+            "{route:?}"
+        );
+        let dropped = hops(&flow, "dropped");
+        assert!(
+            dropped.len() == 1 && text(&dropped[0]["at"]).starts_with("IPVS virtual service"),
+            "{dropped:?}"
+        );
+    }
+    // diagnose lists the virtual service without real servers as the problem.
+    let report = diagnose(&lab, 3, || {});
+    let vs = checks(&report, "ipvs");
+    assert!(
+        vs.iter().any(|c| c["level"] == "problem"
+            && text(&c["text"]).contains("TCP 192.0.2.240:80 rr")
+            && text(&c["text"]).contains("0 real servers")),
+        "{vs:?}"
+    );
 }
 
 #[test]
@@ -203,6 +466,32 @@ fn refusing_real_server() {
     let st = counters_past(&node, before);
     let real = &lb_service(&st).reals[0];
     assert_eq!(real.active_conns, 0, "{real:#?}");
+    let client = lab.client();
+    let flow = watch_flow(&lab, || {
+        let _ = netns::http_get(&client, lab.lb_addr(), T);
+    });
+    println!("flow: {flow}");
+    assert_eq!(verdict(&flow), "refused", "{}", flow["verdict"]);
+    let summary = text(&flow["verdict"]["summary"]);
+    assert!(
+        summary.contains("real server 10.244.1.5:8080") && summary.contains("IPVS"),
+        "{summary}"
+    );
+    assert!(
+        text(&flow["verdict"]["hint"]).contains("nothing listens on 10.244.1.5:8080"),
+        "{}",
+        flow["verdict"]
+    );
+    assert_through_ipvs(&flow);
+    // The pod's refusal: its reset (traced where the kernel has the
+    // tracepoint), or the SYN its stack found no socket for.
+    assert!(
+        hops(&flow, "reset").iter().any(|h| h["at"] == "the pod")
+            || hops(&flow, "dropped")
+                .iter()
+                .any(|h| h["reason"] == "NO_SOCKET" && text(&h["at"]).contains("pod")),
+        "{flow}"
+    );
 }
 
 #[test]
@@ -229,6 +518,44 @@ fn strict_arp_on_and_off() {
     // The kernel answers for the IP on kube-ipvs0 on eth0.
     let body = netns::http_get(&client, lab.lb_addr(), T).unwrap();
     assert!(body.contains("hello from pod"), "{body}");
+    // diagnose: strictARP off is a problem, and in the live window this
+    // node answers ARP for an IP nobody elected it to announce.
+    let report = diagnose(&lab, 5, || {
+        in_ns(&client, &["ip", "neigh", "flush", "all"]).unwrap();
+        netns::http_get(&client, lab.lb_addr(), T).unwrap();
+    });
+    let strict = checks(&report, "strictARP");
+    assert!(
+        strict.len() == 1
+            && strict[0]["level"] == "problem"
+            && text(&strict[0]["text"]).contains("will answer ARP for every LB IP on kube-ipvs0")
+            && text(&strict[0]["text"]).contains("eth0")
+            && text(&strict[0]["next_step"]).contains("strictARP: true"),
+        "{strict:?}"
+    );
+    assert!(
+        report["arp"]["verdict"]
+            .to_string()
+            .contains("answered_by_this_node"),
+        "{}",
+        report["arp"]
+    );
+    assert_eq!(
+        report["verdict"]["layer"], "strict_arp_off",
+        "{}",
+        report["verdict"]
+    );
+    assert!(
+        text(&report["verdict"]["summary"]).contains("kube-ipvs0")
+            && text(&report["verdict"]["next_step"]).contains("strictARP: true"),
+        "{}",
+        report["verdict"]
+    );
+    let flows = report["flows"].as_array().unwrap();
+    assert!(
+        flows.iter().any(|f| f["verdict"]["kind"] == "answered"),
+        "{flows:?}"
+    );
 
     lab.set_strict_arp(true).unwrap();
     in_ns(&client, &["ip", "neigh", "flush", "all"]).unwrap();
@@ -241,6 +568,30 @@ fn strict_arp_on_and_off() {
     eprintln!("client with strictARP and no speaker: {err:#}");
     let neigh = in_ns(&client, &["ip", "neigh", "show", &LB.to_string()]).unwrap();
     assert!(!neigh.contains("lladdr"), "nobody should answer: {neigh}");
+    // diagnose with strictARP on: in effect, and the node stays silent.
+    let report = diagnose(&lab, 4, || {
+        in_ns(&client, &["ip", "neigh", "flush", "all"]).unwrap();
+        let _ = netns::http_get(&client, lab.lb_addr(), Duration::from_secs(2));
+    });
+    let strict = checks(&report, "strictARP");
+    assert!(
+        strict.len() == 1
+            && strict[0]["level"] == "ok"
+            && text(&strict[0]["text"]).contains("strictARP in effect"),
+        "{strict:?}"
+    );
+    assert_ne!(
+        report["verdict"]["layer"], "strict_arp_off",
+        "{}",
+        report["verdict"]
+    );
+    assert!(
+        !report["arp"]["verdict"]
+            .to_string()
+            .contains("answered_by_this_node"),
+        "{}",
+        report["arp"]
+    );
 
     // The interface's own value counts too: the kernel takes the larger.
     lab.set_strict_arp(false).unwrap();

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     hints::Hint,
+    ipvs::IpvsState,
     kubeproxy::{NoEndpoints, ServicePort},
     netinfo::{IfRole, NetInfo, rp_filter_name},
     path::kind_label,
@@ -106,9 +107,10 @@ impl Sysctls {
                 sysctl(&format!("ipv4/conf/{name}/{key}")).unwrap_or(0),
             )
         };
+        // A dummy (kube-ipvs0) is on no wire: it never answers ARP itself.
         let arp = uplinks
             .iter()
-            .filter(|i| net.role(i.index) == IfRole::Uplink)
+            .filter(|i| net.role(i.index) == IfRole::Uplink && i.kind != "dummy")
             .map(|i| ArpConf {
                 iface: i.name.clone(),
                 arp_ignore: conf(&i.name, "arp_ignore"),
@@ -131,6 +133,11 @@ impl Sysctls {
     }
 }
 
+/// kube-proxy's fixed name for the dummy interface holding service
+/// addresses in IPVS mode.
+pub const KUBE_IPVS0: &str = "kube-ipvs0";
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     lb: IpAddr,
     port: u16,
@@ -139,9 +146,22 @@ pub fn run(
     rules_degraded: Option<&str>,
     net: &NetInfo,
     sys: &Sysctls,
+    ipvs: &IpvsState,
 ) -> Vec<Finding> {
-    let mut out = kube_proxy(lb, port, services, kube_proxy_found, rules_degraded);
+    let ipvs_has = ipvs
+        .services_of(lb)
+        .any(|v| port == 0 || v.port == port || v.port == 0);
+    let mut out = kube_proxy(
+        lb,
+        port,
+        services,
+        kube_proxy_found || ipvs_has,
+        rules_degraded,
+        ipvs_has,
+    );
+    out.extend(ipvs_services(lb, port, ipvs, net, rules_degraded));
     out.push(address(lb, net));
+    out.extend(strict_arp(net, sys));
     out.extend(ip_forward(sys));
     out.extend(rp_filters(sys));
     out.extend(arp_flux(net, sys));
@@ -158,6 +178,7 @@ fn kube_proxy(
     services: &[ServicePort],
     found: bool,
     degraded: Option<&str>,
+    ipvs_has: bool,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let svcs: Vec<&ServicePort> = services
@@ -173,8 +194,9 @@ fn kube_proxy(
             Hint::RulesUnreadable.text(),
         ));
     }
-    if svcs.is_empty() && degraded.is_some() {
-        // Not a finding: the rule may be among what could not be read.
+    if svcs.is_empty() && (degraded.is_some() || ipvs_has) {
+        // Not a finding: the rule may be among what could not be read, or
+        // IPVS serves the address (its own finding).
     } else if svcs.is_empty() {
         let extra = if found {
             ""
@@ -259,6 +281,196 @@ fn service(lb: IpAddr, s: &ServicePort) -> Finding {
         ),
         None => f("kube-proxy rules", Level::Ok, text, None),
     }
+}
+
+/// Whether kube-ipvs0 holds `lb`.
+pub fn on_kube_ipvs0(net: &NetInfo, lb: IpAddr) -> bool {
+    net.by_name(KUBE_IPVS0)
+        .is_some_and(|i| i.addrs.iter().any(|(a, _)| *a == lb))
+}
+
+/// kube-proxy's IPVS mode: the virtual services of the IP with their real
+/// servers, as the iptables endpoints are listed; a port of an IP on
+/// kube-ipvs0 without one is refused by the node.
+fn ipvs_services(
+    lb: IpAddr,
+    port: u16,
+    ipvs: &IpvsState,
+    net: &NetInfo,
+    degraded: Option<&str>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let on_dummy = on_kube_ipvs0(net, lb);
+    if !ipvs.in_use() {
+        if on_dummy {
+            out.push(f(
+                "ipvs",
+                Level::Warn,
+                format!(
+                    "{lb} is on {KUBE_IPVS0} (kube-proxy IPVS mode), but {}",
+                    ipvs.not_in_use.as_deref().unwrap_or("IPVS is not in use")
+                ),
+                None,
+            ));
+        }
+        return out;
+    }
+    if !ipvs.complete() {
+        out.push(f(
+            "ipvs",
+            Level::Warn,
+            format!(
+                "IPVS virtual services could not all be read: {}",
+                ipvs.services_unread.join("; ")
+            ),
+            Hint::RulesUnreadable.text(),
+        ));
+    }
+    let vss: Vec<_> = ipvs
+        .services_of(lb)
+        .filter(|v| port == 0 || v.port == port || v.port == 0)
+        .collect();
+    if !vss.is_empty() {
+        for p in ipvs
+            .problems
+            .iter()
+            .filter(|p| !ipvs.services_unread.contains(p))
+        {
+            out.push(f(
+                "ipvs",
+                Level::Info,
+                format!("{p}: which Service a virtual service belongs to may be unknown"),
+                None,
+            ));
+        }
+    }
+    for vs in &vss {
+        let name = vs.to_string();
+        let mut about = Vec::new();
+        if let Some(s) = &vs.service_name {
+            about.push(s.clone());
+        }
+        if let Some(k) = vs.kind {
+            about.push(kind_label(k).to_string());
+        }
+        if vs.local_only {
+            about.push("externalTrafficPolicy=Local".into());
+        }
+        match vs.masquerade {
+            Some(true) => about.push("clients masqueraded".into()),
+            Some(false) => about.push("client addresses kept".into()),
+            None => {}
+        }
+        if !vs.source_ranges.is_empty() {
+            about.push(format!(
+                "loadBalancerSourceRanges {}",
+                vs.source_ranges.join(", ")
+            ));
+        }
+        let about = if about.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", about.join(", "))
+        };
+        let reals: Vec<String> = vs
+            .reals
+            .iter()
+            .map(|r| {
+                let addr = std::net::SocketAddr::new(r.addr, r.port);
+                format!(
+                    "{addr} {} weight {} ({} active, {} inactive)",
+                    r.forward, r.weight, r.active_conns, r.inactive_conns
+                )
+            })
+            .collect();
+        let text = format!(
+            "IPVS virtual server {name}{about}: {} real server{}{}{}",
+            vs.reals.len(),
+            if vs.reals.len() == 1 { "" } else { "s" },
+            if reals.is_empty() { "" } else { ": " },
+            reals.join(", ")
+        );
+        out.push(if vs.usable_reals().next().is_none() {
+            f(
+                "ipvs",
+                Level::Problem,
+                format!("{text}: IPVS has nowhere to send connections"),
+                Hint::IpvsNoRealServers {
+                    vs: &name,
+                    service: vs.service_name.as_deref(),
+                }
+                .text(),
+            )
+        } else {
+            f("ipvs", Level::Ok, text, None)
+        });
+    }
+    if vss.is_empty() && on_dummy && port != 0 && ipvs.complete() && degraded.is_none() {
+        out.push(f(
+            "ipvs",
+            Level::Problem,
+            format!(
+                "{lb} is on {KUBE_IPVS0} but IPVS has no virtual service for port {port}: this node refuses connections to {lb}:{port} itself"
+            ),
+            Hint::NodeNotListening.text(),
+        ));
+    }
+    out
+}
+
+/// kube-proxy's strictARP: with service addresses on kube-ipvs0, a kernel
+/// that answers ARP for addresses of other interfaces (arp_ignore 0 or 3)
+/// answers for every LB IP on every uplink, whichever node MetalLB elected.
+fn strict_arp(net: &NetInfo, sys: &Sysctls) -> Option<Finding> {
+    let held = net.by_name(KUBE_IPVS0)?.addrs.len();
+    if held == 0 || sys.arp.is_empty() {
+        return None;
+    }
+    let loose: Vec<&ArpConf> = sys
+        .arp
+        .iter()
+        .filter(|c| matches!(c.ignore(), 0 | 3) || c.announce() < 2)
+        .collect();
+    let all: Vec<String> = sys.arp.iter().map(ArpConf::describe).collect();
+    if loose.is_empty() {
+        return Some(f(
+            "strictARP",
+            Level::Ok,
+            format!(
+                "strictARP in effect ({}): this node answers ARP only for addresses of the receiving interface, so the {held} address(es) on {KUBE_IPVS0} are left to the MetalLB speaker",
+                all.join("; ")
+            ),
+            None,
+        ));
+    }
+    let answering: Vec<&str> = loose
+        .iter()
+        .filter(|c| matches!(c.ignore(), 0 | 3))
+        .map(|c| c.iface.as_str())
+        .collect();
+    let what = if answering.is_empty() {
+        format!(
+            "this node announces addresses of {KUBE_IPVS0} as ARP senders (arp_announce below 2)"
+        )
+    } else {
+        format!(
+            "this node will answer ARP for every LB IP on {KUBE_IPVS0} ({held} address(es)) on {}, whether or not MetalLB elected it (split brain with the elected node)",
+            answering.join(", ")
+        )
+    };
+    Some(f(
+        "strictARP",
+        Level::Problem,
+        format!(
+            "strictARP is off ({}): {what}",
+            loose
+                .iter()
+                .map(|c| c.describe())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Hint::StrictArp.text(),
+    ))
 }
 
 /// Is the IP bound on this node (IPVS' kube-ipvs0, or someone added it)?
@@ -508,6 +720,7 @@ mod tests {
             None,
             &net(1500, false),
             &sys,
+            &IpvsState::default(),
         );
         assert!(fs.iter().all(|f| f.level <= Level::Info), "{fs:?}");
         assert!(fs.iter().any(|f| f.text.contains("default/web:http")));
@@ -522,7 +735,16 @@ mod tests {
             ..Default::default()
         };
         let lb = "192.0.2.240".parse().unwrap();
-        let fs = run(lb, 80, &[], false, None, &net(1400, true), &sys);
+        let fs = run(
+            lb,
+            80,
+            &[],
+            false,
+            None,
+            &net(1400, true),
+            &sys,
+            &IpvsState::default(),
+        );
         assert_eq!(level_of(&fs, "kube-proxy rules"), Level::Problem);
         assert!(fs[0].text.contains("no kube-proxy rule for 192.0.2.240:80"));
         assert_eq!(level_of(&fs, "ip_forward"), Level::Problem);
@@ -546,6 +768,7 @@ mod tests {
             None,
             &net(1500, false),
             &sys,
+            &IpvsState::default(),
         );
         assert!(
             fs.iter()
@@ -559,6 +782,7 @@ mod tests {
             None,
             &net(1500, false),
             &sys,
+            &IpvsState::default(),
         );
         assert!(
             fs.iter()
@@ -599,6 +823,7 @@ mod tests {
             None,
             &n,
             &sys,
+            &IpvsState::default(),
         );
         let a = fs.iter().find(|f| f.check == "arp").expect("arp check");
         assert_eq!(a.level, Level::Warn, "{a:?}");
@@ -622,6 +847,7 @@ mod tests {
             None,
             &n,
             &sys,
+            &IpvsState::default(),
         );
         let a = fs.iter().find(|f| f.check == "arp").expect("arp check");
         assert_eq!(a.level, Level::Ok, "{a:?}");
@@ -635,6 +861,7 @@ mod tests {
             None,
             &n,
             &sys,
+            &IpvsState::default(),
         );
         assert!(!fs.iter().any(|f| f.check == "arp"), "{fs:?}");
     }
@@ -649,7 +876,16 @@ mod tests {
         };
         let lb = "192.0.2.240".parse().unwrap();
         let why = "iptables-nft-save -c: failed (exit status: 4): Permission denied";
-        let fs = run(lb, 80, &[], false, Some(why), &net(1500, false), &sys);
+        let fs = run(
+            lb,
+            80,
+            &[],
+            false,
+            Some(why),
+            &net(1500, false),
+            &sys,
+            &IpvsState::default(),
+        );
         let kp: Vec<_> = fs
             .iter()
             .filter(|f| f.check == "kube-proxy rules")

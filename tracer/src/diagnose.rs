@@ -49,6 +49,9 @@ pub enum Layer {
     Inconclusive,
     /// This node answers ARP for the IP from two interfaces on one segment.
     ArpFlux,
+    /// kube-proxy IPVS mode without strictARP: this node's kernel answers
+    /// ARP for the LB IP on kube-ipvs0, elected or not.
+    StrictArpOff,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +79,8 @@ pub struct Facts<'a> {
     pub lb_local: bool,
     /// ARP sysctls of the uplinks.
     pub arp_conf: &'a [ArpConf],
+    /// The LB IP is on kube-ipvs0 (kube-proxy IPVS mode).
+    pub on_kube_ipvs0: bool,
 }
 
 fn is_problem(k: VerdictKind) -> bool {
@@ -102,6 +107,9 @@ pub fn decide_with(
         return d;
     }
     if let Some(d) = arp_flux(lb, wire, flows, facts) {
+        return d;
+    }
+    if let Some(d) = kernel_answers_arp(lb, wire, facts) {
         return d;
     }
     if !flows.is_empty() {
@@ -196,6 +204,38 @@ fn arp_flux(lb: IpAddr, wire: &Wire, flows: &[FlowReport], facts: &Facts) -> Opt
             speaker: !facts.lb_local,
         }
         .text(),
+        exit_code: 1,
+    })
+}
+
+/// This node answered ARP for an LB IP it holds on kube-ipvs0, from an
+/// interface whose sysctls let the kernel answer for addresses of other
+/// interfaces (strictARP off): the kernel answers on every node, not only
+/// on the one MetalLB elected. A problem whatever the traffic did.
+fn kernel_answers_arp(lb: IpAddr, wire: &Wire, facts: &Facts) -> Option<Diagnosis> {
+    let Some(ArpReport {
+        verdict: ArpVerdict::AnsweredByThisNode { mac, ifname },
+        text,
+        ..
+    }) = wire.arp
+    else {
+        return None;
+    };
+    if !facts.on_kube_ipvs0 {
+        return None;
+    }
+    let conf = facts.arp_conf.iter().find(|c| c.iface == *ifname)?;
+    if !matches!(conf.ignore(), 0 | 3) {
+        return None;
+    }
+    Some(Diagnosis {
+        layer: Layer::StrictArpOff,
+        summary: format!(
+            "this node's kernel answers ARP for {lb} on {ifname} (MAC {mac}): {lb} is on {} and strictARP is off, so every node in IPVS mode answers for it, not only the one MetalLB elected",
+            checks::KUBE_IPVS0
+        ),
+        evidence: vec![text.clone(), conf.describe()],
+        next_step: Hint::StrictArp.text(),
         exit_code: 1,
     })
 }
@@ -581,7 +621,7 @@ fn no_traffic(lb: IpAddr, wire: &Wire, evidence: Vec<String>) -> Diagnosis {
 
 fn severity(k: VerdictKind) -> u8 {
     match k {
-        VerdictKind::Dropped | VerdictKind::NoRule => 5,
+        VerdictKind::Dropped | VerdictKind::NoRule | VerdictKind::NoEndpoints => 5,
         VerdictKind::Refused => 4,
         VerdictKind::NoAnswer => 3,
         VerdictKind::AnsweredAsymmetric => 2,
@@ -739,6 +779,7 @@ fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
         s.engine.rules.degraded_reason().as_deref(),
         &s.engine.net,
         sys,
+        &s.engine.rules.ipvs,
     );
     let own_macs: Vec<(String, [u8; 6])> = s
         .engine
@@ -766,10 +807,24 @@ fn ip_report(s: &Session, lb: IpAddr, port: u16, sys: &Sysctls) -> IpReport {
         .collect();
     endpoints.sort();
     endpoints.dedup();
+    // In IPVS mode the virtual service's real servers are the endpoints.
+    if endpoints.is_empty() {
+        endpoints = s
+            .engine
+            .rules
+            .ipvs
+            .services_of(lb)
+            .filter(|v| port == 0 || v.port == port)
+            .flat_map(|v| v.reals.iter().map(|r| SocketAddr::new(r.addr, r.port)))
+            .collect();
+        endpoints.sort();
+        endpoints.dedup();
+    }
     let facts = Facts {
         endpoints: &endpoints,
         lb_local: s.engine.net.is_local(lb),
         arp_conf: &sys.arp,
+        on_kube_ipvs0: checks::on_kube_ipvs0(&s.engine.net, lb),
     };
     let verdict = decide_with(
         lb,

@@ -543,6 +543,7 @@ impl Engine {
             rp_filter: &rp,
             conntrack: &ct,
             netfilter_links: self.netfilter_links,
+            ipvs: &self.rules.ipvs,
         };
         let mut r = path::assemble(evs, &ctx, counters)?;
         r.flow.conn = key.conn;

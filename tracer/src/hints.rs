@@ -96,6 +96,20 @@ pub enum Hint<'a> {
     },
     /// The pod got the packet and did not answer.
     PodSilent,
+    /// kube-proxy IPVS mode: the virtual server has no real server that
+    /// takes new connections (`vs` as ipvsadm names it, "TCP 192.0.2.240:80 rr").
+    IpvsNoRealServers {
+        vs: &'a str,
+        service: Option<&'a str>,
+    },
+    /// kube-proxy IPVS mode: the real server IPVS chose refused the connection.
+    IpvsRealServerRefused {
+        real: SocketAddr,
+        vs: &'a str,
+    },
+    /// kube-ipvs0 holds LB IPs and the kernel answers ARP for them on
+    /// other interfaces (kube-proxy's strictARP is off).
+    StrictArp,
     /// Some endpoints of the Service fail every flow while others answer.
     SomeEndpointsFail {
         endpoints: &'a [SocketAddr],
@@ -241,6 +255,21 @@ impl fmt::Display for Hint<'_> {
             ),
             Hint::ConntrackInsertFailed => f.write_str(
                 "conntrack could not insert the connection's entry (`conntrack -S`, insert_failed): SNAT found no free source port towards that endpoint (masquerade with --random-fully, more source addresses, fewer connections to one endpoint), or two packets of a new UDP flow raced on two CPUs (DNS)",
+            ),
+            Hint::IpvsNoRealServers { vs, service } => write!(
+                f,
+                "IPVS has nowhere to send connections to {vs} (`ipvsadm -Ln`): kube-proxy adds a Service's ready pods as real servers, so {}: check its selector and the pods' readiness (`kubectl get endpointslices -A`, `kubectl get pods -o wide`)",
+                match service {
+                    Some(s) => format!("the Service {s} has no ready endpoints"),
+                    None => "the Service behind it has no ready endpoints".into(),
+                }
+            ),
+            Hint::IpvsRealServerRefused { real, vs } => write!(
+                f,
+                "nothing listens on {real}, the real server IPVS chose for {vs}: check the container port and the Service's targetPort (`ipvsadm -Ln` lists the real servers; a pod that went away stays one until kube-proxy syncs)"
+            ),
+            Hint::StrictArp => f.write_str(
+                "set strictARP in kube-proxy's configuration (`kubectl edit configmap -n kube-system kube-proxy`: `ipvs:` `strictARP: true`, then restart the kube-proxy pods); it sets net.ipv4.conf.all.arp_ignore=1 and arp_announce=2, so only the node MetalLB elects answers for an LB IP",
             ),
             Hint::PodSilent => f.write_str(
                 "the pod received the packet but did not answer: check the application (`kubectl logs`), and the pod's own route back",

@@ -101,6 +101,23 @@ pub enum HopKind {
         to: SocketAddr,
         hook: String,
     },
+    /// kube-proxy IPVS mode: the virtual service matched at INPUT and its
+    /// scheduler chose a real server.
+    Ipvs {
+        /// As ipvsadm names it: "TCP 192.0.2.240:80 rr".
+        virtual_server: String,
+        /// "namespace/name:port", when kube-proxy's sets name it.
+        service: Option<String>,
+        scheduler: String,
+        /// Session affinity: the persistence timeout in seconds.
+        persistent: Option<u32>,
+        real_server: SocketAddr,
+        /// "masq" (kube-proxy's), when the real server is still in the table.
+        forward: Option<String>,
+        weight: Option<u32>,
+        /// Real servers of the virtual service.
+        real_servers: usize,
+    },
     /// The routing decision.
     Route {
         decision: String,
@@ -158,6 +175,9 @@ pub enum VerdictKind {
     LeftNode,
     /// No kube-proxy rule for the address: nothing DNATed it.
     NoRule,
+    /// The Service has nowhere to send it: an IPVS virtual service without
+    /// real servers.
+    NoEndpoints,
     /// Delivered to a socket on the node itself.
     Local,
     /// Not enough was seen to say.

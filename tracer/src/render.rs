@@ -102,6 +102,34 @@ pub fn hop_text(h: &Hop) -> (String, String) {
             let _ = write!(d, " [{hook}]");
             (label.into(), d)
         }
+        HopKind::Ipvs {
+            virtual_server,
+            service,
+            scheduler,
+            persistent,
+            real_server,
+            forward,
+            weight,
+            real_servers,
+        } => {
+            let mut d = format!("virtual server {virtual_server}");
+            if let Some(s) = service {
+                let _ = write!(d, " ({s})");
+            }
+            let _ = write!(d, ": scheduler {scheduler} chose real server {real_server}");
+            if let Some(t) = persistent {
+                let _ = write!(d, " (persistent {t}s)");
+            }
+            match (forward, weight) {
+                (Some(f), Some(w)) => {
+                    let _ = write!(d, " [{f}, weight {w}, 1 of {real_servers}]");
+                }
+                _ => {
+                    let _ = write!(d, " [of {real_servers}]");
+                }
+            }
+            ("IPVS".into(), d)
+        }
         HopKind::Snat { from, to, hook } => {
             let label = if reply { "un-SNAT" } else { "SNAT" };
             (label.into(), format!("{from} → {to} [{hook}]"))
@@ -213,7 +241,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         let label = format!("{label:<10}");
         let label = match h.kind {
             HopKind::Dropped { .. } => s.red(&label),
-            HopKind::Dnat { .. } | HopKind::Snat { .. } => s.cyan(&label),
+            HopKind::Dnat { .. } | HopKind::Snat { .. } | HopKind::Ipvs { .. } => s.cyan(&label),
             _ => label,
         };
         let inferred = if h.inferred {

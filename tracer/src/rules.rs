@@ -5,7 +5,8 @@
 //! rule) at most twice a second. Each read goes to the engine with the
 //! DROP/REJECT counters that moved since the read before: the ring buffer
 //! is never left waiting on `iptables-save` or `nft`, however big the
-//! ruleset.
+//! ruleset. With IPVS loaded, the rules (and the IPVS virtual servers read
+//! with them) are re-read every 30 s too.
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -88,7 +89,10 @@ async fn watch(
             tokio::time::sleep_until(last + MIN_GAP).await;
         } else {
             let now = nft_generation();
-            let legacy_due = has_legacy_tables() && last.elapsed() >= LEGACY_REREAD;
+            // Neither legacy tables nor IPVS (real servers come and go
+            // with the pods) change the nftables generation.
+            let legacy_due =
+                (has_legacy_tables() || ipvs_loaded()) && last.elapsed() >= LEGACY_REREAD;
             if now == generation && !legacy_due {
                 continue;
             }
@@ -109,6 +113,11 @@ async fn watch(
             return;
         }
     }
+}
+
+/// kube-proxy's IPVS mode is possible: ip_vs is loaded (never loads it).
+fn ipvs_loaded() -> bool {
+    std::path::Path::new("/proc/net/ip_vs").exists()
 }
 
 fn has_legacy_tables() -> bool {

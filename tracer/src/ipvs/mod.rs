@@ -38,7 +38,7 @@ use crate::kubeproxy::{AddressKind, Proto};
 pub use self::{arp::ArpConf, ipset::IpSet, layout::NatLayout};
 
 /// The node's IPVS state and kube-proxy's naming of it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct IpvsState {
     /// Why IPVS is not in use here (one sentence), or None when it is.
     pub not_in_use: Option<String>,
@@ -49,6 +49,10 @@ pub struct IpvsState {
     pub nat: NatLayout,
     /// What could not be read, one sentence each.
     pub problems: Vec<String>,
+    /// Of [`Self::problems`], those that leave the virtual services
+    /// themselves incomplete: then "no virtual service for X" cannot be
+    /// known (the others only lose names and kinds).
+    pub services_unread: Vec<String>,
 }
 
 /// One IPVS virtual service (`ipvsadm -A`) with its real servers.
@@ -262,13 +266,14 @@ impl IpvsState {
         match read_services() {
             Ok(read) => {
                 for r in read {
-                    st.problems.extend(r.problem);
+                    st.services_unread.extend(r.problem);
                     st.services.extend(r.svc);
                 }
             }
             Err(Unread::NotInUse(why)) => st.not_in_use = Some(why),
-            Err(Unread::Failed(why)) => st.problems.push(why),
+            Err(Unread::Failed(why)) => st.services_unread.push(why),
         }
+        st.problems.clone_from(&st.services_unread);
         st.ipsets = read_ipsets(&mut st.problems);
         st.nat = read_nat(&mut st.problems);
         annotate(&mut st.services, &st.ipsets, &st.nat);
@@ -290,6 +295,12 @@ impl IpvsState {
             .filter(on)
             .find(|s| s.port == port)
             .or_else(|| self.services.iter().filter(on).find(|s| s.port == 0))
+    }
+
+    /// Whether the virtual services could all be read (IPVS not in use
+    /// counts as read: there are none).
+    pub fn complete(&self) -> bool {
+        self.services_unread.is_empty()
     }
 
     /// Every virtual service of an address (all ports and protocols).

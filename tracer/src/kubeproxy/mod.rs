@@ -400,6 +400,9 @@ pub struct NodeRules {
     /// "no rule for X" is not something lbpath can know.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// kube-proxy's IPVS mode: the kernel's virtual services and the sets
+    /// naming them (empty when IPVS is not in use).
+    pub ipvs: crate::ipvs::IpvsState,
 }
 
 impl NodeRules {
@@ -476,14 +479,56 @@ pub async fn read_node() -> NodeRules {
         }
     };
 
+    let ipvs = read_ipvs(&mut problems, &mut degraded).await;
     let mut rules = NodeRules {
         rulesets: merge_views(iptables, nft, &mut problems),
         problems,
         degraded,
+        ipvs,
     };
     note_mixed_modes(&mut rules);
     sanitize(&mut rules);
     rules
+}
+
+/// The IPVS state, when the kernel has IPVS. Virtual services that could
+/// not be read make the rules degraded (a missing one is then unknown, not
+/// a finding); sets or nat rules that could not be read only lose the
+/// Services' names and kinds, a problem.
+async fn read_ipvs(
+    problems: &mut Vec<String>,
+    degraded: &mut Vec<String>,
+) -> crate::ipvs::IpvsState {
+    // Reading runs `ipset save` and `iptables-save` and waits for them: on
+    // a thread of its own, not the event loop's. A new thread starts in
+    // its creator's network namespace, so this still reads the caller's.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::ipvs::IpvsState::read());
+    });
+    let mut st = match rx.await {
+        Ok(st) => st,
+        Err(_) => {
+            degraded.push("IPVS could not be read: the reading thread failed".into());
+            return crate::ipvs::IpvsState::default();
+        }
+    };
+    for p in &st.problems {
+        if st.services_unread.contains(p) {
+            degraded.push(p.clone());
+        } else if !st.services.is_empty() {
+            problems.push(format!("kube-proxy IPVS mode: {p}"));
+        }
+    }
+    use crate::escape::sanitize as s;
+    for svc in &mut st.services {
+        if let Some(n) = &mut svc.service_name {
+            s(n);
+        }
+        s(&mut svc.scheduler);
+        svc.source_ranges.iter_mut().for_each(s);
+    }
+    st
 }
 
 /// Every string of the rules is untrusted (comments, chain and rule text

@@ -17,7 +17,8 @@ use tracer_common::{DIR_REPLY, EV_POD_NS, EV_UNTRACED, Event, Tuple};
 use crate::{
     drops::DropNames,
     events::{dst, proto_name, src},
-    kubeproxy::{AddressKind, ServicePort},
+    ipvs::{IpvsState, VirtualService},
+    kubeproxy::{AddressKind, Proto, ServicePort},
     model::*,
     netinfo::NetInfo,
     nfplan::NfPlan,
@@ -56,6 +57,23 @@ pub struct Context<'a> {
     pub conntrack: &'a dyn Fn() -> Option<crate::conntrack::CtFigures>,
     /// Whether netfilter hooks were observed directly (else NAT is inferred).
     pub netfilter_links: bool,
+    /// kube-proxy's IPVS mode: the kernel's virtual services (none when
+    /// IPVS is not in use).
+    pub ipvs: &'a IpvsState,
+}
+
+/// The IPVS virtual service a flow to the LB IP hits, from the kernel's
+/// own table: IPVS rewrites such a packet at INPUT, after local delivery.
+pub(crate) fn ipvs_service<'a>(ctx: &Context<'a>, flow: &Tuple) -> Option<&'a VirtualService> {
+    let lb = dst(flow);
+    ctx.ipvs
+        .lookup(lb.ip(), lb.port(), Proto::from_ip_proto(flow.proto)?)
+}
+
+/// How a virtual service is named in hops and verdicts:
+/// "TCP 192.0.2.240:80 rr" (ipvsadm's way).
+pub(crate) fn ipvs_name(vs: &VirtualService) -> String {
+    vs.to_string()
 }
 
 fn in_pod(e: &Event, ctx: &Context) -> bool {
@@ -110,6 +128,27 @@ fn service_info(s: &ServicePort) -> ServiceInfo {
             .then(|| s.endpoints.iter().filter(|e| e.local == Some(true)).count()),
         local_only: s.local_only,
         source_ranges: s.source_ranges.clone(),
+    }
+}
+
+/// The Service as IPVS mode knows it: the virtual service and what
+/// kube-proxy's sets tell of it (a name only where an entry comment gives one).
+fn ipvs_service_info(vs: &VirtualService) -> ServiceInfo {
+    ServiceInfo {
+        name: vs
+            .service_name
+            .clone()
+            .unwrap_or_else(|| format!("unnamed (IPVS {})", ipvs_name(vs))),
+        kind: vs
+            .kind
+            .map(kind_label)
+            .unwrap_or("IPVS virtual server")
+            .into(),
+        chain: format!("IPVS {}", ipvs_name(vs)),
+        endpoints: vs.reals.len(),
+        local_endpoints: None,
+        local_only: vs.local_only,
+        source_ranges: vs.source_ranges.clone(),
     }
 }
 
@@ -196,7 +235,8 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
         later: &later,
         closing,
     };
-    let verdict = verdict::verdict(&flow, ctx, &svcs, &packets);
+    let vs = ipvs_service(ctx, &flow);
+    let verdict = verdict::verdict(&flow, ctx, &svcs, vs, &packets);
     let mut notes = Vec::new();
     if !ctx.netfilter_links {
         notes.push(
@@ -205,7 +245,7 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
     }
     if let Some(why) = ctx.rules_degraded {
         notes.push(format!("the node's rules may be incomplete: {why}"));
-    } else if !ctx.kube_proxy_found {
+    } else if !ctx.kube_proxy_found && vs.is_none() {
         notes.push("no kube-proxy rules found on this node (iptables or nftables)".into());
     }
     Some(FlowReport {
@@ -215,7 +255,10 @@ pub fn assemble(events: &[Event], ctx: &Context, counters: Option<Counters>) -> 
             lb,
             conn: 0,
         },
-        service: svcs.first().map(|s| service_info(s)),
+        service: svcs
+            .first()
+            .map(|s| service_info(s))
+            .or_else(|| vs.map(ipvs_service_info)),
         hops,
         verdict,
         counters,

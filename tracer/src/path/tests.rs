@@ -212,7 +212,7 @@ fn svc(no_endpoints: Option<NoEndpoints>) -> ServicePort {
 }
 
 fn run(b: &B, services: &[ServicePort], hits: &[RuleHit]) -> FlowReport {
-    run_ct(b, services, hits, None)
+    run_with(b, services, hits, &IpvsState::default(), net(), true)
 }
 
 fn run_ct(
@@ -221,7 +221,29 @@ fn run_ct(
     hits: &[RuleHit],
     ct: Option<crate::conntrack::CtFigures>,
 ) -> FlowReport {
-    let net = net();
+    run_full(b, services, hits, &IpvsState::default(), net(), true, ct)
+}
+
+fn run_with(
+    b: &B,
+    services: &[ServicePort],
+    hits: &[RuleHit],
+    ipvs: &IpvsState,
+    net: NetInfo,
+    links: bool,
+) -> FlowReport {
+    run_full(b, services, hits, ipvs, net, links, None)
+}
+
+fn run_full(
+    b: &B,
+    services: &[ServicePort],
+    hits: &[RuleHit],
+    ipvs: &IpvsState,
+    net: NetInfo,
+    links: bool,
+    ct: Option<crate::conntrack::CtFigures>,
+) -> FlowReport {
     let plan = NfPlan::new(builtin_occupants());
     let reasons = reasons();
     let rp = |_: &str| (0i64, 1i64, 1i64);
@@ -236,7 +258,8 @@ fn run_ct(
         rule_hits: hits,
         rp_filter: &rp,
         conntrack: &move || ct,
-        netfilter_links: true,
+        netfilter_links: links,
+        ipvs,
     };
     assemble(&b.evs, &ctx, None).unwrap()
 }
@@ -288,6 +311,7 @@ fn kinds(r: &FlowReport) -> Vec<&'static str> {
             HopKind::Conntrack { .. } => "conntrack",
             HopKind::Dnat { .. } => "dnat",
             HopKind::Snat { .. } => "snat",
+            HopKind::Ipvs { .. } => "ipvs",
             HopKind::Route { .. } => "route",
             HopKind::Left { .. } => "left",
             HopKind::InPod { .. } => "in_pod",
@@ -821,6 +845,205 @@ fn a_reply_of_resets_only_is_a_refusal_not_an_answer() {
     assert_eq!(r.verdict.kind, VerdictKind::Refused, "{:?}", r.verdict);
     assert!(
         r.verdict.summary.contains("answered only with a reset"),
+        "{}",
+        r.verdict.summary
+    );
+}
+
+/// kube-proxy's IPVS mode: the LB IP on kube-ipvs0 (7), one virtual
+/// service with the pod as masq real server (or none).
+fn ipvs_node(reals: bool) -> (IpvsState, NetInfo) {
+    let mut vs = crate::ipvs::VirtualService::empty();
+    vs.family = 2;
+    vs.addr = Some("192.0.2.240".parse().unwrap());
+    vs.port = 80;
+    vs.proto = Some(crate::kubeproxy::Proto::Tcp);
+    vs.ip_proto = 6;
+    vs.scheduler = "rr".into();
+    vs.kind = Some(AddressKind::LoadBalancer);
+    vs.masquerade = Some(true);
+    if reals {
+        vs.reals.push(crate::ipvs::RealServer {
+            addr: "10.244.1.5".parse().unwrap(),
+            port: 8080,
+            forward: crate::ipvs::Forward::Masq,
+            weight: 1,
+            upper_threshold: 0,
+            lower_threshold: 0,
+            active_conns: 0,
+            inactive_conns: 0,
+            persistent_conns: 0,
+            stats: Default::default(),
+        });
+    }
+    let st = IpvsState {
+        services: vec![vs],
+        ..Default::default()
+    };
+    let mut n = net();
+    n.ifaces.insert(
+        7,
+        Iface {
+            index: 7,
+            name: "kube-ipvs0".into(),
+            kind: "dummy".into(),
+            mtu: 1500,
+            addrs: vec![("192.0.2.240".parse().unwrap(), 32)],
+            ..Default::default()
+        },
+    );
+    (st, n)
+}
+
+const MASQ: &str = "10.244.1.1:40000";
+const LOCAL_IN: u8 = tracer_common::NF_INET_LOCAL_IN;
+const LOCAL_OUT: u8 = tracer_common::NF_INET_LOCAL_OUT;
+
+fn hop_of(r: &FlowReport, dir: Dir, f: impl Fn(&HopKind) -> bool) -> Option<&Hop> {
+    r.hops.iter().find(|h| h.dir == dir && f(&h.kind))
+}
+
+#[test]
+fn ipvs_flow_is_delivered_locally_then_sent_out_by_ipvs() {
+    let (st, n) = ipvs_node(true);
+    let mut b = B::new(C, LB);
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
+    b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
+    b.nf(0, 1, (C, LB), PRE, 3, 3, 2, 0);
+    b.nf(0, 1, (C, LB), LOCAL_IN, 0, 3, 2, 0);
+    // IPVS took it at INPUT and sent it out itself: OUTPUT, POSTROUTING.
+    b.nf(0, 1, (C, P), LOCAL_OUT, 0, 3, 0, 3);
+    b.nf(0, 1, (C, P), POST, 0, 3, 0, 3);
+    b.nf(0, 1, (MASQ, P), POST, 2, 3, 0, 3);
+    b.ev(Kind::Xmit, 0, 1, (MASQ, P), "vethp", 4);
+    pod_side(&mut b, 1);
+    b.ev(Kind::Arrive, 1, 1, (P, MASQ), "vethp", 4);
+    b.nf(1, 1, (P, MASQ), PRE, 0, 0, 3, 0);
+    b.nf(1, 1, (P, C), PRE, 5, 4, 3, 0);
+    b.nf(1, 1, (P, C), FWD, 0, 4, 3, 2);
+    b.nf(1, 1, (LB, C), POST, 0, 4, 0, 2);
+    b.ev(Kind::Xmit, 1, 1, (LB, C), "eth0", 2);
+    let r = run_with(&b, &[], &[], &st, n, true);
+    assert_eq!(r.verdict.kind, VerdictKind::Answered, "{:?}", r.verdict);
+    let k = kinds(&r);
+    assert!(!k.contains(&"delivered"), "{k:?}");
+    let route = hop_of(&r, Dir::Request, |k| matches!(k, HopKind::Route { .. })).unwrap();
+    let HopKind::Route { decision, .. } = &route.kind else {
+        unreachable!()
+    };
+    assert!(
+        decision.contains("on kube-ipvs0") && decision.contains("IPVS"),
+        "{decision}"
+    );
+    let ipvs = hop_of(&r, Dir::Request, |k| matches!(k, HopKind::Ipvs { .. })).unwrap();
+    let HopKind::Ipvs {
+        virtual_server,
+        real_server,
+        forward,
+        ..
+    } = &ipvs.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(virtual_server, "TCP 192.0.2.240:80 rr");
+    assert_eq!(real_server.to_string(), P);
+    assert_eq!(forward.as_deref(), Some("masq"));
+    let dnat = hop_of(&r, Dir::Request, |k| matches!(k, HopKind::Dnat { .. })).unwrap();
+    let HopKind::Dnat { hook, by, .. } = &dnat.kind else {
+        unreachable!()
+    };
+    assert_eq!(hook, "INPUT");
+    assert!(
+        by.as_deref()
+            .unwrap()
+            .starts_with("IPVS TCP 192.0.2.240:80 rr")
+    );
+    let undnat = hop_of(&r, Dir::Reply, |k| matches!(k, HopKind::Dnat { .. })).unwrap();
+    let HopKind::Dnat { hook, to, .. } = &undnat.kind else {
+        unreachable!()
+    };
+    assert_eq!((hook.as_str(), to.to_string().as_str()), ("FORWARD", LB));
+    let svc = r.service.unwrap();
+    assert_eq!(svc.chain, "IPVS TCP 192.0.2.240:80 rr");
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+}
+
+#[test]
+fn ipvs_flow_without_netfilter_links_is_inferred() {
+    let (st, n) = ipvs_node(true);
+    let mut b = B::new(C, LB);
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
+    b.fib(0, 1, "192.0.2.10", "10.244.1.5", "cni0", 3, None);
+    b.ev(Kind::Xmit, 0, 1, (MASQ, P), "vethp", 4);
+    pod_side(&mut b, 1);
+    b.ev(Kind::Arrive, 1, 1, (P, MASQ), "vethp", 4);
+    b.ev(Kind::Xmit, 1, 1, (LB, C), "eth0", 2);
+    let r = run_with(&b, &[], &[], &st, n, false);
+    assert_eq!(r.verdict.kind, VerdictKind::Answered, "{:?}", r.verdict);
+    let ipvs = hop_of(&r, Dir::Request, |k| matches!(k, HopKind::Ipvs { .. })).unwrap();
+    assert!(ipvs.inferred);
+    let dnat = hop_of(&r, Dir::Request, |k| matches!(k, HopKind::Dnat { .. })).unwrap();
+    assert!(matches!(&dnat.kind, HopKind::Dnat { hook, .. } if hook == "INPUT"));
+    let snat = hop_of(&r, Dir::Request, |k| matches!(k, HopKind::Snat { .. })).unwrap();
+    assert!(matches!(&snat.kind, HopKind::Snat { hook, .. } if hook.starts_with("POSTROUTING")));
+    let undnat = hop_of(&r, Dir::Reply, |k| matches!(k, HopKind::Dnat { .. })).unwrap();
+    assert!(matches!(&undnat.kind, HopKind::Dnat { hook, .. } if hook == "FORWARD"));
+    let unsnat = hop_of(&r, Dir::Reply, |k| matches!(k, HopKind::Snat { .. })).unwrap();
+    assert!(matches!(&unsnat.kind, HopKind::Snat { hook, .. } if hook == "PREROUTING"));
+}
+
+#[test]
+fn ipvs_without_real_servers_and_refusals() {
+    // No real server: IPVS drops the SYN at INPUT.
+    let (st, n) = ipvs_node(false);
+    let mut b = B::new(C, LB);
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
+    b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
+    b.nf(0, 1, (C, LB), LOCAL_IN, 0, 3, 2, 0);
+    let d = b.ev(Kind::Drop, 0, 1, (C, LB), "", 0);
+    d.hook = LOCAL_IN;
+    d.reason = 12;
+    let r = run_with(&b, &[], &[], &st, n, true);
+    assert_eq!(r.verdict.kind, VerdictKind::NoEndpoints, "{:?}", r.verdict);
+    assert!(
+        r.verdict
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("IPVS has nowhere to send")
+    );
+    // The real server refuses: refused, with IPVS' own hint.
+    let (st, n) = ipvs_node(true);
+    let mut b = B::new(C, LB);
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
+    b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
+    b.nf(0, 1, (C, LB), LOCAL_IN, 0, 3, 2, 0);
+    b.nf(0, 1, (C, P), LOCAL_OUT, 0, 3, 0, 3);
+    b.ev(Kind::Xmit, 0, 1, (C, P), "vethp", 4);
+    pod_side(&mut b, 1);
+    let e = b.ev(Kind::Reset, 0, 1, (C, P), "eth0", 2);
+    e.netns = POD;
+    e.flags = EV_POD_NS;
+    let r = run_with(&b, &[], &[], &st, n, true);
+    assert_eq!(r.verdict.kind, VerdictKind::Refused, "{:?}", r.verdict);
+    assert!(
+        r.verdict.summary.contains("real server 10.244.1.5:8080"),
+        "{}",
+        r.verdict.summary
+    );
+    assert!(r.verdict.hint.as_deref().unwrap().contains("IPVS chose"));
+    // Another port of the IP: no virtual service, the node resets it.
+    let (st, n) = ipvs_node(true);
+    let mut b = B::new(C, "192.0.2.240:81");
+    let lb81 = "192.0.2.240:81";
+    b.ev(Kind::Arrive, 0, 1, (C, lb81), "eth0", 2);
+    b.nf(0, 1, (C, lb81), PRE, 0, 0, 2, 0);
+    b.nf(0, 1, (C, lb81), LOCAL_IN, 0, 3, 2, 0);
+    b.ev(Kind::Reset, 0, 1, (C, lb81), "eth0", 2);
+    let r = run_with(&b, &[], &[], &st, n, true);
+    assert_eq!(r.verdict.kind, VerdictKind::Refused, "{:?}", r.verdict);
+    assert!(
+        r.verdict.summary.contains("no IPVS virtual service"),
         "{}",
         r.verdict.summary
     );

@@ -14,6 +14,7 @@ use super::{
 use crate::{
     events::{dst, ip, proto_name},
     hints::Hint,
+    ipvs::VirtualService,
     kubeproxy::ServicePort,
     model::{Verdict, VerdictKind},
     netinfo::IfRole,
@@ -58,8 +59,16 @@ pub(super) struct Packets<'a> {
     pub closing: Option<u64>,
 }
 
-pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Packets) -> Verdict {
+pub(super) fn verdict(
+    flow: &Tuple,
+    ctx: &Context,
+    svcs: &[&ServicePort],
+    vs: Option<&VirtualService>,
+    p: &Packets,
+) -> Verdict {
     let pod_dnat = p.req.iter().find_map(|o| o.dnat_to);
+    // In IPVS mode the virtual service stands where kube-proxy's rule does.
+    let has_rule = !svcs.is_empty() || vs.is_some();
     // Too big for the path: even when TCP recovers through PMTU discovery,
     // the path is misconfigured (and UDP or blocked ICMP will not recover).
     let mtu = |o: &Outcome| bad(o).filter(|d| is_mtu(&d.reason));
@@ -78,6 +87,16 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
         let to = pod_dnat
             .map(|p| p.to_string())
             .unwrap_or_else(|| "the pod".into());
+        if let (Some(vs), Some(real)) = (vs, pod_dnat) {
+            let name = super::ipvs_name(vs);
+            return v(
+                VerdictKind::Refused,
+                format!(
+                    "IPVS ({name}) sent it to the real server {real}, which refused it: nothing listens on {real}"
+                ),
+                Hint::IpvsRealServerRefused { real, vs: &name }.text(),
+            );
+        }
         return v(
             VerdictKind::Refused,
             format!("reached the pod, which refused it: nothing listens on {to}"),
@@ -90,7 +109,21 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
         !o.in_pod && (o.reset || o.drop.as_ref().is_some_and(|d| d.reason == "NO_SOCKET"))
     });
     if node_refused && pod_dnat.is_none() {
-        if svcs.is_empty() || ctx.rules_degraded.is_some() {
+        if !has_rule && ipvs_here(flow, ctx) {
+            // The address is kube-proxy's (it has virtual services), not
+            // this port: the node's stack refused it.
+            return v(
+                VerdictKind::Refused,
+                format!(
+                    "refused by this node: {lb} is local here (IPVS mode) and no IPVS virtual service takes {port}/{proto}, so the node answered with a reset",
+                    lb = dst(flow).ip(),
+                    port = dst(flow).port(),
+                    proto = proto_name(flow.proto),
+                ),
+                Hint::NodeNotListening.text(),
+            );
+        }
+        if !has_rule || ctx.rules_degraded.is_some() {
             let mut r = no_rule(flow, ctx);
             r.summary += ", and this node refused it with a reset (the address is local here)";
             return r;
@@ -104,6 +137,14 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
             Hint::NodeNotListening.text(),
         );
     }
+    if let Some(vs) = vs
+        && pod_dnat.is_none()
+        && vs.usable_reals().next().is_none()
+        && !p.req.is_empty()
+        && !p.req.iter().any(|o| o.in_pod)
+    {
+        return no_real_servers(vs, p);
+    }
     if let Some(verdict) = answered(flow, p, pod_dnat) {
         return verdict;
     }
@@ -111,7 +152,7 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
         return verdict;
     }
     if let Some(d) = p.req.iter().find_map(bad) {
-        if pod_dnat.is_none() && svcs.is_empty() && d.reason != "NETFILTER_DROP" {
+        if pod_dnat.is_none() && !has_rule && d.reason != "NETFILTER_DROP" {
             return no_rule(flow, ctx);
         }
         return v(
@@ -131,7 +172,42 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
             d.hint,
         );
     }
-    unanswered(flow, ctx, svcs, p, pod_dnat)
+    unanswered(flow, ctx, has_rule, p, pod_dnat)
+}
+
+/// Whether kube-proxy's IPVS mode holds the flow's address: IPVS has
+/// virtual services for it (on other ports) and the node's view of IPVS is
+/// complete.
+fn ipvs_here(flow: &Tuple, ctx: &Context) -> bool {
+    ctx.ipvs.complete()
+        && ctx.rules_degraded.is_none()
+        && ctx.ipvs.services_of(dst(flow).ip()).next().is_some()
+}
+
+/// The virtual service has no real server to schedule to: IPVS drops the
+/// packet (answering ICMP port unreachable for TCP and UDP).
+fn no_real_servers(vs: &VirtualService, p: &Packets) -> Verdict {
+    let name = super::ipvs_name(vs);
+    let quiesced = vs.reals.len();
+    let why = if quiesced == 0 {
+        "it has no real servers".to_string()
+    } else {
+        format!("its {quiesced} real server(s) all have weight 0 (quiesced)")
+    };
+    let seen = if p.req.iter().any(|o| o.drop.is_some()) {
+        ": IPVS dropped it (and answers port unreachable)"
+    } else {
+        ""
+    };
+    v(
+        VerdictKind::NoEndpoints,
+        format!("the IPVS virtual service {name} matched, but {why}{seen}"),
+        Hint::IpvsNoRealServers {
+            vs: &name,
+            service: vs.service_name.as_deref(),
+        }
+        .text(),
+    )
 }
 
 /// An unanswered flow whose established conntrack entry DNATs it to an
@@ -287,7 +363,7 @@ fn answered(flow: &Tuple, p: &Packets, pod_dnat: Option<SocketAddr>) -> Option<V
 fn unanswered(
     flow: &Tuple,
     ctx: &Context,
-    svcs: &[&ServicePort],
+    has_rule: bool,
     p: &Packets,
     pod_dnat: Option<SocketAddr>,
 ) -> Verdict {
@@ -299,7 +375,7 @@ fn unanswered(
             Hint::PodSilent.text(),
         );
     }
-    if pod_dnat.is_none() && svcs.is_empty() && !p.req.is_empty() {
+    if pod_dnat.is_none() && !has_rule && !p.req.is_empty() {
         return no_rule(flow, ctx);
     }
     if let Some((iface, role, nh)) = p.req.iter().find_map(|o| o.left.clone())

@@ -11,6 +11,7 @@ use tracer_common::{
 use super::{Context, explain, in_pod};
 use crate::{
     events::{dst, ifname, ip, src},
+    ipvs::VirtualService,
     model::*,
     netinfo::IfRole,
     nfplan::hook_name,
@@ -83,6 +84,10 @@ pub(super) struct PacketWalk<'c, 'a> {
     fibs: Vec<&'c Event>,
     reverse_route: Option<(String, Option<IpAddr>)>,
     route_gw: Option<IpAddr>,
+    /// The IPVS virtual service of the flow's address and port, if any:
+    /// IPVS takes such a request at INPUT and sends it out itself.
+    vs: Option<&'a VirtualService>,
+    ipvs_shown: bool,
 }
 
 impl<'c, 'a> PacketWalk<'c, 'a> {
@@ -116,6 +121,8 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             fibs: Vec::new(),
             reverse_route: None,
             route_gw: None,
+            vs: super::ipvs_service(ctx, flow),
+            ipvs_shown: false,
         };
         for e in evs {
             w.event(e);
@@ -228,6 +235,7 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
                 .priority(e.hook, e.pos.saturating_add(1))
                 .is_none()
             && !self.out.delivered_node
+            && !self.ipvs_takes(e)
         {
             self.out.delivered_node = true;
             self.push(
@@ -291,12 +299,42 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
         self.push(e.ts, HopKind::Conntrack { state }, false);
     }
 
+    /// Whether IPVS takes this packet at INPUT: a request to its virtual
+    /// service (not yet rewritten).
+    fn ipvs_takes(&self, e: &Event) -> bool {
+        self.dir == Dir::Request
+            && self.vs.is_some()
+            && e.pkt.family != 0
+            && dst(&e.pkt) == dst(self.flow)
+    }
+
+    /// "deliver locally (this node owns the address: on kube-ipvs0)".
+    fn local_decision(&self, to: IpAddr) -> String {
+        let on: Vec<&str> = self
+            .ctx
+            .net
+            .ifaces
+            .values()
+            .filter(|i| i.addrs.iter().any(|(a, _)| *a == to))
+            .map(|i| i.name.as_str())
+            .collect();
+        let mut d = "deliver locally (this node owns the address".to_string();
+        if !on.is_empty() {
+            d += &format!(": on {}", on.join(", "));
+        }
+        d.push(')');
+        if self.dir == Dir::Request && self.vs.is_some() {
+            d += ", where IPVS takes it";
+        }
+        d
+    }
+
     fn route_decided(&mut self, e: &Event) {
         self.route_done = true;
         let (iface, gw, table) = forward_route(&self.fibs, e);
         self.route_gw = gw;
         let decision = if e.hook == NF_INET_LOCAL_IN {
-            "deliver locally (this node owns the address)".to_string()
+            self.local_decision(dst(&e.pkt).ip())
         } else {
             "forward".to_string()
         };
@@ -397,6 +435,40 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
                 true,
             );
         }
+        let ipvs_out = self.dir == Dir::Request
+            && self.vs.is_some()
+            && e.pkt.family != 0
+            && dst(&e.pkt) != dst(self.flow);
+        if ipvs_out && !self.route_done {
+            // IPVS: delivered locally first, rewritten at INPUT, then
+            // routed out by IPVS itself.
+            self.route_done = true;
+            let decision = self.local_decision(dst(self.flow).ip());
+            self.push(
+                self.first_ts,
+                HopKind::Route {
+                    decision,
+                    iface: None,
+                    gateway: None,
+                    table: None,
+                },
+                true,
+            );
+            self.nat_since_arrival(e);
+            let (iface, gw, table) = forward_route(&self.fibs, e);
+            self.route_gw = gw;
+            self.push(
+                e.ts,
+                HopKind::Route {
+                    decision: "sent out by IPVS towards the real server".into(),
+                    iface,
+                    gateway: gw,
+                    table,
+                },
+                true,
+            );
+            return;
+        }
         if !self.route_done && !self.fibs.is_empty() {
             self.route_done = true;
             let (iface, gw, table) = forward_route(&self.fibs, e);
@@ -461,7 +533,7 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             // The dropped packet may show a NAT no later hook saw.
             self.nat_since_arrival(e);
         }
-        let d = explain::drop(
+        let mut d = explain::drop(
             e,
             self.ctx,
             self.flow,
@@ -469,6 +541,26 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             self.reverse_route.as_ref(),
             self.route_gw,
         );
+        if let Some(vs) = self.vs
+            && self.ipvs_takes(e)
+            && !in_pod(e, self.ctx)
+            && vs.usable_reals().next().is_none()
+            && (e.hook == NF_INET_LOCAL_IN || d.1.reason == "NETFILTER_DROP")
+        {
+            // IPVS itself: no real server to schedule to (ip_vs_leave
+            // answers port unreachable and drops).
+            let name = super::ipvs_name(vs);
+            d.0 = format!("IPVS virtual service {name} (INPUT)");
+            d.1.summary = format!(
+                "IPVS has no real server to send it to ({} real server(s), none with weight above 0): dropped, and port unreachable sent back",
+                vs.reals.len()
+            );
+            d.1.hint = crate::hints::Hint::IpvsNoRealServers {
+                vs: &name,
+                service: vs.service_name.as_deref(),
+            }
+            .text();
+        }
         // Without netfilter points, a rule attributed by counters still
         // tells the hook of its chain.
         let (hook, inferred) = if e.hook != NO_HOOK {
@@ -517,6 +609,16 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
         } else {
             "OUTPUT"
         };
+        // IPVS rewrites the request's destination at INPUT and the reply's
+        // source at FORWARD; masquerading stays POSTROUTING's.
+        let dst_hook = match (self.vs, self.dir) {
+            (Some(_), Dir::Request) => "INPUT",
+            _ => dst_hook,
+        };
+        let src_hook = match (self.vs, self.dir) {
+            (Some(_), Dir::Reply) => "FORWARD",
+            _ => "POSTROUTING",
+        };
         if dst(prev) != dst(&e.pkt) {
             let mut only_dst = e.pkt;
             only_dst.saddr = prev.saddr;
@@ -527,13 +629,19 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             let mut only_src = *prev;
             only_src.saddr = e.pkt.saddr;
             only_src.sport = e.pkt.sport;
-            self.push_nat(e.ts, prev, &only_src, "POSTROUTING".into(), true);
+            self.push_nat(e.ts, prev, &only_src, src_hook.into(), true);
         }
     }
 
     /// DNAT/SNAT hops for a tuple that changed from `prev` to `now` in `band`.
     fn push_nat(&mut self, ts: u64, prev: &Tuple, now: &Tuple, band: String, inferred: bool) {
-        if dst(prev) != dst(now) {
+        if let Some(vs) = self.vs
+            && self.dir == Dir::Request
+            && dst(prev) == dst(self.flow)
+            && dst(prev) != dst(now)
+        {
+            self.ipvs_request(ts, vs, prev, now, inferred);
+        } else if dst(prev) != dst(now) {
             let by = if self.dir == Dir::Request {
                 self.out.dnat_to = Some(dst(now));
                 super::endpoint_rule(self.ctx, now)
@@ -544,9 +652,69 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             self.push(ts, hop, inferred);
         }
         if src(prev) != src(now) {
-            let hop = nat_hop(self.dir, true, src(prev), src(now), band, None);
+            let ipvs_reply =
+                self.vs.is_some() && self.dir == Dir::Reply && src(prev) != src(self.flow);
+            let (hook, by) = match self.vs {
+                Some(vs) if ipvs_reply => (
+                    "FORWARD".to_string(),
+                    Some(format!(
+                        "IPVS {} (the reply's source put back)",
+                        super::ipvs_name(vs)
+                    )),
+                ),
+                Some(vs) if self.dir == Dir::Request && vs.masquerade == Some(true) => (
+                    format!("{band}, kube-proxy KUBE-POSTROUTING masquerade"),
+                    None,
+                ),
+                _ => (band, None),
+            };
+            let hop = nat_hop(self.dir, true, src(prev), src(now), hook, by);
             self.push(ts, hop, inferred);
         }
+    }
+
+    /// IPVS took the request at INPUT: the virtual service matched, its
+    /// scheduler chose a real server, and the destination was rewritten to it.
+    fn ipvs_request(
+        &mut self,
+        ts: u64,
+        vs: &VirtualService,
+        prev: &Tuple,
+        now: &Tuple,
+        inferred: bool,
+    ) {
+        let to = dst(now);
+        self.out.dnat_to = Some(to);
+        let real = vs
+            .reals
+            .iter()
+            .find(|r| SocketAddr::new(r.addr, r.port) == to);
+        if !self.ipvs_shown {
+            self.ipvs_shown = true;
+            self.push(
+                ts,
+                HopKind::Ipvs {
+                    virtual_server: super::ipvs_name(vs),
+                    service: vs.service_name.clone(),
+                    scheduler: vs.scheduler.clone(),
+                    persistent: vs.persistent().then_some(vs.timeout),
+                    real_server: to,
+                    forward: real.map(|r| r.forward.to_string()),
+                    weight: real.map(|r| r.weight),
+                    real_servers: vs.reals.len(),
+                },
+                inferred,
+            );
+        }
+        let by = Some(match real {
+            Some(r) => format!("IPVS {} ({})", super::ipvs_name(vs), r.forward),
+            None => format!(
+                "IPVS {} (to {to}, not among its real servers when lbpath read them)",
+                super::ipvs_name(vs)
+            ),
+        });
+        let hop = nat_hop(self.dir, false, dst(prev), to, "INPUT".into(), by);
+        self.push(ts, hop, inferred);
     }
 }
 

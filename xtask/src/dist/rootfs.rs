@@ -6,7 +6,8 @@
 //! - `iptables-nft-save`, `ip6tables-nft-save` → xtables-nft-multi, and
 //!   `iptables-legacy-save`, `ip6tables-legacy-save` → xtables-legacy-multi,
 //!   under the names lbpath looks for first (`find_save_tool`), in
-//!   `/usr/sbin`, which it searches whatever PATH says; and `nft`.
+//!   `/usr/sbin`, which it searches whatever PATH says; `nft`; and `ipset`
+//!   (`ipset save`: kube-proxy's IPVS-mode sets, which name LB IPs).
 //! - The iptables extensions (`libxt_*`, `libipt_*`, `libip6t_*`), which the
 //!   save tools `dlopen` from libxtables' compiled-in directory to print
 //!   each match and target (kube-proxy's rules load comment, mark, MARK,
@@ -43,6 +44,8 @@ const SAVE_TOOLS: &[&str] = &[
     "ip6tables-legacy-save",
 ];
 const NFT: &str = "nft";
+/// kube-proxy's IPVS mode keeps its addresses in ipsets (`ipvs::read_ipsets`).
+const IPSET: &str = "ipset";
 /// libxtables' extension directory (XTABLES_LIBDIR) in Debian's iptables.
 pub const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 /// Extensions of iptables/ip6tables (ebtables' and arptables' are not used).
@@ -71,9 +74,9 @@ pub fn tree(lbpath: &Path) -> Result<Tree> {
 
     // The tools, each a link to the multi-call binary it is on the host.
     let mut elves: BTreeSet<PathBuf> = BTreeSet::new();
-    for name in SAVE_TOOLS.iter().chain([&NFT]) {
+    for name in SAVE_TOOLS.iter().chain([&NFT, &IPSET]) {
         let host = run::find_program(name, &["/usr/sbin", "/sbin"]).with_context(|| {
-            format!("{name} is not installed here: the image takes it from this host (Debian packages iptables, nftables)")
+            format!("{name} is not installed here: the image takes it from this host (Debian packages iptables, nftables, ipset)")
         })?;
         let real = fs::canonicalize(&host)?;
         let file_name = real
