@@ -91,15 +91,28 @@ pub struct Engine {
     pub pcap: Option<PcapWriter>,
 }
 
-/// A TCP flow whose first request packet seen carries no SYN: its
-/// connection began before lbpath was watching.
+/// A TCP flow whose first request packet seen carries no SYN while
+/// conntrack already holds an established entry for it: its connection
+/// began before lbpath was watching. (A stray packet conntrack knows
+/// nothing of, INVALID, is no such thing.)
 fn began_unseen(evs: &[Event]) -> bool {
     const IPPROTO_TCP: u8 = 6;
     const TCP_SYN: u8 = 0x02;
-    evs.iter()
+    // Event::ct is enum ip_conntrack_info + 1.
+    const CT_ESTABLISHED: u8 = 1;
+    let Some(first) = evs
+        .iter()
         .filter(|e| e.dir == DIR_REQUEST && e.flow.proto == IPPROTO_TCP)
         .min_by_key(|e| e.ts)
-        .is_some_and(|e| e.tcp_flags & TCP_SYN == 0)
+    else {
+        return false;
+    };
+    first.tcp_flags & TCP_SYN == 0
+        && evs
+            .iter()
+            .filter(|e| e.dir == DIR_REQUEST && e.seq == first.seq && e.ct != 0)
+            .min_by_key(|e| e.ts)
+            .is_some_and(|e| e.ct == CT_ESTABLISHED)
 }
 
 /// A report's outcome for comparing an update with it: the verdict and,
