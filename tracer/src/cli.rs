@@ -98,6 +98,10 @@ pub struct WatchArgs {
     /// Stop after this long (e.g. 30s, 2m); default: until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (:9464 for every
+    /// address, or IP:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<crate::metrics::ListenAddr>,
 }
 
 #[derive(Args, Debug, Clone)]

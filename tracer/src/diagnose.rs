@@ -624,7 +624,7 @@ impl FrontEnd for Window {
             eprint!(
                 "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions{lost} ",
                 s.engine.targets.describe(),
-                s.engine.totals.values().sum::<u64>(),
+                s.engine.tally.flows(),
                 s.engine.arp.len(),
                 s.engine.bgp.sessions.len()
             );

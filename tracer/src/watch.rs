@@ -10,6 +10,7 @@ use crate::{
     cli::WatchArgs,
     diagnose,
     engine::Output,
+    metrics,
     model::VerdictKind,
     render::{self, Style},
     session::{FrontEnd, Session, SessionOptions},
@@ -18,6 +19,8 @@ use crate::{
 struct Printer {
     json: bool,
     style: Style,
+    /// Where `--metrics` reads from; refreshed every tick.
+    metrics: Option<metrics::Shared>,
 }
 
 impl FrontEnd for Printer {
@@ -61,6 +64,14 @@ impl FrontEnd for Printer {
         let _ = stdout.flush();
         false
     }
+
+    fn tick(&mut self, s: &Session) {
+        if let Some(m) = &self.metrics
+            && let Ok(mut slot) = m.lock()
+        {
+            *slot = s.engine.snapshot();
+        }
+    }
 }
 
 /// A verdict kind as the JSON names it.
@@ -72,6 +83,11 @@ pub fn verdict_key(k: VerdictKind) -> String {
 }
 
 pub async fn run(args: &WatchArgs) -> Result<u8> {
+    // Bound first: a port in use fails before anything is loaded.
+    let listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let mut s = Session::start(
         &args.common,
         SessionOptions {
@@ -105,15 +121,25 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         s.engine.targets.describe(),
     );
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let shared = listener.map(|l| {
+        let shared = metrics::Shared::default();
+        if let Ok(a) = l.local_addr() {
+            eprintln!("lbpath: metrics on http://{a}/metrics");
+        }
+        tokio::spawn(metrics::serve(l, shared.clone()));
+        shared
+    });
     let mut printer = Printer {
         json: args.common.json(),
         style: Style::detect(),
+        metrics: shared,
     };
     s.run(deadline, &mut printer).await?;
 
     let per: BTreeMap<String, u64> = s
         .engine
-        .totals
+        .tally
+        .per_verdict
         .iter()
         .map(|(k, n)| (verdict_key(*k), *n))
         .collect();

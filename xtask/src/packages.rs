@@ -82,6 +82,13 @@ pub const PACKAGES: &[Package] = &[
         program: "podman",
         static_binary: false,
     },
+    // `promtool check metrics` validates what `watch --metrics` serves
+    // (tests/tests/metrics.rs).
+    Package {
+        name: "prometheus",
+        program: "promtool",
+        static_binary: false,
+    },
     // The kernel matrix (`cargo xtask test-kernels`): qemu boots the guests,
     // busybox-static is their initramfs's shell (the plain busybox package
     // installs a dynamic one, useless there), kmod's depmod/modprobe index and
@@ -270,7 +277,7 @@ mod tests {
 
     #[test]
     fn every_package_names_a_program() {
-        assert_eq!(PACKAGES.len(), 15);
+        assert_eq!(PACKAGES.len(), 16);
         assert_eq!(PACKAGES.iter().filter(|p| p.static_binary).count(), 1);
         assert!(
             PACKAGES
