@@ -13,7 +13,8 @@
 //! - `targets`: the LB IPs and ranges watched;
 //! - `netinfo`: interfaces, routes, sysctls;
 //! - `arp`, `bgp`, `wire`: the MetalLB layers (L2 ARP, BGP sessions);
-//! - `render`: text and JSON from one model; `escape`: untrusted text made visible;
+//! - `render`: text and JSON from one model, `render_wrap` fits its lines
+//!   to the width; `escape`: untrusted text made visible;
 //! - `engine`: the node's view and the live state built from records;
 //! - `tally`: what is counted (totals, metrics); `metrics`: the
 //!   `--metrics` HTTP endpoint;
@@ -42,6 +43,7 @@ pub mod netinfo;
 pub mod nfplan;
 pub mod path;
 pub mod render;
+pub mod render_wrap;
 pub mod rules;
 pub mod session;
 pub mod tally;

@@ -54,8 +54,16 @@ impl FrontEnd for Printer {
                 }
                 (Output::Flow(r), false) => render::flow_text(r, self.style),
                 (Output::Flow(r), true) => render::flow_json(r) + "\n",
-                (Output::Arp(s), false) => format!("{} {s}\n", self.style.cyan("arp")),
-                (Output::Bgp(s), false) => format!("{} {s}\n", self.style.cyan("bgp")),
+                (Output::Arp(s), false) => {
+                    self.style
+                        .fit(&format!("{} {s}", self.style.cyan("arp")), 4)
+                        + "\n"
+                }
+                (Output::Bgp(s), false) => {
+                    self.style
+                        .fit(&format!("{} {s}", self.style.cyan("bgp")), 4)
+                        + "\n"
+                }
                 (Output::Arp(s), true) => serde_json::json!({ "arp": s }).to_string() + "\n",
                 (Output::Bgp(s), true) => serde_json::json!({ "bgp": s }).to_string() + "\n",
             };
