@@ -21,11 +21,39 @@ struct Cli {
     command: Command,
 }
 
+/// As kubectl shows them: a comment saying what, then the command line.
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  # Every new flow to an LB IP, hop by hop, until Ctrl-C
+  sudo lbpath watch 192.168.1.240
+
+  # Only port 443 from one network, for a minute, as JSON lines
+  sudo lbpath watch 192.168.1.240 --port 443 --client 10.1.0.0/16 -o json
+
+  # A whole MetalLB pool, with its BGP sessions and UPDATEs
+  sudo lbpath watch 192.168.1.240/28 --bgp
+
+  # Every LoadBalancer IP on the node, with Prometheus metrics (as the DaemonSet)
+  sudo lbpath watch --all --metrics :9464 --json";
+
+const DIAGNOSE_EXAMPLES: &str = "\
+Examples:
+  # Checks, 10 s of live traffic (send some meanwhile), a verdict and an exit code
+  sudo lbpath diagnose 192.168.1.240
+
+  # Stop at the first flow that reaches a verdict, or after 30 s
+  sudo lbpath diagnose 192.168.1.240 --until-first --duration 30s
+
+  # Every LoadBalancer IP on the node, one JSON object for scripts
+  sudo lbpath diagnose --all -o json";
+
 #[derive(Subcommand)]
 enum Command {
     /// Live path of every new flow to the IP, request and reply, until Ctrl-C.
+    #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
     /// One-shot diagnosis: static checks, a bounded live watch, a verdict and a next step.
+    #[command(after_help = DIAGNOSE_EXAMPLES)]
     Diagnose(DiagnoseArgs),
     /// Print a shell completion script to stdout.
     ///
