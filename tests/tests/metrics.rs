@@ -219,3 +219,57 @@ fn metrics_other_paths_and_bad_addresses() {
     promtool_check(&body).unwrap();
     w.stop().unwrap();
 }
+
+#[test]
+fn metrics_bgp_session_state() {
+    let mut svc = web_service(vec![pod_endpoint()], false);
+    svc.lb_ip = BGP_LB;
+    let mut lab = Lab::new(
+        "metg",
+        LabSpec {
+            services: vec![svc],
+            speaker: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let node = lab.node();
+    let w = Running::watch(
+        &node,
+        &[&BGP_LB.to_string(), "--bgp", "--json", "--metrics", METRICS],
+    )
+    .expect("lbpath attaches");
+    lab.start_bgpd("router", &bgp_config(64501, ROUTER, NODE, 64500, None))
+        .unwrap();
+    lab.start_bgpd(
+        "node",
+        &bgp_config(64500, NODE, ROUTER, 64501, Some("203.0.113.240/32")),
+    )
+    .unwrap();
+    let up = "lbpath_bgp_session_up{peer=\"192.0.2.1\"}";
+    let text = netns::wait_for(WAIT, || {
+        let (_, body) = get(&node, METRICS, "/metrics").ok()?;
+        (value(&body, up) == Some(1.0)).then_some(body)
+    });
+    let (_, last) = get(&node, METRICS, "/metrics").unwrap_or_default();
+    let out = w.stop().unwrap();
+    let text = text.unwrap_or_else(|| panic!("session not up in:\n{last}\n{}", out.stderr));
+    println!("{text}");
+    assert_eq!(
+        value(
+            &text,
+            "lbpath_bgp_session_state{peer=\"192.0.2.1\",state=\"up\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "lbpath_bgp_session_state{peer=\"192.0.2.1\",state=\"syn_sent\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    promtool_check(&text).unwrap();
+}
