@@ -545,3 +545,251 @@ pub fn tcp_segment(ns: &str, src: SocketAddr, dst: SocketAddr, flags: u8) -> Res
         Ok(())
     })
 }
+
+/// One iperf3 run's result.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf {
+    /// What the receiver got, bits per second.
+    pub bits_per_second: f64,
+    /// Bytes sent, the whole run.
+    pub bytes: u64,
+}
+
+/// `iperf3 -c addr -t secs` from `ns` (one TCP stream; a server must listen).
+pub fn iperf3(ns: &str, addr: SocketAddr, secs: u32) -> Result<Iperf> {
+    let (ip, port, t) = (
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        secs.to_string(),
+    );
+    let out = in_ns(ns, &["iperf3", "-c", &ip, "-p", &port, "-t", &t, "-J"])?;
+    parse_iperf3(&out)
+}
+
+fn parse_iperf3(json: &str) -> Result<Iperf> {
+    let v: serde_json::Value = serde_json::from_str(json).context("iperf3 -J output")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {e}");
+    }
+    let end = &v["end"];
+    let bits_per_second = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3: no end.sum_received.bits_per_second")?;
+    let bytes = end["sum_sent"]["bytes"]
+        .as_u64()
+        .context("iperf3: no end.sum_sent.bytes")?;
+    Ok(Iperf {
+        bits_per_second,
+        bytes,
+    })
+}
+
+/// `n` short TCP connections from `ns` to `addr` on `threads` threads, each
+/// an HTTP GET read to the end: the local ports of those that completed,
+/// and how many failed.
+pub fn connect_burst(
+    ns: &str,
+    addr: SocketAddr,
+    n: usize,
+    threads: usize,
+) -> Result<(Vec<u16>, usize)> {
+    let per = n.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let ns = ns.to_string();
+            let count = per.min(n.saturating_sub(t * per));
+            std::thread::spawn(move || -> Result<(Vec<u16>, usize)> {
+                enter(&ns)?;
+                let mut ports = Vec::with_capacity(count);
+                let mut failed = 0;
+                for _ in 0..count {
+                    let one = || -> std::io::Result<u16> {
+                        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+                        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                        let port = s.local_addr()?.port();
+                        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                        let mut sink = Vec::new();
+                        s.read_to_end(&mut sink)?;
+                        Ok(port)
+                    };
+                    match one() {
+                        Ok(p) => ports.push(p),
+                        Err(_) => failed += 1,
+                    }
+                }
+                Ok((ports, failed))
+            })
+        })
+        .collect();
+    let mut ports = Vec::with_capacity(n);
+    let mut failed = 0;
+    for h in handles {
+        let (p, f) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a burst thread panicked"))??;
+        ports.extend(p);
+        failed += f;
+    }
+    Ok((ports, failed))
+}
+
+/// TCP SYNs from `src` (an address of `ns`), one per source port
+/// `first_port..first_port + n`, to `dst`, paced at `rate` a second: each
+/// one a new flow the far end answers (SYN-ACK) and `ns` resets, all in the
+/// kernel. Returns how long sending took.
+pub fn syn_flood(
+    ns: &str,
+    src: Ipv4Addr,
+    first_port: u16,
+    n: u16,
+    dst: SocketAddr,
+    rate: u32,
+) -> Result<Duration> {
+    let SocketAddr::V4(d4) = dst else {
+        bail!("IPv4 only");
+    };
+    if u32::from(first_port) + u32::from(n) > 65536 {
+        bail!("source ports {first_port}+{n} run past 65535");
+    }
+    run_in(ns, move || {
+        // SAFETY: plain socket call, checked.
+        let fd = Fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) });
+        if fd.raw() < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        // Sent from `src`, not the address routing would pick: the
+        // checksum covers it, and a wrong one makes conntrack drop the SYN.
+        let from = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(src.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a valid address of the size given.
+        let bound = unsafe {
+            libc::bind(
+                fd.raw(),
+                &from as *const libc::sockaddr_in as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if bound != 0 {
+            bail!("binding to {src}: {}", std::io::Error::last_os_error());
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(d4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let segment = |sport: u16| -> [u8; 20] {
+            let mut seg = [0u8; 20];
+            seg[0..2].copy_from_slice(&sport.to_be_bytes());
+            seg[2..4].copy_from_slice(&d4.port().to_be_bytes());
+            seg[4..8].copy_from_slice(&(0x1000_0000u32 + u32::from(sport)).to_be_bytes());
+            seg[12] = 5 << 4;
+            seg[13] = 0x02; // SYN
+            seg[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            let mut sum = 0u32;
+            for c in src.octets().chunks(2).chain(d4.ip().octets().chunks(2)) {
+                sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+            }
+            sum += 6 + 20;
+            let c = csum(&seg, sum);
+            seg[16..18].copy_from_slice(&c.to_be_bytes());
+            seg
+        };
+        // Batches of 64 a tick, ticks spaced for the rate.
+        const BATCH: u16 = 64;
+        let tick = Duration::from_secs_f64(f64::from(BATCH) / f64::from(rate.max(1)));
+        let start = Instant::now();
+        let mut sent: u16 = 0;
+        let mut batch = 0u32;
+        while sent < n {
+            let k = BATCH.min(n - sent);
+            let mut segs: Vec<[u8; 20]> = (0..k).map(|i| segment(first_port + sent + i)).collect();
+            let mut iov: Vec<libc::iovec> = segs
+                .iter_mut()
+                .map(|s| libc::iovec {
+                    iov_base: s.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                })
+                .collect();
+            let mut msgs: Vec<libc::mmsghdr> = iov
+                .iter_mut()
+                .map(|v| {
+                    // SAFETY: all-zero is a valid msghdr.
+                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    m.msg_hdr.msg_name = &sa as *const libc::sockaddr_in as *mut libc::c_void;
+                    m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+                    m.msg_hdr.msg_iov = v as *mut libc::iovec;
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            let mut done = 0usize;
+            while done < msgs.len() {
+                // SAFETY: valid messages pointing at live buffers and address.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd.raw(),
+                        msgs[done..].as_mut_ptr(),
+                        (msgs.len() - done) as u32,
+                        0,
+                    )
+                };
+                if r < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::ENOBUFS) {
+                        std::thread::sleep(Duration::from_micros(200));
+                        continue;
+                    }
+                    bail!("sending SYNs: {e}");
+                }
+                done += r as usize;
+            }
+            sent += k;
+            batch += 1;
+            let due = start + tick * batch;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(start.elapsed())
+    })
+}
+
+/// Conntrack entries in `ns` now (`conntrack -C`). Not `conntrack -S`'s
+/// `insert=`: recent kernels print it but no longer count it.
+pub fn conntrack_entries(ns: &str) -> Result<u64> {
+    let out = in_ns(ns, &["conntrack", "-C"])?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("conntrack -C printed {out:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iperf3_json_is_read() {
+        let ok = r#"{"start":{},"end":{"sum_sent":{"bytes":1000,"bits_per_second":8000.0},"sum_received":{"bytes":990,"bits_per_second":7920.5}}}"#;
+        let r = parse_iperf3(ok).unwrap();
+        assert_eq!(r.bytes, 1000);
+        assert_eq!(r.bits_per_second, 7920.5);
+        let err =
+            r#"{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}"#;
+        assert!(
+            parse_iperf3(err)
+                .unwrap_err()
+                .to_string()
+                .contains("Connection refused")
+        );
+        assert!(parse_iperf3("not json").is_err());
+    }
+}

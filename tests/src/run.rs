@@ -65,11 +65,29 @@ pub struct Running {
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// When the process was started.
+    started: Instant,
+    /// When the first line holding `marker` came (either stream).
+    marker: Option<String>,
+    marked: Arc<Mutex<Option<Instant>>>,
 }
 
-fn pump(r: impl Read + Send + 'static, buf: Arc<Mutex<String>>) -> JoinHandle<()> {
+fn pump(
+    r: impl Read + Send + 'static,
+    buf: Arc<Mutex<String>>,
+    marker: Option<String>,
+    marked: Arc<Mutex<Option<Instant>>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if let Some(m) = &marker
+                && line.contains(m.as_str())
+            {
+                marked
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert_with(Instant::now);
+            }
             let mut b = buf.lock().expect("not poisoned");
             b.push_str(&line);
             b.push('\n');
@@ -83,31 +101,88 @@ impl Running {
     }
 
     fn start_raw_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
             .arg(lbpath_bin())
             .args(args)
             .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        Self::spawn(cmd, None).context("starting lbpath")
+    }
+
+    /// Starts any command, its output collected; `marker` is a line to time
+    /// (see [`Running::marked_after`]).
+    pub fn spawn(mut cmd: Command, marker: Option<&str>) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting lbpath")?;
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
         let (o, e) = (
             Arc::new(Mutex::new(String::new())),
             Arc::new(Mutex::new(String::new())),
         );
+        let marker = marker.map(String::from);
+        let marked = Arc::new(Mutex::new(None));
         let readers = vec![
-            pump(child.stdout.take().expect("piped"), o.clone()),
-            pump(child.stderr.take().expect("piped"), e.clone()),
+            pump(
+                child.stdout.take().expect("piped"),
+                o.clone(),
+                marker.clone(),
+                marked.clone(),
+            ),
+            pump(
+                child.stderr.take().expect("piped"),
+                e.clone(),
+                marker.clone(),
+                marked.clone(),
+            ),
         ];
         Ok(Self {
             child,
             stdout: o,
             stderr: e,
             readers,
+            started,
+            marker,
+            marked,
         })
+    }
+
+    /// Starts a command and waits (up to `limit`) for a line holding
+    /// `marker`; also returns how long after the start it came.
+    pub fn spawn_until(cmd: Command, marker: &str, limit: Duration) -> Result<(Self, Duration)> {
+        let mut r = Self::spawn(cmd, Some(marker))?;
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(d) = r.marked_after() {
+                return Ok((r, d));
+            }
+            if let Some(status) = r.child.try_wait()? {
+                bail!(
+                    "exited ({status}) before printing {marker:?}: {}{}",
+                    r.stdout(),
+                    r.stderr()
+                );
+            }
+            if Instant::now() > end {
+                bail!(
+                    "no {marker:?} within {limit:?}: {}{}",
+                    r.stdout(),
+                    r.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// How long after the start the marker line came, once it has.
+    pub fn marked_after(&self) -> Option<Duration> {
+        self.marker.as_ref()?;
+        let at = (*self.marked.lock().expect("not poisoned"))?;
+        Some(at.saturating_duration_since(self.started))
     }
 
     /// Starts `lbpath watch …` and waits until it is attached.

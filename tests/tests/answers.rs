@@ -461,3 +461,199 @@ fn source_ranges_iptables() {
 fn source_ranges_nftables() {
     source_ranges(KubeProxy::Nftables, "afwn");
 }
+
+/// Sets hairpin mode on the pod's bridge port and bridge netfilter on the
+/// node (as kubelet and Kubernetes' CNI plugins do).
+fn hairpin(lab: &Lab, on: bool) {
+    let v = if on { "1" } else { "0" };
+    in_ns(
+        &lab.node(),
+        &["sh", "-c", &format!("echo {v} > /sys/class/net/vethpod/brport/hairpin_mode && sysctl -qw net.bridge.bridge-nf-call-iptables=1")],
+    )
+    .unwrap();
+}
+
+fn pod_to_own_lb(name: &str, on: bool) -> (Result<String, String>, Finished) {
+    let lab = Lab::new(name, LabSpec::default()).unwrap();
+    hairpin(&lab, on);
+    let w = Running::watch(&lab.node(), &["192.0.2.240", "--json"]).unwrap();
+    let got = netns::http_get(&lab.pod(), lab.lb_addr(), T).map_err(|e| format!("{e:#}"));
+    std::thread::sleep(Duration::from_secs(2));
+    (got, w.stop().unwrap())
+}
+
+/// A pod reaching its own Service through the LB IP, hairpin on: the answer
+/// goes back into the pod's veth, to the client, and that is an answer.
+#[test]
+fn hairpin_on_is_answered() {
+    let (got, out) = pod_to_own_lb("hpon", true);
+    assert!(got.is_ok(), "{got:?}");
+    let flows: Vec<Value> = json_lines(&out.stdout)
+        .into_iter()
+        .filter(|v| v.get("flow").is_some())
+        .collect();
+    assert_eq!(flows.len(), 1, "{}", out.stdout);
+    let f = &flows[0];
+    assert_eq!(f["verdict"]["kind"], "answered", "{f}");
+    let back = hops(f, "left")
+        .into_iter()
+        .find(|h| h["dir"] == "reply")
+        .unwrap_or_else(|| panic!("no reply left: {f}"));
+    assert_eq!(back["iface"], "vethpod", "{f}");
+    assert_eq!(back["towards"], "client (a pod on this node)", "{f}");
+}
+
+/// The same with hairpin mode off: the bridge drops the frame it would send
+/// back out its own port, and lbpath names that port and the fix.
+#[test]
+fn hairpin_off_is_named() {
+    let (got, out) = pod_to_own_lb("hpoff", false);
+    assert!(got.is_err(), "{got:?}");
+    let f = json_lines(&out.stdout)
+        .into_iter()
+        .find(|v| v.get("flow").is_some())
+        .unwrap_or_else(|| panic!("no flow: {}", out.stdout));
+    assert_eq!(f["verdict"]["kind"], "dropped", "{f}");
+    let s = f["verdict"]["summary"].as_str().unwrap();
+    assert!(
+        s.contains("hairpin mode off") && s.contains("vethpod"),
+        "{s}"
+    );
+    let hint = f["verdict"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("hairpin on") && hint.contains("bridge-nf-call-iptables"),
+        "{hint}"
+    );
+    assert_eq!(hops(&f, "dropped").len(), 1, "{f}");
+}
+
+/// A UDP client that keeps its source port keeps its conntrack entry: after
+/// its pod went and the Service moved to another pod, the entry still DNATs
+/// to the old one. lbpath shows the established entry's target, says it is
+/// no longer an endpoint, and gives the `conntrack -D` that clears it.
+#[test]
+fn stale_conntrack_after_the_endpoint_moved() {
+    const P2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+    let mut spec = LabSpec::default();
+    let mut dns = web_service(
+        vec![EpSpec {
+            port: 5353,
+            ..pod_endpoint()
+        }],
+        false,
+    );
+    dns.name = "dns".into();
+    dns.port_name = "dns".into();
+    dns.proto = "udp";
+    dns.port = 53;
+    dns.node_port = Some(30053);
+    spec.services.push(dns);
+    let mut lab = Lab::new("stale", spec).unwrap();
+    lab.keep(netns::udp_server(&lab.pod(), SocketAddr::from((POD, 5353)), true).unwrap());
+    let p2 = lab.add_pod("p2", P2, false).unwrap();
+    lab.keep(netns::udp_server(&p2, SocketAddr::from((P2, 5353)), true).unwrap());
+    let to = SocketAddr::from((LB, 53));
+    let ask = move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:40053")?;
+        s.set_read_timeout(Some(T))?;
+        s.send_to(b"ping", to)?;
+        let mut buf = [0u8; 64];
+        Ok(s.recv_from(&mut buf).is_ok())
+    };
+    assert!(netns::run_in(&lab.client(), ask).unwrap(), "first answer");
+    // The pod goes; kube-proxy moves the Service to the other pod.
+    in_ns(&lab.node(), &["ip", "link", "del", "vethpod"]).unwrap();
+    let svc = lab
+        .spec
+        .services
+        .iter_mut()
+        .find(|s| s.name == "dns")
+        .unwrap();
+    svc.endpoints = vec![EpSpec {
+        ip: P2,
+        port: 5353,
+        local: true,
+    }];
+    lab.install_rules(&lab.node(), KubeProxy::IptablesNft)
+        .unwrap();
+    let w = Running::watch(&lab.node(), &["192.0.2.240", "--proto", "udp", "--json"]).unwrap();
+    assert!(
+        !netns::run_in(&lab.client(), ask).unwrap(),
+        "answered by the stale entry"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let out = w.stop().unwrap();
+    let f = json_lines(&out.stdout)
+        .into_iter()
+        .find(|v| v.get("flow").is_some())
+        .unwrap_or_else(|| panic!("no flow: {}\n{}", out.stdout, out.stderr));
+    let s = f["verdict"]["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("a stale conntrack entry")
+            && s.contains("10.244.1.5:5353")
+            && s.contains("no longer an endpoint of default/dns:dns (now 10.244.1.6:5353)"),
+        "{f}"
+    );
+    let ct = hops(&f, "conntrack");
+    assert_eq!(ct[0]["state"], "established", "{f}");
+    assert_eq!(hops(&f, "dnat")[0]["to"], "10.244.1.5:5353", "{f}");
+    let hint = f["verdict"]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("conntrack -D -p udp --orig-src 192.0.2.10 --orig-port-src 40053 --orig-dst 192.0.2.240 --orig-port-dst 53"),
+        "{hint}"
+    );
+}
+
+/// SNAT with no free source port: a second connection's conntrack entry
+/// clashes with the first's and conntrack drops it at confirm. lbpath names
+/// conntrack and the insert_failed figure, not "a netfilter rule".
+#[test]
+fn snat_without_a_free_port_is_conntrack_not_a_rule() {
+    let lab = Lab::new("ctins", LabSpec::default()).unwrap();
+    // Every connection to the pod leaves with one source address and port.
+    in_ns(
+        &lab.node(),
+        &[
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-I",
+            "POSTROUTING",
+            "-d",
+            "10.244.1.5/32",
+            "-p",
+            "tcp",
+            "-j",
+            "SNAT",
+            "--to-source",
+            "10.244.1.1:40000",
+        ],
+    )
+    .unwrap();
+    let w = Running::watch(&lab.node(), &["192.0.2.240", "--json"]).unwrap();
+    let to = lab.lb_addr();
+    let (first, second) = netns::run_in(&lab.client(), move || {
+        let a = std::net::TcpStream::connect_timeout(&to, T);
+        let b = std::net::TcpStream::connect_timeout(&to, T);
+        Ok((a.is_ok(), b.is_ok()))
+    })
+    .unwrap();
+    assert!(first && !second, "{first} {second}");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = w.stop().unwrap();
+    let flows = out.flows();
+    let dropped: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["verdict"]["kind"] == "dropped")
+        .collect();
+    assert_eq!(dropped.len(), 1, "{}", out.stdout);
+    let s = dropped[0]["verdict"]["summary"].as_str().unwrap();
+    assert!(
+        s.contains("dropped by conntrack (conntrack confirm)")
+            && s.contains("could not be inserted")
+            && !s.contains("netfilter rule"),
+        "{s}"
+    );
+    let hint = dropped[0]["verdict"]["hint"].as_str().unwrap();
+    assert!(hint.contains("insert_failed"), "{hint}");
+}

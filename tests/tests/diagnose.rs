@@ -435,3 +435,34 @@ fn text_report_and_bad_input() {
         bad.stderr
     );
 }
+
+/// The LB IP local on the node (as on kube-ipvs0) with nothing behind the
+/// port: the node's own stack answers the SYN with a reset. That is a
+/// refusal by this node, never "healthy" or the pod's.
+#[test]
+fn node_refusing_its_local_lb_ip() {
+    let lab = Lab::new("dnref", LabSpec::default()).unwrap();
+    in_ns(
+        &lab.node(),
+        &["ip", "addr", "add", "192.0.2.240/32", "dev", "lo"],
+    )
+    .unwrap();
+    let r = start(&lab, "192.0.2.240", 4);
+    let to = SocketAddr::new(lab.lb_addr().ip(), 81);
+    let refused = netns::run_in(&lab.client(), move || {
+        Ok(std::net::TcpStream::connect_timeout(&to, T)
+            .err()
+            .map(|e| e.kind()))
+    })
+    .unwrap();
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
+    let (out, v) = finish(r);
+    let (layer, s) = verdict(&v);
+    assert_eq!(
+        (layer.as_str(), out.code),
+        ("dropped_on_node", Some(1)),
+        "{s}"
+    );
+    assert!(s.contains("this node refused it with a reset"), "{s}");
+    assert!(s.contains("192.0.2.240:81"), "{s}");
+}

@@ -349,3 +349,47 @@ fn udp_idle_longer_than_conntrack_keeps_it_is_a_new_flow() {
         out.stdout
     );
 }
+
+/// A connection that began before lbpath was watching: the first packet seen
+/// is not a SYN, its setup was never observed, and its flow says so rather
+/// than giving a confident verdict.
+#[test]
+fn a_connection_older_than_the_watch_is_partial() {
+    let mut spec = LabSpec::default();
+    let mut bulk = web_service(
+        vec![EpSpec {
+            port: 9000,
+            ..pod_endpoint()
+        }],
+        false,
+    );
+    bulk.name = "bulk".into();
+    bulk.port_name = "data".into();
+    bulk.port = 9000;
+    bulk.node_port = Some(30090);
+    spec.services.push(bulk);
+    let mut lab = Lab::new("old", spec).unwrap();
+    lab.keep(netns::sink_server(&lab.pod(), SocketAddr::from((POD, 9000))).unwrap());
+    let to = SocketAddr::from((LB, 9000));
+    let mut s = netns::run_in(&lab.client(), move || {
+        Ok(TcpStream::connect_timeout(&to, Duration::from_secs(2))?)
+    })
+    .unwrap();
+    s.write_all(&[0u8; 1000]).unwrap();
+    let w = Running::watch(&lab.node(), &["192.0.2.240", "--port", "9000", "--json"]).unwrap();
+    s.write_all(&[0u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    close_with_rst(&s);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = w.stop().unwrap();
+    let flows = out.flows();
+    assert_eq!(flows.len(), 1, "{}", out.stdout);
+    assert_eq!(flows[0]["verdict"]["kind"], "incomplete", "{}", flows[0]);
+    assert!(
+        flows[0]["notes"]
+            .to_string()
+            .contains("began before lbpath was watching"),
+        "{}",
+        flows[0]
+    );
+}

@@ -189,6 +189,41 @@ pub struct Event {
     pub _pad: u8,
 }
 
+/// Bytes of a packet's headers kept per event with [`CFG_CAPTURE`]
+/// (the pcapng snap length): Ethernet, IPv6 and TCP with options fit.
+pub const CAP_BYTES: usize = 128;
+/// `Capture::link`: nothing captured (no header offset set, or unreadable).
+pub const CAP_NONE: u8 = 0;
+/// `Capture::link`: `data` starts with the Ethernet header.
+pub const CAP_ETHERNET: u8 = 1;
+/// `Capture::link`: `data` starts with the IP header (no MAC header there:
+/// netfilter hooks, routing, frees; devices without one).
+pub const CAP_RAW_IP: u8 = 2;
+
+/// A packet's headers as one event saw them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Capture {
+    /// `CAP_*`.
+    pub link: u8,
+    pub _pad: u8,
+    /// Bytes captured into `data` (at most [`CAP_BYTES`]).
+    pub caplen: u16,
+    /// The packet's length from where `data` starts.
+    pub origlen: u32,
+    pub data: [u8; CAP_BYTES],
+}
+
+/// An [`Event`] followed by its packet's headers: the record path events
+/// take when [`CFG_CAPTURE`] is set. Userspace tells the two apart by the
+/// record's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventCap {
+    pub ev: Event,
+    pub cap: Capture,
+}
+
 /// `Event::flags`: seen in a namespace other than the node's (the pod's).
 pub const EV_POD_NS: u8 = 0x01;
 /// `Event::flags`: the packet is past the flow's trace budget (only its drop is reported).
@@ -331,7 +366,9 @@ pub struct Layout {
     pub nhc_dev: u32,
     pub nhc_gw: u32,
     pub nhc_gw_family: u32,
-    pub _pad: u32,
+    /// `struct sk_buff` → `data_len` (bytes in page fragments: the linear
+    /// part ends `len - data_len` past `data`).
+    pub skb_data_len: u32,
 }
 
 /// Set by userspace in the object's read-only data before load.
@@ -375,6 +412,9 @@ pub const CFG_LB_SET: u32 = 0x4;
 /// `Config::flags`: every program returns at once. Not a user feature: the
 /// bench loads lbpath this way to measure what the hooks themselves cost.
 pub const CFG_EMPTY: u32 = 0x8;
+/// `Config::flags`: each path event carries the packet's headers
+/// ([`EventCap`]); only with `watch --write`.
+pub const CFG_CAPTURE: u32 = 0x10;
 /// Entries of LB_SET: addresses and ranges watched at once.
 pub const LB_SET_MAX: u32 = 4096;
 /// LB_SET key: the prefix counts these bits of family and padding before

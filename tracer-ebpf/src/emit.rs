@@ -2,8 +2,12 @@
 //! ring-buffer memory (nothing big on the BPF stack); a full ring buffer is
 //! counted, never silent.
 
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel as gen_read;
 use aya_log_ebpf::debug;
-use tracer_common::{AF_INET, EV_POD_NS, Event, Kind, NO_HOOK, STAT_LOST_EVENTS};
+use tracer_common::{
+    AF_INET, CAP_BYTES, CAP_ETHERNET, CAP_NONE, CAP_RAW_IP, CFG_CAPTURE, Capture, EV_POD_NS, Event,
+    EventCap, Kind, NO_HOOK, STAT_LOST_EVENTS,
+};
 
 use crate::{
     kernel::*,
@@ -58,15 +62,42 @@ impl Extra {
 }
 
 /// Emits one event of `kind` for traced packet `skb` (tracking state `tr`),
-/// with the packet's headers and details from `s`.
+/// with the packet's headers and details from `s`; with [`CFG_CAPTURE`]
+/// (`watch --write`) the record also carries the packet's first bytes.
+/// The flag is frozen configuration: the verifier walks one branch only.
 #[inline(never)]
 pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
+    if conf!(flags) & CFG_CAPTURE != 0 {
+        let Some(mut e) = EVENTS.reserve::<EventCap>(0) else {
+            lost(kind);
+            return;
+        };
+        let p = e.as_mut_ptr();
+        unsafe {
+            fill(&mut (*p).ev, kind, skb, tr, s);
+            capture(&mut (*p).cap, kind, skb);
+        }
+        e.submit(0);
+        return;
+    }
     let Some(mut e) = EVENTS.reserve::<Event>(0) else {
-        stat_inc(STAT_LOST_EVENTS);
-        debug!(&(), "ring buffer full: an event of kind {} lost", kind);
+        lost(kind);
         return;
     };
-    let ev: &mut Event = unsafe { &mut *e.as_mut_ptr() };
+    fill(unsafe { &mut *e.as_mut_ptr() }, kind, skb, tr, s);
+    e.submit(0);
+}
+
+#[inline(always)]
+fn lost(kind: u8) {
+    stat_inc(STAT_LOST_EVENTS);
+    debug!(&(), "ring buffer full: an event of kind {} lost", kind);
+}
+
+/// Writes the event into ring-buffer memory `ev`. Out of line: both record
+/// shapes share one copy of it.
+#[inline(never)]
+fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     let x = &s.x;
     let dev = x.dev;
     let node = conf!(node_netns);
@@ -131,7 +162,66 @@ pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
         let nfct = skb_nfct(skb);
         ev.ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
     }
-    e.submit(0);
+}
+
+const ETH_HLEN: u64 = 14;
+
+/// The packet's first bytes as this event sees it, straight into
+/// ring-buffer memory: from the Ethernet header where the skb has one in
+/// front of the IP header (arrival, transmit), else from the IP header
+/// (netfilter, routing and frees see L3; devices without a MAC header).
+/// Only the linear part is read: headers are there, payload may not be.
+#[inline(always)]
+fn capture(c: &mut Capture, kind: u8, skb: u64) {
+    c.link = CAP_NONE;
+    c._pad = 0;
+    c.caplen = 0;
+    c.origlen = 0;
+    let data = skb_data(skb);
+    let (start, link) = if kind == Kind::Arrive as u8 {
+        // On receive the MAC header is pulled: data is the IP header.
+        let mac = skb_mac(skb);
+        if mac != 0 && data.wrapping_sub(mac) == ETH_HLEN {
+            (mac, CAP_ETHERNET)
+        } else {
+            (data, CAP_RAW_IP)
+        }
+    } else {
+        // On transmit data is the MAC header, if the device has one.
+        let l3 = skb_network(skb);
+        if kind == Kind::Xmit as u8 && l3.wrapping_sub(data) == ETH_HLEN {
+            (data, CAP_ETHERNET)
+        } else {
+            (l3, CAP_RAW_IP)
+        }
+    };
+    let len = skb_len(skb) as u64;
+    let data_len = rd::<u32>(skb + off!(skb_data_len)).unwrap_or(0) as u64;
+    if start == 0 || data == 0 || data_len > len {
+        return;
+    }
+    // Header offsets a stale or odd skb gives: nothing rather than garbage.
+    if start < data && data - start > 64 {
+        return;
+    }
+    let linear_end = data + (len - data_len);
+    if start >= linear_end {
+        return;
+    }
+    c.origlen = (data + len - start) as u32;
+    let avail = linear_end - start;
+    let n = if avail < CAP_BYTES as u64 {
+        avail
+    } else {
+        CAP_BYTES as u64
+    };
+    // A size the verifier can bound by itself: 1..=CAP_BYTES.
+    let n = ((n - 1) & (CAP_BYTES as u64 - 1)) + 1;
+    let dst = c.data.as_mut_ptr() as *mut core::ffi::c_void;
+    if unsafe { gen_read(dst, n as u32, start as *const core::ffi::c_void) } == 0 {
+        c.caplen = n as u16;
+        c.link = link;
+    }
 }
 
 /// The routing lookup: the looked-up flow (in `pkt`) and its result.

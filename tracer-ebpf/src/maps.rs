@@ -57,7 +57,7 @@ pub static CONFIG: Config = Config {
         nhc_dev: 0,
         nhc_gw: 0,
         nhc_gw_family: 0,
-        _pad: 0,
+        skb_data_len: 0,
     },
 };
 
@@ -145,6 +145,24 @@ pub static POD_IFS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 /// the next points skip the lookups while neither changed.
 #[map]
 pub static NF_SEEN: PerCpuArray<NfSeen> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the packet its first hook (netif_receive_skb, node namespace)
+/// decided not to trace (a request of a flow whose trace budget is spent,
+/// or not wanted; a reply whose budget is spent). The hooks it meets next on
+/// this CPU (netfilter points, transmit, free) skip their lookups for it.
+/// Set for each packet that reaches that decision, cleared where a packet
+/// of this address cannot be that one any more (a free, local delivery, a
+/// packet the node sends).
+#[map]
+pub static PASSED: PerCpuArray<Passed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet [`PASSED`] and whether it is a request (else an answer).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Passed {
+    pub skb: u64,
+    pub request: u64,
+}
 
 /// Big per-event values (parsed headers, event details, a track being
 /// built) live here, not on the BPF stack: before 6.13 a program's whole

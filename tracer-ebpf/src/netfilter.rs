@@ -15,7 +15,7 @@
 
 use core::ffi::c_void;
 
-use tracer_common::{Kind, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING};
+use tracer_common::{Kind, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING};
 
 use crate::{
     emit::emit,
@@ -68,6 +68,18 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     let hook = rd::<u8>(state + off!(state_hook)).unwrap_or(0xff);
     if !open && hook != NF_INET_LOCAL_OUT {
         return;
+    }
+    if open && passed(skb) {
+        // Decided at its first hook. Delivered here, it is freed without a
+        // tracepoint; and a packet the node sends is not the one passed
+        // (its address reused), so it goes on.
+        if hook == NF_INET_LOCAL_IN {
+            unpass(skb);
+        }
+        if hook != NF_INET_LOCAL_OUT {
+            return;
+        }
+        unpass(skb);
     }
     let l3 = skb_network(skb);
     let at = Point {
@@ -165,7 +177,7 @@ fn local_request(at: &Point, l3: u64) {
     };
     let s = f.get();
     if parse_ip(l3, skb_protocol(at.skb), &mut s.p)
-        && request_seen(at.skb, s)
+        && request_seen(at.skb, s) == STARTED
         && let Some(tr) = tracked(at.skb)
     {
         observe(at, tr, s);

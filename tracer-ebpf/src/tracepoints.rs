@@ -97,6 +97,8 @@ fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
     if dev_netns(dev) != conf!(node_netns) {
         return;
     }
+    // A new packet at this address: whatever was passed here before is gone.
+    unpass(skb);
     let Some(f) = Frame::enter() else {
         return;
     };
@@ -104,12 +106,17 @@ fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
     if !parse_ip(l3, proto, &mut s.p) {
         return;
     }
-    let traced = if REPLY {
+    let outcome = if REPLY {
         reply_seen(skb, s)
     } else {
         request_seen(skb, s)
     };
-    if traced && let Some(tr) = tracked(skb) {
+    if outcome == SPENT {
+        // The rest of its way on this CPU costs one compare per hook.
+        pass(skb, !REPLY);
+    } else if outcome == STARTED
+        && let Some(tr) = tracked(skb)
+    {
         set_current(skb, &s.p.t, now);
         s.x.reset(dev);
         emit(Kind::Arrive as u8, skb, tr, s);
@@ -127,10 +134,16 @@ pub fn lbp_xmit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_xmit(skb: u64, dev: u64) {
-    let now = jiffies();
+    let open = window_open(jiffies());
+    // A request decided at its first hook has nothing more to tell here.
+    if open && passed_request(skb) {
+        return;
+    }
     let proto = skb_protocol(skb);
     let l3 = skb_network(skb);
-    if window_open(now)
+    // A passed answer is not tracked, but still counted below.
+    if open
+        && !passed(skb)
         && let Some(tr) = tracked(skb)
         && let Some(f) = Frame::enter()
     {
@@ -219,7 +232,13 @@ pub fn lbp_kfree_noreason(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_kfree(skb: u64, location: u64, reason: u32) {
     let proto = skb_protocol(skb);
-    if window_open(jiffies())
+    let open = window_open(jiffies());
+    let was_passed = open && passed(skb);
+    if was_passed {
+        unpass(skb);
+    }
+    if open
+        && !was_passed
         && let Some(tr) = tracked(skb)
         && let Some(f) = Frame::enter()
     {
@@ -395,6 +414,10 @@ pub fn lbp_consume_noloc(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_consume(skb: u64, location: u64) {
     if !window_open(jiffies()) {
+        return;
+    }
+    if passed(skb) {
+        unpass(skb);
         return;
     }
     let Some(tr) = tracked(skb) else {

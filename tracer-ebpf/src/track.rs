@@ -13,8 +13,8 @@ use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT
 use crate::{
     kernel::{ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
-        CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED, Track,
-        WINDOW, conf, off,
+        CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED,
+        Track, WINDOW, conf, off,
     },
     parse::{IPPROTO_TCP, Parsed, parse_ip},
     scratch::Scratch,
@@ -178,15 +178,16 @@ fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mu
 
 /// First sight of a packet to the LB IP (headers in `s.p`) in the node's
 /// namespace: count it for its connection, and trace it if the budget
-/// allows. Past the budget this is the one lookup a packet costs.
+/// allows. Past the budget this is the one lookup a packet costs. SPENT
+/// also for a packet not wanted (port, protocol): nothing follows it.
 #[inline(never)]
-pub fn request_seen(skb: u64, s: &mut Scratch) -> bool {
+pub fn request_seen(skb: u64, s: &mut Scratch) -> u8 {
     if !wanted(&s.p.t) {
-        return false;
+        return SPENT;
     }
     let t = now();
     let Some(fs) = flow_for_request(&s.p, t) else {
-        return false;
+        return NOT_STARTED;
     };
     unsafe {
         add(&raw mut (*fs).req_pkts, 1);
@@ -194,23 +195,62 @@ pub fn request_seen(skb: u64, s: &mut Scratch) -> bool {
         (*fs).last_ns = t;
         if (*fs).spent & (1 << DIR_REQUEST) != 0 {
             // The bulk of a connection: counted, nothing more.
-            return false;
+            return SPENT;
         }
     }
-    start_track(skb, fs, &raw const s.p.t, DIR_REQUEST, s) == STARTED
+    start_track(skb, fs, &raw const s.p.t, DIR_REQUEST, s)
 }
 
 /// A packet arriving on the node (headers in `s.p`) that carries the tuple
 /// of an expected reply of a connection still current.
 #[inline(never)]
-pub fn reply_seen(skb: u64, s: &mut Scratch) -> bool {
+pub fn reply_seen(skb: u64, s: &mut Scratch) -> u8 {
     let Some(r) = REPLIES.get_ptr(&s.p.t) else {
-        return false;
+        return NOT_STARTED;
     };
     let flow = unsafe { &(*r).flow };
     match current(flow, unsafe { (*r).conn }) {
-        Some(fs) => start_track(skb, fs, flow, DIR_REPLY, s) == STARTED,
-        None => false,
+        Some(fs) => start_track(skb, fs, flow, DIR_REPLY, s),
+        None => NOT_STARTED,
+    }
+}
+
+/// Marks `skb` as decided at its first hook: not traced (see [`PASSED`]).
+/// A request needs nothing at transmit; an answer is still counted there.
+#[inline(always)]
+pub fn pass(skb: u64, request: bool) {
+    if let Some(p) = PASSED.get_ptr_mut(0) {
+        unsafe {
+            (*p).skb = skb;
+            (*p).request = request as u64;
+        }
+    }
+}
+
+/// Was `skb` decided at its first hook on this CPU?
+#[inline(always)]
+pub fn passed(skb: u64) -> bool {
+    PASSED.get(0).is_some_and(|p| p.skb == skb)
+}
+
+/// Was `skb` passed as a request?
+#[inline(always)]
+pub fn passed_request(skb: u64) -> bool {
+    PASSED
+        .get(0)
+        .is_some_and(|p| p.skb == skb && p.request != 0)
+}
+
+/// `skb` is no longer the packet passed (freed, delivered, or a new packet
+/// at that address).
+#[inline(always)]
+pub fn unpass(skb: u64) {
+    if let Some(p) = PASSED.get_ptr_mut(0) {
+        unsafe {
+            if (*p).skb == skb {
+                (*p).skb = 0;
+            }
+        }
     }
 }
 

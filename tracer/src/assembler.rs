@@ -100,7 +100,10 @@ impl Assembler {
             done: VecDeque::new(),
             done_set: HashSet::new(),
             max_flows: MAX_FLOWS,
-            max_events: 256,
+            // A traced packet yields up to ~70 events (12 netfilter points
+            // on each of 5 hooks, plus devices), and 4 are traced per
+            // direction by default: 256 cut healthy flows on busy rulesets.
+            max_events: 1024,
             max_total: 32_768,
             total: 0,
             dropped_events: 0,

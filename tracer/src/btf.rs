@@ -347,7 +347,7 @@ impl KernelBtf {
             nhc_dev: o("fib_nh_common", "nhc_dev")?,
             nhc_gw: o("fib_nh_common", "nhc_gw")?,
             nhc_gw_family: o("fib_nh_common", "nhc_gw_family")?,
-            _pad: 0,
+            skb_data_len: o("sk_buff", "data_len")?,
         })
     }
 }

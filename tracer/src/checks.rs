@@ -435,7 +435,7 @@ fn conntrack(sys: &Sysctls) -> Option<Finding> {
         "conntrack",
         level,
         format!("conntrack table {count}/{max} ({pct}%)"),
-        (pct >= 75).then(|| Hint::ConntrackFull.to_string()),
+        (pct >= 75).then(|| Hint::ConntrackFull { count, max }.to_string()),
     ))
 }
 

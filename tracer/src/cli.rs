@@ -3,6 +3,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -98,6 +99,15 @@ pub struct WatchArgs {
     /// Stop after this long (e.g. 30s, 2m); default: until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Write each traced packet as seen at each hop to this pcapng file
+    /// (headers, up to 128 bytes; a comment per packet names the hop, the
+    /// flow and the verdict), for Wireshark or tshark.
+    #[arg(long, value_name = "FILE.pcapng")]
+    pub write: Option<PathBuf>,
+    /// Stop writing the --write file once it reaches this size, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 100, requires = "write",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub write_limit: u64,
     /// Serve Prometheus metrics on http://ADDR/metrics (:9464 for every
     /// address, or IP:PORT).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]

@@ -419,7 +419,7 @@ fn from_flows(flows: &[FlowReport], known: &[SocketAddr]) -> Diagnosis {
     if let Some(d) = partial_outage(&roll, &of_flows) {
         return Diagnosis { evidence, ..d };
     }
-    let (layer, what) = layer_of(p.verdict.kind);
+    let (layer, what) = layer_of(p.verdict.kind, flow_endpoint(p).is_some());
     let summary = if total > 1 {
         format!("{what}: {} ({of_flows})", p.verdict.summary)
     } else {
@@ -434,9 +434,11 @@ fn from_flows(flows: &[FlowReport], known: &[SocketAddr]) -> Diagnosis {
     }
 }
 
-fn layer_of(k: VerdictKind) -> (Layer, &'static str) {
+/// A refusal or silence is the pod's only once the flow was DNATed to one;
+/// before that it is this node's (its own stack refusing a local LB IP).
+fn layer_of(k: VerdictKind, dnated: bool) -> (Layer, &'static str) {
     match k {
-        VerdictKind::Refused | VerdictKind::NoAnswer => (
+        VerdictKind::Refused | VerdictKind::NoAnswer if dnated => (
             Layer::PodNotAnswering,
             "DNATed, but the pod does not answer",
         ),
@@ -488,7 +490,7 @@ fn partial_outage(r: &Rollup, of_flows: &str) -> Option<Diagnosis> {
             String::new()
         }
     );
-    let (layer, _) = layer_of(worst);
+    let (layer, _) = layer_of(worst, true);
     let addrs: Vec<SocketAddr> = failing.iter().map(|e| e.endpoint).collect();
     let next = Hint::SomeEndpointsFail {
         endpoints: &addrs,
@@ -643,6 +645,7 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     let mut s = Session::start(
         &args.common,
         SessionOptions {
+            capture: false,
             arp: true,
             bgp: true,
             timing,
@@ -1177,13 +1180,24 @@ mod tests {
         let d = decide(
             LB.parse().unwrap(),
             &[],
-            &[flow(VerdictKind::Refused, "refused")],
+            &[to_endpoint(VerdictKind::Refused, "10.244.1.5:8080", 1000)],
             &Wire {
                 arp: None,
                 bgp: &bgp,
             },
         );
         assert_eq!((d.layer, d.exit_code), (Layer::PodNotAnswering, 1));
+        // Refused before any DNAT: this node's own stack, not a pod.
+        let d = decide(
+            LB.parse().unwrap(),
+            &[],
+            &[flow(VerdictKind::Refused, "refused by this node")],
+            &Wire {
+                arp: None,
+                bgp: &bgp,
+            },
+        );
+        assert_eq!((d.layer, d.exit_code), (Layer::DroppedOnNode, 1));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use tracer_common::{Event, Kind, Tuple};
+use tracer_common::{DIR_REQUEST, Event, Kind, Tuple};
 
 use crate::{
     arp::ArpObservation,
@@ -23,6 +23,7 @@ use crate::{
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
     path::{self, Context, RuleHit},
+    pcap::PcapWriter,
     rules::RuleRead,
     tally::{Snapshot, Tally, bgp_peers},
     targets::Targets,
@@ -85,6 +86,22 @@ pub struct Engine {
     /// When every hook was in place (CLOCK_MONOTONIC ns): flows that began
     /// earlier were partly unobserved.
     attached_ns: u64,
+    /// conntrack's counters when watching began: drops are told by what
+    /// moved since.
+    ct_base: Option<crate::conntrack::CtFigures>,
+    /// `watch --write`: each reported flow's packets go to a pcapng file.
+    pub pcap: Option<PcapWriter>,
+}
+
+/// A TCP flow whose first request packet seen carries no SYN: its
+/// connection began before lbpath was watching.
+fn began_unseen(evs: &[Event]) -> bool {
+    const IPPROTO_TCP: u8 = 6;
+    const TCP_SYN: u8 = 0x02;
+    evs.iter()
+        .filter(|e| e.dir == DIR_REQUEST && e.flow.proto == IPPROTO_TCP)
+        .min_by_key(|e| e.ts)
+        .is_some_and(|e| e.tcp_flags & TCP_SYN == 0)
 }
 
 /// A report's outcome for comparing an update with it: the verdict and,
@@ -299,6 +316,8 @@ impl Engine {
             reported_order: VecDeque::new(),
             // Built once loading returned: every hook is in place.
             attached_ns: monotonic_ns(),
+            ct_base: crate::conntrack::CtFigures::read(),
+            pcap: None,
         }
     }
 
@@ -309,13 +328,12 @@ impl Engine {
     /// Takes one ring-buffer record; returns what should be shown now.
     pub fn record(&mut self, rec: Record, tracer: &Tracer) -> Vec<Output> {
         match rec {
-            Record::Path(e) => self
-                .assembler
-                .push(e)
-                .into_iter()
-                .filter_map(|d| self.report(d, tracer))
-                .map(|r| Output::Flow(Box::new(r)))
-                .collect(),
+            Record::Path(e, cap) => {
+                if let (Some(p), Some(cap)) = (self.pcap.as_mut(), cap) {
+                    p.stash(&e, cap);
+                }
+                self.path_event(e, tracer)
+            }
             Record::Arp(a) => {
                 let obs = wire::arp_observation(&a);
                 let line = wire::arp_line(&obs, &self.targets, &self.net);
@@ -336,6 +354,15 @@ impl Engine {
                 .map(Output::Bgp)
                 .collect(),
         }
+    }
+
+    fn path_event(&mut self, e: Event, tracer: &Tracer) -> Vec<Output> {
+        self.assembler
+            .push(e)
+            .into_iter()
+            .filter_map(|d| self.report(d, tracer))
+            .map(|r| Output::Flow(Box::new(r)))
+            .collect()
     }
 
     /// Flows that became ready to report, and flows that waited for a rule
@@ -411,7 +438,9 @@ impl Engine {
         if degraded != self.rules.degraded_reason() {
             out.push(Output::Rules { degraded });
         }
-        self.rules = (*read.rules).clone();
+        // Taken over rather than copied when nothing else holds it: a big
+        // ruleset is megabytes, and the old one is still here.
+        self.rules = std::sync::Arc::try_unwrap(read.rules).unwrap_or_else(|a| (*a).clone());
         let targets_changed = self.targets.refresh(&self.rules);
         self.services = services_for(&self.rules, &self.targets);
         // Only flows whose drop the read can have counted.
@@ -514,6 +543,11 @@ impl Engine {
             drops: c.drops,
         });
         let rp = |iface: &str| rp_filter(iface);
+        let ct_base = self.ct_base;
+        let ct = move || {
+            let now = crate::conntrack::CtFigures::read()?;
+            Some(ct_base.map_or(now, |b| now.since(&b)))
+        };
         let degraded = self.rules.degraded_reason();
         let ctx = Context {
             node_netns: self.node_netns,
@@ -525,6 +559,7 @@ impl Engine {
             rules_degraded: degraded.as_deref(),
             rule_hits: hits,
             rp_filter: &rp,
+            conntrack: &ct,
             netfilter_links: self.netfilter_links,
         };
         let mut r = path::assemble(evs, &ctx, counters)?;
@@ -543,6 +578,11 @@ impl Engine {
             mark_incomplete(&mut r, &Missing::Early);
         } else if !done.update && key.conn < self.attached_ns {
             mark_incomplete(&mut r, &Missing::BeforeAttach);
+        } else if !done.update && began_unseen(evs) {
+            mark_incomplete(&mut r, &Missing::MidConnection);
+        }
+        if let Some(p) = self.pcap.as_mut() {
+            p.flow(evs, &r);
         }
         if done.update {
             return self.update(key, r);
@@ -603,6 +643,8 @@ enum Missing {
     Early,
     /// It began before every hook was in place.
     BeforeAttach,
+    /// A TCP connection first seen past its SYN: it began before lbpath.
+    MidConnection,
 }
 
 /// A flow part of which was not seen: what was seen stays, the verdict
@@ -630,6 +672,11 @@ fn mark_incomplete(r: &mut FlowReport, missing: &Missing) {
                 crate::assembler::MAX_FLOWS
             ),
             KEEP_UP,
+        ),
+        Missing::MidConnection => (
+            "it began before lbpath was watching (its first packet seen is not a SYN), so its setup was not observed"
+                .to_string(),
+            "open a new connection now that lbpath is watching",
         ),
         Missing::BeforeAttach => (
             "it began while lbpath was still attaching, so its first hops were not all observed"

@@ -3,13 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracer_common::{AF_INET6, ArpEvent, Event, Kind, SegEvent, Tuple};
+use tracer_common::{AF_INET6, ArpEvent, CAP_NONE, Capture, Event, Kind, SegEvent, Tuple};
 
 use crate::kubeproxy::Proto;
 
 #[derive(Clone, Debug)]
 pub enum Record {
-    Path(Event),
+    /// A path event, with the packet's headers when they were captured.
+    Path(Event, Option<Box<Capture>>),
     Arp(ArpEvent),
     Seg(Box<SegEvent>),
 }
@@ -26,7 +27,15 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     match Kind::from_u8(*bytes.first()?)? {
         Kind::Arp => read::<ArpEvent>(bytes).map(Record::Arp),
         Kind::Bgp => read::<SegEvent>(bytes).map(|s| Record::Seg(Box::new(s))),
-        _ => read::<Event>(bytes).map(Record::Path),
+        _ => read::<Event>(bytes).map(|e| {
+            // With capture on, the headers follow the event (EventCap).
+            let cap = bytes
+                .get(size_of::<Event>()..)
+                .and_then(read::<Capture>)
+                .filter(|c| c.link != CAP_NONE)
+                .map(Box::new);
+            Record::Path(e, cap)
+        }),
     }
 }
 
@@ -72,6 +81,26 @@ mod tests {
         assert!(decode(&[]).is_none());
         assert!(decode(&[200, 0, 0]).is_none());
         assert!(decode(&[Kind::Drop as u8, 0, 0]).is_none());
+    }
+
+    /// Path records are plain events unless capture is on; then the
+    /// headers follow, and an empty capture counts as none.
+    #[test]
+    fn captured_headers_follow_the_event() {
+        let mut rec = vec![0u8; size_of::<tracer_common::EventCap>()];
+        rec[0] = Kind::Arrive as u8;
+        let ev = size_of::<Event>();
+        assert!(matches!(decode(&rec[..ev]), Some(Record::Path(_, None))));
+        assert!(matches!(decode(&rec), Some(Record::Path(_, None))));
+        rec[ev] = tracer_common::CAP_ETHERNET;
+        rec[ev + 2] = 60;
+        match decode(&rec) {
+            Some(Record::Path(e, Some(c))) => {
+                assert_eq!(e.kind, Kind::Arrive as u8);
+                assert_eq!((c.link, c.caplen), (tracer_common::CAP_ETHERNET, 60));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

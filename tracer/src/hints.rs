@@ -74,6 +74,26 @@ pub enum Hint<'a> {
     Refused,
     /// The node itself got the packet: no DNAT happened.
     NodeNotListening,
+    /// A pod reaching itself through its Service, dropped by the bridge:
+    /// `port` is the bridge port it came in on, without hairpin mode.
+    HairpinOff {
+        port: &'a str,
+    },
+    /// conntrack's table is full.
+    ConntrackFull {
+        count: u64,
+        max: u64,
+    },
+    /// conntrack could not insert an entry (clash, SNAT without a free port).
+    ConntrackInsertFailed,
+    /// An established conntrack entry DNATs to an address that is no
+    /// longer an endpoint.
+    StaleConntrack {
+        proto: &'a str,
+        client: SocketAddr,
+        lb: SocketAddr,
+        target: SocketAddr,
+    },
     /// The pod got the packet and did not answer.
     PodSilent,
     /// Some endpoints of the Service fail every flow while others answer.
@@ -94,7 +114,6 @@ pub enum Hint<'a> {
         lb: IpAddr,
     },
     IpForwardOff,
-    ConntrackFull,
     /// This node answers ARP from two interfaces on one segment (ARP flux).
     /// `speaker`: the address is on no interface here, so the MetalLB
     /// speaker (not the kernel) answers.
@@ -198,6 +217,31 @@ impl fmt::Display for Hint<'_> {
             Hint::NodeNotListening => f.write_str(
                 "the LB IP is local to this node (assigned to an interface such as kube-ipvs0) and nothing takes it: no kube-proxy DNAT or IPVS virtual service for this port (`ipvsadm -Ln`, `kubectl get svc -A -o wide`), and no socket",
             ),
+            Hint::HairpinOff { port } => write!(
+                f,
+                "the pod reaches its own Service: with bridge netfilter on (net.bridge.bridge-nf-call-iptables=1) the bridge must send the frame back out {port}, the port it came in on, which only hairpin mode allows: `ip link set {port} type bridge_slave hairpin on`, or kubelet's --hairpin-mode=hairpin-veth (promiscuous-bridge for kubenet)"
+            ),
+            Hint::StaleConntrack {
+                proto,
+                client,
+                lb,
+                target,
+            } => write!(
+                f,
+                "the connection's conntrack entry still sends it to {target}, bound when it began; new connections get a current endpoint, but this client keeps its port and so its entry. Delete the entry: `conntrack -D -p {proto} --orig-src {} --orig-port-src {} --orig-dst {} --orig-port-dst {}` (or every entry to the old pod: `conntrack -D -p {proto} --reply-src {}`); kube-proxy does this itself for UDP when it sees the endpoint go, so check it is running",
+                client.ip(),
+                client.port(),
+                lb.ip(),
+                lb.port(),
+                target.ip()
+            ),
+            Hint::ConntrackFull { count, max } => write!(
+                f,
+                "the node's conntrack table is full ({count}/{max}): raise net.netfilter.nf_conntrack_max (and nf_conntrack_buckets), or find what fills it: `conntrack -S` for drop/early_drop, `conntrack -L` for the entries"
+            ),
+            Hint::ConntrackInsertFailed => f.write_str(
+                "conntrack could not insert the connection's entry (`conntrack -S`, insert_failed): SNAT found no free source port towards that endpoint (masquerade with --random-fully, more source addresses, fewer connections to one endpoint), or two packets of a new UDP flow raced on two CPUs (DNS)",
+            ),
             Hint::PodSilent => f.write_str(
                 "the pod received the packet but did not answer: check the application (`kubectl logs`), and the pod's own route back",
             ),
@@ -224,9 +268,6 @@ impl fmt::Display for Hint<'_> {
                 "trace it on the node behind {towards} (`lbpath watch {lb}` there)"
             ),
             Hint::IpForwardOff => f.write_str("sysctl -w net.ipv4.ip_forward=1"),
-            Hint::ConntrackFull => f.write_str(
-                "a full conntrack table drops new flows: raise net.netfilter.nf_conntrack_max or find the flood",
-            ),
             Hint::ArpFlux { ifaces, speaker } => {
                 let list = ifaces.join(" and ");
                 let sysctls = "`sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2` (and in /etc/sysctl.d/ to keep it): the kernel then answers only on the interface holding the address and announces with it";

@@ -40,6 +40,9 @@ pub struct Iface {
     pub mac: Option<[u8; 6]>,
     pub addrs: Vec<(IpAddr, u8)>,
     pub up: bool,
+    /// A bridge port's hairpin mode (may a frame leave by the port it came
+    /// in on?); None when not a bridge port or unreadable.
+    pub hairpin: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -114,6 +117,20 @@ impl NetInfo {
                 i.lower = link;
             }
             info.ifaces.insert(i.index, i);
+        }
+        let bridges: Vec<u32> = info
+            .ifaces
+            .values()
+            .filter(|i| i.kind == "bridge")
+            .map(|i| i.index)
+            .collect();
+        for i in info.ifaces.values_mut() {
+            if i.master.is_some_and(|m| bridges.contains(&m)) {
+                // rtnetlink gives it only in an AF_BRIDGE dump; sysfs is this
+                // namespace's when lbpath runs in it.
+                let path = format!("/sys/class/net/{}/brport/hairpin_mode", i.name);
+                i.hairpin = std::fs::read_to_string(path).ok().map(|v| v.trim() == "1");
+            }
         }
         let mut addrs = handle.address().get().execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {

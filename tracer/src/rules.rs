@@ -40,11 +40,12 @@ pub struct RuleWatcher {
 }
 
 impl RuleWatcher {
-    /// Starts watching; `first` is the read made at start (the baseline).
-    pub fn start(first: &NodeRules) -> Self {
+    /// Starts watching; `baseline` holds the drop rules of the read made
+    /// at start ([`filter_rules`]).
+    pub fn start(baseline: Vec<FilterRule>) -> Self {
         let (ask, asks) = mpsc::channel(1);
-        let (send, reads) = mpsc::channel(4);
-        let baseline = filter_rules(first);
+        // One read waits at most: each can be a big ruleset.
+        let (send, reads) = mpsc::channel(1);
         tokio::spawn(watch(asks, send, baseline));
         Self { ask, reads }
     }
@@ -59,7 +60,8 @@ impl RuleWatcher {
     }
 }
 
-fn filter_rules(r: &NodeRules) -> Vec<FilterRule> {
+/// Every drop and reject rule of a read, with its counters.
+pub fn filter_rules(r: &NodeRules) -> Vec<FilterRule> {
     r.rulesets
         .iter()
         .flat_map(|rs| rs.filter_rules.iter().cloned())

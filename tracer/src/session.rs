@@ -26,7 +26,7 @@ use crate::{
     loader::{self, LoadOptions, Stats, Tracer},
     netinfo::NetInfo,
     nfplan::NfPlan,
-    rules::RuleWatcher,
+    rules::{self, RuleWatcher},
     targets::Targets,
     timeline::Timeline,
 };
@@ -38,6 +38,8 @@ pub struct SessionOptions {
     /// Capture BGP segments.
     pub bgp: bool,
     pub timing: Timing,
+    /// Path events carry the packets' headers (`watch --write`).
+    pub capture: bool,
 }
 
 pub struct Session {
@@ -126,7 +128,9 @@ impl Session {
             );
         }
         let plan = NfPlan::new(occupants(&rules));
-        let rules_at_start = rules.clone();
+        // What the rule watcher compares the next read with: the drop
+        // rules, not a second copy of the whole ruleset.
+        let baseline = rules::filter_rules(&rules);
         let mut tracer = Tracer::load(
             &LoadOptions {
                 targets: Targets::new(target.nets.clone(), target.all),
@@ -140,6 +144,7 @@ impl Session {
                 plan: plan.clone(),
                 debug_bpf: common.debug_bpf,
                 empty: common.empty_programs,
+                capture: opts.capture,
             },
             &kernel,
             prepared,
@@ -192,7 +197,7 @@ impl Session {
             None => None,
         };
         Ok(Session {
-            rules: RuleWatcher::start(&rules_at_start),
+            rules: RuleWatcher::start(baseline),
             tracer,
             engine,
             ring,

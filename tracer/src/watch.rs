@@ -3,15 +3,17 @@
 
 use std::{collections::BTreeMap, io::Write};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
 use crate::{
+    UsageError,
     assembler::Timing,
     cli::WatchArgs,
     diagnose,
     engine::Output,
     metrics,
     model::VerdictKind,
+    pcap::PcapWriter,
     render::{self, Style},
     session::{FrontEnd, Session, SessionOptions},
 };
@@ -91,20 +93,49 @@ pub fn verdict_key(k: VerdictKind) -> String {
 }
 
 pub async fn run(args: &WatchArgs) -> Result<u8> {
-    // Bound first: a port in use fails before anything is loaded.
+    // Bound first: a port in use fails before anything is loaded (or a
+    // --write file created).
     let listener = match args.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let mut s = Session::start(
+    // Created before loading: a path that cannot be written fails before
+    // anything is loaded.
+    let pcap = match &args.write {
+        Some(path) => Some(
+            PcapWriter::create(path, args.write_limit.saturating_mul(1 << 20)).map_err(|e| {
+                anyhow!(UsageError(format!(
+                    "cannot write '{}': {e}",
+                    path.display()
+                )))
+            })?,
+        ),
+        None => None,
+    };
+    let started = Session::start(
         &args.common,
         SessionOptions {
             arp: !args.no_arp,
             bgp: args.bgp,
             timing: Timing::default(),
+            capture: pcap.is_some(),
         },
     )
-    .await?;
+    .await;
+    let mut s = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was traced: no empty capture left behind.
+            if let Some(p) = &pcap {
+                let _ = std::fs::remove_file(p.path());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(mut p) = pcap {
+        p.set_node_netns(s.tracer.node_netns);
+        s.engine.pcap = Some(p);
+    }
     let services = if s.engine.services.is_empty() {
         String::new()
     } else {
@@ -151,12 +182,19 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         .iter()
         .map(|(k, n)| (verdict_key(*k), *n))
         .collect();
+    if let Some(p) = s.engine.pcap.as_mut() {
+        eprintln!("{}", p.finish());
+    }
     let (stats, cut) = s.losses()?;
     let lost = stats.lost_events;
+    let n: u64 = per.values().sum();
+    // Flows the kernel side began to trace that were neither reported nor
+    // filtered out here: their events were lost or cut, or said too little
+    // to make a path. So every flow is accounted for.
+    let unreported = stats.flows.saturating_sub(n + s.engine.filtered_out);
     // By endpoint, from the reports kept (the most recent ones): one pod
     // failing among answering ones shows as such.
     let kept = s.engine.recent.len() as u64;
-    let total: u64 = per.values().sum();
     let mut roll = diagnose::rollup(&s.engine.recent, &[]);
     roll.endpoints.retain(|e| e.flows > 0);
     if printer.json {
@@ -176,6 +214,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
             "{}",
             serde_json::json!({ "totals": {
                 "flows": per,
+                "flows_not_reported": unreported,
                 "endpoints": endpoints,
                 "endpoints_of_last": kept,
                 "events_lost": lost,
@@ -189,17 +228,16 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
                 .iter()
                 .map(|e| format!("{} {}", e.endpoint, e.describe()))
                 .collect();
-            let of = if kept < total {
+            let of = if kept < n {
                 format!(" (last {kept} flows)")
             } else {
                 String::new()
             };
             eprintln!("lbpath: by endpoint{of}: {}", list.join("; "));
         }
-        let n: u64 = per.values().sum();
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
-            "lbpath: {n} flow{}{}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
+            "lbpath: {n} flow{}{}; not reported: {unreported}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
             if n == 1 { "" } else { "s" },
             if flows.is_empty() {
                 String::new()

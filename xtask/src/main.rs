@@ -292,7 +292,7 @@ mod tests {
             panic!()
         };
         assert!(kernels.is_empty() && selectors.is_empty());
-        assert_eq!((jobs, timeout), (2, 600));
+        assert_eq!((jobs, timeout), (2, 1500));
         let Task::TestKernels {
             kernels,
             jobs,

@@ -52,6 +52,12 @@ pub const PACKAGES: &[Package] = &[
         program: "curl",
         static_binary: false,
     },
+    // `watch --write` files are read back as users would (tests/tests/pcap.rs).
+    Package {
+        name: "tshark",
+        program: "tshark",
+        static_binary: false,
+    },
     // kube-proxy's IPVS mode in the lab (tests/src/ipvs_lab.rs): virtual
     // services and the ipsets kube-proxy keeps beside them; lbpath reads the
     // sets with `ipset save`.
@@ -87,6 +93,24 @@ pub const PACKAGES: &[Package] = &[
     Package {
         name: "prometheus",
         program: "promtool",
+        static_binary: false,
+    },
+    // `cargo xtask bench`: the observers lbpath is measured beside (bpftrace
+    // as a second eBPF tracer, tcpdump as a packet socket) and the bulk
+    // traffic they watch.
+    Package {
+        name: "tcpdump",
+        program: "tcpdump",
+        static_binary: false,
+    },
+    Package {
+        name: "bpftrace",
+        program: "bpftrace",
+        static_binary: false,
+    },
+    Package {
+        name: "iperf3",
+        program: "iperf3",
         static_binary: false,
     },
     // The kernel matrix (`cargo xtask test-kernels`): qemu boots the guests,
@@ -277,7 +301,7 @@ mod tests {
 
     #[test]
     fn every_package_names_a_program() {
-        assert_eq!(PACKAGES.len(), 16);
+        assert_eq!(PACKAGES.len(), 20);
         assert_eq!(PACKAGES.iter().filter(|p| p.static_binary).count(), 1);
         assert!(
             PACKAGES

@@ -294,6 +294,52 @@ pub fn fixture_services() -> Vec<SvcSpec> {
     ]
 }
 
+/// `n` LoadBalancer Services of a big node (the bench's scale case, up to
+/// 5,000): two endpoints each, one on this node; every 10th with
+/// externalTrafficPolicy=Local, every 20th with loadBalancerSourceRanges,
+/// every 50th without endpoints. LB IPs cycle through 203.0.113.1–250 (eight
+/// ports per address for 2,000), ClusterIPs count up from 10.97.0.1, pods
+/// from 10.244.16.1, node ports from 30100 (the first 2,600 Services: the
+/// lab's own Services use 30080 and 30090).
+///
+/// # Panics
+/// If `n` is over 5,000 (the pod range would overflow 10.244/16).
+pub fn scale_services(n: usize) -> Vec<SvcSpec> {
+    assert!(n <= 5000, "at most 5000 services");
+    let addr = |base: u32, i: usize| Ipv4Addr::from(base + i as u32);
+    let pods = u32::from(Ipv4Addr::new(10, 244, 16, 1));
+    (0..n)
+        .map(|i| SvcSpec {
+            namespace: format!("scale-{}", i / 100),
+            name: format!("svc-{i}"),
+            port_name: "http".into(),
+            proto: "tcp",
+            lb_ip: Ipv4Addr::new(203, 0, 113, 1 + (i % 250) as u8),
+            port: 1000 + (i / 250) as u16,
+            node_port: (i < 2600).then(|| 30100 + i as u16),
+            cluster_ip: addr(u32::from(Ipv4Addr::new(10, 97, 0, 1)), i),
+            endpoints: if i % 50 == 49 {
+                Vec::new()
+            } else {
+                (0..2)
+                    .map(|e| EpSpec {
+                        ip: addr(pods, 2 * i + e),
+                        port: 8080,
+                        local: e == 0,
+                    })
+                    .collect()
+            },
+            etp_local: i % 10 == 9,
+            source_ranges: if i % 20 == 19 {
+                vec!["198.51.100.0/24".into()]
+            } else {
+                Vec::new()
+            },
+            external_ips: Vec::new(),
+        })
+        .collect()
+}
+
 // --- SHA-256 and base32, for kube-proxy's chain names ----------------------
 
 /// kube-proxy's `hashAndTruncate`: an 8-character hash prefix keeps names

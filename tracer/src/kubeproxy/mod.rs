@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use iptables::parse_iptables_save;
-pub use nftables::parse_nft_json;
+pub use nftables::{parse_nft_json, read_nft_json};
 
 /// Where a ruleset came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -449,13 +449,17 @@ pub async fn read_node() -> NodeRules {
     }
 
     let nft = match find_tool("nft") {
-        Some(nft) => match run_tool(&nft, &["-j", "list", "ruleset"]).await {
-            Ok(out) if out.trim().is_empty() => None,
-            Ok(out) => parse_nft_json(&out)
-                .map_err(|e| {
-                    degraded.push(format!("cannot parse `nft -j list ruleset` output: {e}"))
-                })
-                .ok(),
+        // Parsed as nft prints it: on a big node the JSON is tens of MB.
+        Some(nft) => match run_tool_reading(&nft, &["-j", "list", "ruleset"], TOOL_LIMIT, |out| {
+            read_nft_json(out)
+        })
+        .await
+        {
+            Ok(Ok(rs)) => rs,
+            Ok(Err(e)) => {
+                degraded.push(format!("cannot parse `nft -j list ruleset` output: {e}"));
+                None
+            }
             Err(e) => {
                 degraded.push(format!("nft list ruleset: {e}"));
                 None
@@ -724,7 +728,76 @@ fn is_executable(p: &Path) -> bool {
 /// Runs a read-only tool with a time limit (a wedged tool must not hang
 /// lbpath); its output is its stdout.
 async fn run_tool(tool: &Path, args: &[&str]) -> Result<String, String> {
-    run_tool_within(tool, args, Duration::from_secs(20)).await
+    run_tool_within(tool, args, TOOL_LIMIT).await
+}
+
+/// How long a read-only tool may take.
+const TOOL_LIMIT: Duration = Duration::from_secs(20);
+
+/// Runs a read-only tool like [`run_tool`], but hands its stdout to `read`
+/// (on a blocking thread) while it runs instead of collecting it. `read`'s
+/// result counts only when the tool succeeds.
+async fn run_tool_reading<T: Send + 'static>(
+    tool: &Path,
+    args: &[&str],
+    limit: Duration,
+    read: impl FnOnce(std::fs::File) -> T + Send + 'static,
+) -> Result<T, String> {
+    let mut child = tokio::process::Command::new(tool)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Dropped at the time limit: killed, so `read` sees the pipe close.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("no stdout pipe")?
+        .into_owned_fd()
+        .map_err(|e| format!("its output: {e}"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or("no stderr pipe")?
+        .into_owned_fd()
+        .map_err(|e| format!("its errors: {e}"))?;
+    let reader = tokio::task::spawn_blocking(move || read(std::fs::File::from(stdout)));
+    // stderr drained meanwhile, so neither pipe can block the tool.
+    let errors = tokio::task::spawn_blocking(move || {
+        let mut err = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::fs::File::from(stderr), &mut err);
+        err
+    });
+    let run = async move {
+        let status = child.wait().await;
+        (status, errors.await.unwrap_or_default(), reader.await)
+    };
+    let (status, err, value) = tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| format!("no answer within {:.1} s", limit.as_secs_f64()))?;
+    let status = status.map_err(|e| format!("wait failed: {e}"))?;
+    if !status.success() {
+        return Err(tool_failed(status, &err));
+    }
+    value.map_err(|_| "reading its output: the thread panicked".to_string())
+}
+
+/// A failed tool's exit status and the first line it wrote to stderr.
+fn tool_failed(status: std::process::ExitStatus, stderr: &[u8]) -> String {
+    let msg = String::from_utf8_lossy(stderr);
+    let first = msg
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    format!(
+        "failed ({status}){}{first}",
+        if first.is_empty() { "" } else { ": " }
+    )
 }
 
 async fn run_tool_within(tool: &Path, args: &[&str], limit: Duration) -> Result<String, String> {
@@ -745,20 +818,13 @@ async fn run_tool_within(tool: &Path, args: &[&str], limit: Duration) -> Result<
         Err(_) => return Err(format!("no answer within {:.1} s", limit.as_secs_f64())),
     };
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr);
-        let first = msg
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
-        return Err(format!(
-            "failed ({}){}{first}",
-            out.status,
-            if first.is_empty() { "" } else { ": " }
-        ));
+        return Err(tool_failed(out.status, &out.stderr));
     }
     // Rule comments may hold any bytes; they are escaped before display.
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    // Valid UTF-8 (the usual case) is taken as is: no second copy of what
+    // can be megabytes.
+    Ok(String::from_utf8(out.stdout)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Rules whose packet counter grew between two reads, with the growth.
@@ -1104,6 +1170,40 @@ mod tests {
                 .unwrap_err()
                 .starts_with("cannot run")
         );
+    }
+
+    #[tokio::test]
+    async fn tools_read_as_they_write() {
+        use std::io::Read;
+        let sh = Path::new("/bin/sh");
+        let limit = Duration::from_secs(10);
+        let count = |mut f: std::fs::File| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map(|_| s.len())
+        };
+        // Two MB on each pipe: neither blocks the tool.
+        let big = "head -c 2000000 /dev/zero; head -c 2000000 /dev/zero >&2";
+        let n = run_tool_reading(sh, &["-c", big], limit, count).await;
+        assert_eq!(n.unwrap().unwrap(), 2_000_000);
+        let err = run_tool_reading(
+            sh,
+            &["-c", "echo half; echo 'no' >&2; exit 3"],
+            limit,
+            count,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.contains("exit status: 3") && err.ends_with(": no"),
+            "{err}"
+        );
+        // Killed at the limit: the reader sees its pipe close and returns.
+        let start = Instant::now();
+        let err = run_tool_reading(sh, &["-c", "sleep 5"], Duration::from_millis(200), count)
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("no answer within"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(4));
     }
 
     /// read_node on this machine: whatever it finds, it must not fail, and

@@ -22,8 +22,8 @@ use aya::{
     programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_EMPTY, CFG_LB_SET, Config, FlowState, LB_KEY_BITS,
-    LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
+    AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_CAPTURE, CFG_EMPTY, CFG_LB_SET, Config, FlowState,
+    LB_KEY_BITS, LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
 };
 
 use ipnet::IpNet;
@@ -132,6 +132,8 @@ pub struct LoadOptions {
     pub debug_bpf: bool,
     /// Programs that return at once (`--empty-programs`, for the bench).
     pub empty: bool,
+    /// Path events carry the packet's headers (`watch --write`).
+    pub capture: bool,
 }
 
 pub struct Tracer {
@@ -483,25 +485,20 @@ pub struct Prepared {
 }
 
 /// Both parse the kernel's BTF (`EbpfLoader::new` reads its own copy, and
-/// there is no constructor that takes one): on two threads, off the
-/// caller's, while it reads the node's rules.
+/// there is no constructor that takes one), one after the other on a
+/// thread of their own while the caller reads the node's rules: the
+/// loader's copy (13 MiB or so) is dropped at once, so the two never sit in
+/// memory together, nor beside a big ruleset being read.
 pub fn prepare(tl: &Timeline) -> Result<Prepared> {
-    std::thread::scope(|s| {
-        let loader = s.spawn(|| {
-            let l = tl.time("BTF parsed (aya loader)", EbpfLoader::new);
-            // aya probes the kernel's features on first use: here, meanwhile.
-            tl.time("kernel features probed", aya::features);
-            l
-        });
-        let btf = tl.time("BTF parsed (aya, for attaching)", || {
-            Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
-                .context("reading the kernel BTF")
-        })?;
-        let loader = loader
-            .join()
-            .map_err(|_| anyhow!("reading the kernel BTF: the thread panicked"))?;
-        Ok(Prepared { loader, btf })
-    })
+    let mut loader = tl.time("BTF parsed and dropped (aya loader)", EbpfLoader::new);
+    loader.btf(None);
+    // aya probes the kernel's features on first use: here, meanwhile.
+    tl.time("kernel features probed", aya::features);
+    let btf = tl.time("BTF parsed (aya, for attaching)", || {
+        Btf::parse_file(crate::btf::vmlinux_path(), aya::Endianness::default())
+            .context("reading the kernel BTF")
+    })?;
+    Ok(Prepared { loader, btf })
 }
 
 /// The object with this run's configuration, maps created, nothing attached.
@@ -530,6 +527,9 @@ fn load_object(
     }
     if opts.empty {
         flags |= CFG_EMPTY;
+    }
+    if opts.capture {
+        flags |= CFG_CAPTURE;
     }
     let config = Config {
         lb_addr,

@@ -212,11 +212,33 @@ fn cause(
             )
         }
         r if benign(r) => (format!("{r} (normal TCP housekeeping)"), None),
+        _ if hairpin_off(ctx, flow, out, &dev) => (
+            format!(
+                "a pod reaching its own Service: the bridge would have to send it back out {dev}, the port it came in on, and {dev} has hairpin mode off"
+            ),
+            Hint::HairpinOff { port: &dev }.text(),
+        ),
         r => match ctx.drops.function(e) {
             Some(f) => (format!("dropped in the kernel function {f} ({r})"), None),
             None => (format!("dropped: {r}"), None),
         },
     }
+}
+
+/// A drop on the bridge port the packet came in on, after a DNAT back to
+/// its own client's address (a pod reaching itself through its Service),
+/// where that port has hairpin mode off: the bridge does not send a frame
+/// back out the port it came in on.
+fn hairpin_off(ctx: &Context, flow: &Tuple, out: &Outcome, dev: &str) -> bool {
+    let Some(to) = out.dnat_to else {
+        return false;
+    };
+    to.ip() == src(flow).ip()
+        && out.arrived_on.as_deref() == Some(dev)
+        && ctx
+            .net
+            .by_name(dev)
+            .is_some_and(|port| port.hairpin == Some(false))
 }
 
 /// A netfilter drop: kube-proxy turning the Service away (no endpoints, or
@@ -286,6 +308,9 @@ fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, 
             }
             .text(),
         ),
+        _ if by_counter.is_empty() && conntrack_drop(e, ctx).is_some() => {
+            conntrack_drop(e, ctx).expect("checked")
+        }
         _ => {
             let hint = if by_counter.is_empty() {
                 Hint::Firewall {
@@ -301,6 +326,67 @@ fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, 
         s.push_str(&format!("; rule: {}", by_counter.join("; ")));
     }
     (s, hint)
+}
+
+/// A drop no rule counted, in the band of conntrack or its confirm (or at
+/// an unknown point while conntrack says it was full): conntrack's own,
+/// named with its figures.
+fn conntrack_drop(e: &Event, ctx: &Context) -> Option<(String, Option<String>)> {
+    let band = (e.hook != NO_HOOK).then(|| ctx.plan.band_after(e.hook, e.pos));
+    let at = band.as_ref().and_then(|b| {
+        b.occupants
+            .iter()
+            .find(|o| o.name.starts_with("conntrack"))
+            .map(|o| o.name.clone())
+    });
+    let fig = (ctx.conntrack)();
+    let full = fig.is_some_and(|f| f.full());
+    if at.is_none() && !(band.is_none() && full) {
+        return None;
+    }
+    let at = at.map(|n| format!(" ({n})")).unwrap_or_default();
+    let Some(f) = fig else {
+        return Some((
+            format!("dropped by conntrack{at}"),
+            Hint::ConntrackInsertFailed.text(),
+        ));
+    };
+    let s = |n: u64| if n == 1 { "" } else { "s" };
+    Some(if full {
+        (
+            format!(
+                "dropped by conntrack{at}: the table is full ({} of {} entries; {} drop{} counted since lbpath started)",
+                f.count,
+                f.max,
+                f.drop,
+                s(f.drop)
+            ),
+            Hint::ConntrackFull {
+                count: f.count,
+                max: f.max,
+            }
+            .text(),
+        )
+    } else if at.contains("confirm") || f.insert_failed > 0 || f.drop > 0 {
+        (
+            format!(
+                "dropped by conntrack{at}: the connection's entry could not be inserted, it clashed with an existing one ({} insert failure{}, {} drop{} counted since lbpath started)",
+                f.insert_failed,
+                s(f.insert_failed),
+                f.drop,
+                s(f.drop)
+            ),
+            Hint::ConntrackInsertFailed.text(),
+        )
+    } else {
+        (
+            format!(
+                "dropped by conntrack{at} (table {} of {}, no drop counted)",
+                f.count, f.max
+            ),
+            Hint::ConntrackInsertFailed.text(),
+        )
+    })
 }
 
 /// kube-proxy's loadBalancerSourceRanges firewall, told from the rules'

@@ -52,6 +52,8 @@ pub struct Context<'a> {
     pub rule_hits: &'a [RuleHit],
     /// rp_filter values by interface name: (all, interface, effective).
     pub rp_filter: &'a dyn Fn(&str) -> (i64, i64, i64),
+    /// The node's conntrack figures, counters since watching began.
+    pub conntrack: &'a dyn Fn() -> Option<crate::conntrack::CtFigures>,
     /// Whether netfilter hooks were observed directly (else NAT is inferred).
     pub netfilter_links: bool,
 }

@@ -212,6 +212,15 @@ fn svc(no_endpoints: Option<NoEndpoints>) -> ServicePort {
 }
 
 fn run(b: &B, services: &[ServicePort], hits: &[RuleHit]) -> FlowReport {
+    run_ct(b, services, hits, None)
+}
+
+fn run_ct(
+    b: &B,
+    services: &[ServicePort],
+    hits: &[RuleHit],
+    ct: Option<crate::conntrack::CtFigures>,
+) -> FlowReport {
     let net = net();
     let plan = NfPlan::new(builtin_occupants());
     let reasons = reasons();
@@ -226,6 +235,7 @@ fn run(b: &B, services: &[ServicePort], hits: &[RuleHit]) -> FlowReport {
         rules_degraded: None,
         rule_hits: hits,
         rp_filter: &rp,
+        conntrack: &move || ct,
         netfilter_links: true,
     };
     assemble(&b.evs, &ctx, None).unwrap()
@@ -811,6 +821,50 @@ fn a_reply_of_resets_only_is_a_refusal_not_an_answer() {
     assert_eq!(r.verdict.kind, VerdictKind::Refused, "{:?}", r.verdict);
     assert!(
         r.verdict.summary.contains("answered only with a reset"),
+        "{}",
+        r.verdict.summary
+    );
+}
+
+#[test]
+fn a_drop_at_conntrack_with_the_table_full_is_named_with_figures() {
+    let mut b = B::new(C, LB);
+    b.ev(Kind::Arrive, 0, 1, (C, LB), "eth0", 2);
+    b.nf(0, 1, (C, LB), PRE, 0, 0, 2, 0);
+    // Between the point before conntrack (-200) and the one after it.
+    b.drop_(0, 1, (C, LB), "eth0", 12, PRE, 2);
+    let full = crate::conntrack::CtFigures {
+        count: 262_144,
+        max: 262_144,
+        insert_failed: 0,
+        drop: 31,
+        early_drop: 0,
+    };
+    let r = run_ct(&b, &[svc(None)], &[], Some(full));
+    assert_eq!(r.verdict.kind, VerdictKind::Dropped, "{:?}", r.verdict);
+    assert!(
+        r.verdict
+            .summary
+            .contains("dropped by conntrack (conntrack): the table is full (262144 of 262144 entries; 31 drops"),
+        "{}",
+        r.verdict.summary
+    );
+    assert!(
+        r.verdict
+            .hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("nf_conntrack_max")
+    );
+    // The same drop with room in the table and nothing counted is not "full".
+    let roomy = crate::conntrack::CtFigures {
+        count: 10,
+        drop: 0,
+        ..full
+    };
+    let r = run_ct(&b, &[svc(None)], &[], Some(roomy));
+    assert!(
+        r.verdict.summary.contains("no drop counted"),
         "{}",
         r.verdict.summary
     );

@@ -107,6 +107,9 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
     if let Some(verdict) = answered(flow, p, pod_dnat) {
         return verdict;
     }
+    if let Some(verdict) = stale_conntrack(flow, ctx, svcs, p, pod_dnat) {
+        return verdict;
+    }
     if let Some(d) = p.req.iter().find_map(bad) {
         if pod_dnat.is_none() && svcs.is_empty() && d.reason != "NETFILTER_DROP" {
             return no_rule(flow, ctx);
@@ -129,6 +132,58 @@ pub(super) fn verdict(flow: &Tuple, ctx: &Context, svcs: &[&ServicePort], p: &Pa
         );
     }
     unanswered(flow, ctx, svcs, p, pod_dnat)
+}
+
+/// An unanswered flow whose established conntrack entry DNATs it to an
+/// address that is no longer an endpoint of its Service (the pod went, the
+/// Service moved on, the entry stayed: UDP clients that keep their port).
+fn stale_conntrack(
+    flow: &Tuple,
+    ctx: &Context,
+    svcs: &[&ServicePort],
+    p: &Packets,
+    pod_dnat: Option<SocketAddr>,
+) -> Option<Verdict> {
+    let to = pod_dnat?;
+    if !p.req.iter().any(|o| o.ct_established) || svcs.is_empty() || ctx.rules_degraded.is_some() {
+        return None;
+    }
+    let now: Vec<SocketAddr> = svcs
+        .iter()
+        .flat_map(|s| s.endpoints.iter().map(|e| SocketAddr::new(e.ip, e.port)))
+        .collect();
+    if now.contains(&to) {
+        return None;
+    }
+    let list = if now.is_empty() {
+        "it has none now".to_string()
+    } else {
+        let l: Vec<String> = now.iter().map(|a| a.to_string()).collect();
+        format!("now {}", l.join(", "))
+    };
+    let what = match p.req.iter().find_map(bad) {
+        Some(d) => format!("dropped {}: {}", d_at(&d), d.summary),
+        None => "no answer seen".to_string(),
+    };
+    Some(v(
+        if what.starts_with("dropped") {
+            VerdictKind::Dropped
+        } else {
+            VerdictKind::NoAnswer
+        },
+        format!(
+            "a stale conntrack entry: it DNATs {} to {to}, which is no longer an endpoint of {} ({list}); {what}",
+            dst(flow),
+            svcs[0].service
+        ),
+        Hint::StaleConntrack {
+            proto: &proto_name(flow.proto),
+            client: super::src(flow),
+            lb: dst(flow),
+            target: to,
+        }
+        .text(),
+    ))
 }
 
 /// A later packet's drop matters unless the connection was already
@@ -156,7 +211,9 @@ fn answered(flow: &Tuple, p: &Packets, pod_dnat: Option<SocketAddr>) -> Option<V
     };
     let to = pod_dnat.map(|p| format!(" ({p})")).unwrap_or_default();
     let reply_left = p.rep.iter().find_map(|o| match &o.left {
-        Some((iface, role, nh)) if *role != IfRole::PodVeth => Some((iface.clone(), *nh)),
+        Some((iface, role, nh)) if *role != IfRole::PodVeth || o.left_to_client_pod => {
+            Some((iface.clone(), *nh))
+        }
         _ => None,
     });
     let Some((iface, nh)) = reply_left else {

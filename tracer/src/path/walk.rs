@@ -30,6 +30,12 @@ pub(super) struct Outcome {
     pub drop: Option<DropSeen>,
     /// TCP flags of the packet (as first seen).
     pub tcp_flags: u8,
+    /// A reply sent into a pod veth to the flow's own client: the client
+    /// is a pod on this node (hairpin, or a pod using the LB IP).
+    pub left_to_client_pod: bool,
+    /// Its conntrack entry was already established when it arrived: any
+    /// DNAT is the entry's, bound when the connection began.
+    pub ct_established: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +287,7 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             return;
         };
         self.ct_done = true;
+        self.out.ct_established = e.ct == 1;
         self.push(e.ts, HopKind::Conntrack { state }, false);
     }
 
@@ -346,7 +353,9 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             IfRole::PodVeth => None,
             _ => self.route_gw.or(Some(to.ip())),
         };
+        let to_client = self.dir == Dir::Reply && to == src(self.flow);
         let towards = match (role, self.dir) {
+            (IfRole::PodVeth, _) if to_client => "client (a pod on this node)".to_string(),
             (IfRole::PodVeth, _) => "pod".to_string(),
             (IfRole::Overlay, _) => "another node (overlay tunnel)".to_string(),
             (_, Dir::Reply) => match self.route_gw {
@@ -359,6 +368,7 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
             },
         };
         self.out.left = Some((name.clone(), role, next_hop));
+        self.out.left_to_client_pod = role == IfRole::PodVeth && to_client;
         self.push(
             e.ts,
             HopKind::Left {
@@ -378,6 +388,7 @@ impl<'c, 'a> PacketWalk<'c, 'a> {
     fn inferred_before_leaving(&mut self, e: &Event) {
         if !self.ctx.netfilter_links && !self.ct_done && e.ct != 0 {
             self.ct_done = true;
+            self.out.ct_established = e.ct == 1;
             self.push(
                 self.first_ts,
                 HopKind::Conntrack {

@@ -50,7 +50,8 @@ use crate::{packages, run, tasks, workspace::Workspace};
 pub use self::debian::DEFAULT_SERIES;
 
 pub const DEFAULT_JOBS: u16 = 2;
-pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Per kernel, for the whole list: ~20 tests at 20–45 s each under TCG.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 1500;
 /// Console lines shown for a guest that did not come up.
 const CONSOLE_TAIL: usize = 30;
 

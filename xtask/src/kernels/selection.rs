@@ -18,6 +18,15 @@ pub const KERNEL_TESTS: &[&str] = &[
     "diagnose::bgp_notification_decoded",
     "cli::killed_lbpath_leaves_nothing_behind",
     "watch::debug_bpf_shows_the_programs_decisions",
+    // One connection, one flow: exact counts under a burst and tuple reuse,
+    // drops counted, and untraced drops found through conntrack (which
+    // before 6.4 only the transmit hook ties to the flow).
+    "flows::every_connection_is_one_flow_even_reusing_its_tuple",
+    "flows::retransmitted_syns_are_one_flow_with_their_drops_counted",
+    "flows::a_drop_in_mid_connection_updates_its_flow",
+    "diagnose::node_refusing_its_local_lb_ip",
+    // The capture branch of the event path (only loaded with --write).
+    "pcap::write_pcapng_read_by_tshark",
     // kube-proxy's IPVS mode (ip_vs, dummy, ipset modules) and uplink kinds
     // (8021q, bonding); on a host without them they skip, here they must run.
     "ipvs::healthy",

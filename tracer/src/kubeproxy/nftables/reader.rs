@@ -7,14 +7,19 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use serde_json::Value;
-
-use super::model::{Elem, Model, Rule, inline_elems, jump_target, key_parts, scalar};
-use super::render::{render_expr, render_rule};
+use super::model::{Elem, Model, Rule, Stmt, VmapData};
 use crate::kubeproxy::{
     AddressKind, BaseChain, ChainRef, FilterRule, Mode, NoEndpoints, Proto, Ruleset, ServicePort,
     dedup_endpoints, unspecified,
 };
+
+/// kube-proxy's table (one per family) in nftables mode.
+const KUBE_PROXY_TABLE: &str = "kube-proxy";
+
+/// An empty model for [`build`]: only kube-proxy's tables are walked.
+pub(super) fn model() -> Model {
+    Model::new(|table| table == KUBE_PROXY_TABLE)
+}
 
 /// What the model holds: base chains, every drop and reject of any table,
 /// and the Services of each kube-proxy table.
@@ -24,8 +29,9 @@ pub(super) fn build(model: &Model) -> Ruleset {
     drop_and_reject_rules(model, &mut rs.filter_rules);
     let mut tables: Vec<(&str, &str)> = Vec::new();
     for c in &model.chains {
-        if c.table == "kube-proxy" && !tables.contains(&(c.family, c.table)) {
-            tables.push((c.family, c.table));
+        let t = (c.family.as_str(), c.table.as_str());
+        if c.table == KUBE_PROXY_TABLE && !tables.contains(&t) {
+            tables.push(t);
         }
     }
     for (family, table) in tables {
@@ -38,29 +44,29 @@ pub(super) fn build(model: &Model) -> Ruleset {
 /// filter rule.
 fn hooked_chains(model: &Model, rs: &mut Ruleset) {
     for c in &model.chains {
-        let (Some(hook), Some(priority)) = (c.hook, c.priority) else {
+        let (Some(hook), Some(priority)) = (c.hook.as_deref(), c.priority) else {
             continue;
         };
-        if matches!(c.family, "ip" | "ip6" | "inet")
+        if matches!(c.family.as_str(), "ip" | "ip6" | "inet")
             && matches!(
                 hook,
                 "prerouting" | "input" | "forward" | "output" | "postrouting"
             )
         {
             rs.base_chains.push(BaseChain {
-                family: c.family.into(),
-                table: c.table.into(),
-                chain: c.name.into(),
+                family: c.family.clone(),
+                table: c.table.clone(),
+                chain: c.name.clone(),
                 hook: hook.into(),
                 priority,
-                policy: c.policy.map(str::to_ascii_lowercase),
+                policy: c.policy.as_deref().map(str::to_ascii_lowercase),
             });
         }
-        if c.policy == Some("drop") {
+        if c.policy.as_deref() == Some("drop") {
             rs.filter_rules.push(FilterRule {
-                family: c.family.into(),
-                table: c.table.into(),
-                chain: c.name.into(),
+                family: c.family.clone(),
+                table: c.table.clone(),
+                chain: c.name.clone(),
                 rule: "policy drop".into(),
                 verdict: "DROP".into(),
                 comment: None,
@@ -76,22 +82,15 @@ fn hooked_chains(model: &Model, rs: &mut Ruleset) {
 fn drop_and_reject_rules(model: &Model, out: &mut Vec<FilterRule>) {
     for r in &model.rules {
         if let Some(verdict) = verdict(model, r) {
-            let counter = r
-                .expr
-                .iter()
-                .find_map(|e| e.get("counter"))
-                .filter(|c| c.is_object());
             out.push(FilterRule {
-                family: r.family.into(),
-                table: r.table.into(),
-                chain: r.chain.into(),
-                rule: render_rule(r.expr, r.comment, false),
+                family: r.family.clone(),
+                table: r.table.clone(),
+                chain: r.chain.clone(),
+                rule: r.text.clone().unwrap_or_default(),
                 verdict: verdict.into(),
-                comment: r.comment.map(String::from),
-                packets: counter
-                    .and_then(|c| c.get("packets"))
-                    .and_then(Value::as_u64),
-                bytes: counter.and_then(|c| c.get("bytes")).and_then(Value::as_u64),
+                comment: r.comment.clone(),
+                packets: r.counter.and_then(|c| c.0),
+                bytes: r.counter.and_then(|c| c.1),
                 handle: r.handle,
             });
         }
@@ -101,36 +100,26 @@ fn drop_and_reject_rules(model: &Model, out: &mut Vec<FilterRule>) {
 /// "DROP" / "REJECT" when the rule can drop or reject the packet itself.
 fn verdict(model: &Model, r: &Rule) -> Option<&'static str> {
     let mut out = None;
-    for e in r.expr {
-        if e.get("drop").is_some() {
-            out = Some("DROP");
-        } else if e.get("reject").is_some() {
-            out = Some("REJECT");
-        } else if let Some(xt) = e
-            .get("xt")
-            .filter(|x| x.get("type").and_then(Value::as_str) == Some("target"))
-        {
-            match xt.get("name").and_then(Value::as_str) {
-                Some("DROP") => out = Some("DROP"),
-                Some("REJECT") => out = Some("REJECT"),
-                _ => {}
-            }
-        } else if let Some(vmap) = e.get("vmap") {
+    for s in &r.stmts {
+        match s {
+            Stmt::Drop => out = Some("DROP"),
+            Stmt::Reject => out = Some("REJECT"),
+            Stmt::XtTarget(name) if name == "DROP" => out = Some("DROP"),
+            Stmt::XtTarget(name) if name == "REJECT" => out = Some("REJECT"),
             // A verdict map drops when one of its values is drop.
-            let values: Vec<&Value> = match vmap.get("data") {
-                Some(Value::String(name)) => model
-                    .set(r.family, r.table, name)
-                    .map(|s| s.elems.iter().filter_map(|e| e.data).collect())
-                    .unwrap_or_default(),
-                Some(data) => inline_elems(data)
-                    .into_iter()
-                    .filter_map(|e| e.data)
-                    .collect(),
-                None => Vec::new(),
-            };
-            if values.iter().any(|v| v.get("drop").is_some()) {
+            Stmt::Vmap(VmapData::Named(name))
+                if model.set(&r.family, &r.table, name).is_some_and(|s| {
+                    s.elems
+                        .iter()
+                        .any(|e| e.data.as_ref().is_some_and(|d| d.drop))
+                }) =>
+            {
                 out = Some("DROP");
             }
+            Stmt::Vmap(VmapData::Inline(values)) if values.iter().any(|v| v.drop) => {
+                out = Some("DROP");
+            }
+            _ => {}
         }
     }
     out
@@ -173,11 +162,11 @@ fn chain_base(chain: &str) -> Option<&str> {
 }
 
 /// One kube-proxy table (`ip` or `ip6`), with the rules of each chain.
-struct KubeProxy<'m, 'a> {
-    model: &'m Model<'a>,
-    family: &'a str,
-    table: &'a str,
-    chains: HashMap<&'a str, Vec<&'m Rule<'a>>>,
+struct KubeProxy<'m> {
+    model: &'m Model,
+    family: &'m str,
+    table: &'m str,
+    chains: HashMap<&'m str, Vec<&'m Rule>>,
 }
 
 /// What a walk from an entry chain reached.
@@ -213,22 +202,22 @@ impl Found {
     }
 }
 
-impl<'m, 'a> KubeProxy<'m, 'a> {
-    fn new(model: &'m Model<'a>, family: &'a str, table: &'a str) -> Self {
+impl<'m> KubeProxy<'m> {
+    fn new(model: &'m Model, family: &'m str, table: &'m str) -> Self {
         let mut chains: HashMap<&str, Vec<&Rule>> = HashMap::new();
         for c in model
             .chains
             .iter()
             .filter(|c| c.family == family && c.table == table)
         {
-            chains.entry(c.name).or_default();
+            chains.entry(&c.name).or_default();
         }
         for r in model
             .rules
             .iter()
             .filter(|r| r.family == family && r.table == table)
         {
-            chains.entry(r.chain).or_default().push(r);
+            chains.entry(&r.chain).or_default().push(r);
         }
         KubeProxy {
             model,
@@ -238,7 +227,7 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
         }
     }
 
-    fn map(&self, name: &str) -> &[Elem<'a>] {
+    fn map(&self, name: &str) -> &'m [Elem] {
         self.model
             .set(self.family, self.table, name)
             .map(|s| s.elems.as_slice())
@@ -246,21 +235,18 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
     }
 
     /// The chain whose rule looks packets up in map `name`.
-    fn chain_using(&self, name: &str) -> Option<&'a str> {
+    fn chain_using(&self, name: &str) -> Option<&'m str> {
         let at = format!("@{name}");
         self.model
             .rules
             .iter()
             .filter(|r| r.family == self.family && r.table == self.table)
             .find(|r| {
-                r.expr.iter().any(|e| {
-                    e.get("vmap")
-                        .and_then(|v| v.get("data"))
-                        .and_then(Value::as_str)
-                        == Some(at.as_str())
-                })
+                r.stmts
+                    .iter()
+                    .any(|s| matches!(s, Stmt::Vmap(VmapData::Named(n)) if *n == at))
             })
-            .map(|r| r.chain)
+            .map(|r| r.chain.as_str())
     }
 
     /// Every DNAT reachable from `start`. Only per-service chains are
@@ -284,46 +270,35 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
                 .map(Vec::as_slice)
                 .unwrap_or(&[])
             {
-                for e in r.expr {
-                    let mut targets: Vec<&str> = jump_target(e).into_iter().collect();
-                    if let Some(vmap) = e.get("vmap") {
-                        let elems = match vmap.get("data") {
-                            Some(Value::String(name)) => self.map(name).iter().collect::<Vec<_>>(),
-                            Some(data) => {
-                                targets.extend(
-                                    inline_elems(data)
-                                        .iter()
-                                        .filter_map(|x| x.data.and_then(jump_target)),
-                                );
-                                Vec::new()
+                for s in &r.stmts {
+                    let targets: Vec<&str> = match s {
+                        Stmt::Jump(t) => vec![t.as_str()],
+                        Stmt::Vmap(VmapData::Named(name)) => self
+                            .map(name)
+                            .iter()
+                            .filter_map(|x| x.data.as_ref()?.target.as_deref())
+                            .collect(),
+                        Stmt::Vmap(VmapData::Inline(values)) => {
+                            values.iter().filter_map(|v| v.target.as_deref()).collect()
+                        }
+                        Stmt::Dnat(ip, port) => {
+                            let (ip, port) = (*ip, *port);
+                            if !w
+                                .endpoints
+                                .iter()
+                                .any(|x| x.0 == ip && x.1 == port && x.3 == local)
+                            {
+                                w.endpoints.push((ip, port, chain.clone(), local));
                             }
-                            None => Vec::new(),
-                        };
-                        targets.extend(elems.iter().filter_map(|x| x.data.and_then(jump_target)));
-                    }
+                            Vec::new()
+                        }
+                        _ => Vec::new(),
+                    };
                     for t in targets {
                         if t.contains('/') && self.chains.contains_key(t) {
                             let child_local =
                                 t.starts_with("local-") || (local && t.starts_with("endpoint-"));
                             next.push((t.to_string(), child_local));
-                        }
-                    }
-                    if let Some(dnat) = e.get("dnat") {
-                        let ip = dnat
-                            .get("addr")
-                            .and_then(Value::as_str)
-                            .and_then(|a| a.parse::<IpAddr>().ok());
-                        let port = dnat
-                            .get("port")
-                            .and_then(Value::as_u64)
-                            .and_then(|p| u16::try_from(p).ok());
-                        if let (Some(ip), Some(port)) = (ip, port)
-                            && !w
-                                .endpoints
-                                .iter()
-                                .any(|x| x.0 == ip && x.1 == port && x.3 == local)
-                        {
-                            w.endpoints.push((ip, port, chain.clone(), local));
                         }
                     }
                 }
@@ -340,7 +315,10 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
         let cluster_ips: HashSet<IpAddr> = self
             .map("cluster-ips")
             .iter()
-            .filter_map(|e| scalar(e.key).parse().ok())
+            .filter_map(|e| match e.key.as_slice() {
+                [one] => one.parse().ok(),
+                _ => None,
+            })
             .collect();
         let mut found = Found::default();
         self.captured(&cluster_ips, &mut found);
@@ -355,13 +333,13 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
     fn captured(&self, cluster_ips: &HashSet<IpAddr>, found: &mut Found) {
         for (map, nodeport) in [("service-ips", false), ("service-nodeports", true)] {
             for e in self.map(map) {
-                let Some(target) = e.data.and_then(jump_target) else {
+                let Some(target) = e.data.as_ref().and_then(|d| d.target.as_deref()) else {
                     continue;
                 };
                 if !self.chains.contains_key(target) {
                     continue;
                 }
-                let Some((address, proto, port)) = self.address_key(e.key, nodeport) else {
+                let Some((address, proto, port)) = self.address_key(&e.key, nodeport) else {
                     continue;
                 };
                 let kind = if nodeport {
@@ -410,7 +388,7 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
         ] {
             let entry_chain = self.chain_using(map).unwrap_or(map);
             for e in self.map(map) {
-                let Some((address, proto, port)) = self.address_key(e.key, nodeport) else {
+                let Some((address, proto, port)) = self.address_key(&e.key, nodeport) else {
                     continue;
                 };
                 let Some(verdict) = self.no_endpoints_verdict(map, e) else {
@@ -436,7 +414,7 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
                     ServicePort {
                         service: e
                             .comment
-                            .map(String::from)
+                            .clone()
                             .unwrap_or_else(|| format!("{address}:{port}/{proto}")),
                         address,
                         port,
@@ -459,20 +437,20 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
     /// to the reject chain (no endpoints at all), with the element as nft
     /// prints it, since the element, not a rule, is what turns traffic away.
     fn no_endpoints_verdict(&self, map: &str, e: &Elem) -> Option<NoEndpoints> {
-        let data = e.data?;
+        let data = e.data.as_ref()?;
         let mut text = format!(
             "element {} {} {map} {{ {}",
             self.family,
             self.table,
-            key_parts(e.key).join(" . ")
+            e.key.join(" . ")
         );
-        if let Some(c) = e.comment {
+        if let Some(c) = &e.comment {
             text.push_str(&format!(" comment \"{c}\""));
         }
-        text.push_str(&format!(" : {} }}", render_expr(data, false)));
-        if data.get("drop").is_some() {
+        text.push_str(&format!(" : {} }}", data.text));
+        if data.drop {
             Some(NoEndpoints::DropNoLocal { rule: text })
-        } else if jump_target(data).is_some() {
+        } else if data.target.is_some() {
             Some(NoEndpoints::Reject { rule: text })
         } else {
             None
@@ -487,10 +465,10 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
             .map(|c| self.base_chains_reaching(c))
             .unwrap_or_default();
         for e in self.map("firewall-ips") {
-            let Some(fw) = e.data.and_then(jump_target) else {
+            let Some(fw) = e.data.as_ref().and_then(|d| d.target.as_deref()) else {
                 continue;
             };
-            let Some((address, proto, port)) = self.address_key(e.key, false) else {
+            let Some((address, proto, port)) = self.address_key(&e.key, false) else {
                 continue;
             };
             let (ranges, rule) = self.firewall(fw);
@@ -531,7 +509,7 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
             .filter(|c| c.family == self.family && c.table == self.table && c.hook.is_some())
         {
             let mut seen: HashSet<&str> = HashSet::new();
-            let mut stack = vec![c.name];
+            let mut stack = vec![c.name.as_str()];
             while let Some(name) = stack.pop() {
                 if name == target {
                     out.push(ChainRef {
@@ -544,7 +522,10 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
                     continue;
                 }
                 for r in self.chains.get(name).map(Vec::as_slice).unwrap_or(&[]) {
-                    stack.extend(r.expr.iter().filter_map(jump_target));
+                    stack.extend(r.stmts.iter().filter_map(|s| match s {
+                        Stmt::Jump(t) => Some(t.as_str()),
+                        _ => None,
+                    }));
                 }
             }
         }
@@ -578,30 +559,18 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
     /// `ip saddr != { … } drop` in the service's firewall chain.
     fn firewall(&self, chain: &str) -> (Vec<String>, Option<String>) {
         for r in self.chains.get(chain).map(Vec::as_slice).unwrap_or(&[]) {
-            if !r.expr.iter().any(|e| e.get("drop").is_some()) {
+            if !r.stmts.iter().any(|s| matches!(s, Stmt::Drop)) {
                 continue;
             }
-            for e in r.expr {
-                let Some(m) = e.get("match") else { continue };
-                let is_saddr = m
-                    .get("left")
-                    .and_then(|l| l.get("payload"))
-                    .and_then(|p| p.get("field"))
-                    .and_then(Value::as_str)
-                    == Some("saddr");
-                if is_saddr && m.get("op").and_then(Value::as_str) == Some("!=") {
-                    let right = m.get("right").unwrap_or(&Value::Null);
-                    let ranges = match right.get("set").and_then(Value::as_array) {
-                        Some(list) => list.iter().map(|v| render_expr(v, false)).collect(),
-                        None => vec![render_expr(right, false)],
-                    };
+            for s in &r.stmts {
+                if let Stmt::SaddrNot(ranges) = s {
                     let text = format!(
                         "rule {} {} {chain} {}",
                         self.family,
                         self.table,
-                        render_rule(r.expr, r.comment, false)
+                        r.text.as_deref().unwrap_or_default()
                     );
-                    return (ranges, Some(text));
+                    return (ranges.clone(), Some(text));
                 }
             }
         }
@@ -610,9 +579,8 @@ impl<'m, 'a> KubeProxy<'m, 'a> {
 
     /// (address, proto, port) from `IP . proto . port` (or `proto . port`
     /// for node ports, with the unspecified address).
-    fn address_key(&self, key: &Value, nodeport: bool) -> Option<(IpAddr, Proto, u16)> {
-        let parts = key_parts(key);
-        match (nodeport, parts.as_slice()) {
+    fn address_key(&self, key: &[String], nodeport: bool) -> Option<(IpAddr, Proto, u16)> {
+        match (nodeport, key) {
             (false, [ip, proto, port]) => {
                 Some((ip.parse().ok()?, parse_proto(proto)?, port.parse().ok()?))
             }
