@@ -156,8 +156,13 @@ fn text_output_reads_at_a_glance() {
     );
     assert!(pos("● tcp") < pos("arrived"));
     assert!(pos("arrived") < pos("DNAT"));
+    // The DNAT hop, with the lines its detail continues on.
+    let dnat = text[text.find("→ DNAT").unwrap()..]
+        .split("\n   +")
+        .next()
+        .unwrap();
     assert!(
-        lines[pos("DNAT")].contains("nat"),
+        dnat.contains("nat chain"),
         "the band names the nat chain: {text}"
     );
     assert!(pos("DNAT") < pos("in pod"));
@@ -266,6 +271,51 @@ fn rp_filter_strict_drops_asymmetric_requests() {
     );
     assert!(s.contains("rp_filter=2"), "{s}");
     assert_eq!(hops(&flow, "dropped")[0]["reason"], "IP_RPFILTER");
+}
+
+/// Text output on a pipe fits 80 columns: long details (the DNAT's rule,
+/// the rp_filter drop, its hint) continue on indented lines, words whole.
+#[test]
+fn text_lines_fit_80_columns() {
+    let lab = asymmetric_lab("wid", 1, "203.0.113.1");
+    let w = Running::watch(&lab.node(), &[&LB.to_string()]).unwrap();
+    netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    assert!(netns::http_get(&lab.remote(), lab.lb_addr(), T).is_err());
+    netns::wait_for(WAIT, || {
+        let out = w.stdout();
+        (out.contains("reached the pod") && out.contains("✘ dropped")).then_some(())
+    })
+    .expect("both verdicts");
+    let out = w.stop().unwrap();
+    let text = out.stdout;
+    // Shown only when the test fails.
+    println!("{text}");
+    for l in text.lines() {
+        assert!(
+            l.chars().count() <= 80,
+            "{} columns: {l:?}",
+            l.chars().count()
+        );
+    }
+    // Wrapping happened, onto indented lines, and split no word.
+    let continued = text
+        .lines()
+        .filter(|l| l.starts_with("      ") && !l.trim_start().starts_with('+'))
+        .count();
+    assert!(continued >= 3, "{text}");
+    for word in [
+        "KUBE-SEP-",
+        "default/web:http",
+        "rp_filter=2",
+        "198.51.100.10:",
+    ] {
+        assert!(text.contains(word), "{word} in:\n{text}");
+    }
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        joined.contains("reverse-path filter: arrived on eth0"),
+        "{joined}"
+    );
 }
 
 #[test]

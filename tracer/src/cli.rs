@@ -108,6 +108,10 @@ pub struct WatchArgs {
     #[arg(long, value_name = "MIB", default_value_t = 100, requires = "write",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub write_limit: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (:9464 for every
+    /// address, or IP:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<crate::metrics::ListenAddr>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -26,6 +26,7 @@ use crate::{
     hints::Hint,
     model::{Dir, FlowReport, HopKind, VerdictKind},
     render::{self, Style},
+    render_wrap::{hanging, wrap_lines},
     session::{FrontEnd, Session, SessionOptions},
 };
 
@@ -666,7 +667,7 @@ impl FrontEnd for Window {
             eprint!(
                 "\r  watching {}: {left:>3}s left, {} flows, {} ARP, {} BGP sessions{lost} ",
                 s.engine.targets.describe(),
-                s.engine.totals.values().sum::<u64>(),
+                s.engine.tally.flows(),
                 s.engine.arp.len(),
                 s.engine.bgp.sessions.len()
             );
@@ -927,8 +928,13 @@ fn text(r: &IpReport, secs: f64, s: Style) -> String {
             if flows.len() == 1 { "" } else { "s" }
         ))
     );
+    // Indented by two: fitted to two columns less.
+    let narrower = Style {
+        width: s.width.saturating_sub(2),
+        ..s
+    };
     for f in flows {
-        o.push_str(&indent(&render::flow_text(f, s)));
+        o.push_str(&indent(&render::flow_text(f, narrower)));
     }
     if flows.is_empty() {
         let _ = writeln!(o, "  none");
@@ -945,7 +951,11 @@ fn text(r: &IpReport, secs: f64, s: Style) -> String {
     if let Some(n) = &d.next_step {
         let _ = writeln!(o, "  next step: {n}");
     }
-    o
+    // Flows are fitted already (fitting is idempotent); the other lines
+    // continue under their text.
+    wrap_lines(&o, s.width, |l| {
+        hanging(l, &["evidence: ", "next step: ", "→ "], 2)
+    })
 }
 
 fn indent(s: &str) -> String {

@@ -3,7 +3,8 @@
 //! records. `watch` prints its outputs as they come; `diagnose` collects them.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -24,6 +25,7 @@ use crate::{
     path::{self, Context, RuleHit},
     pcap::PcapWriter,
     rules::RuleRead,
+    tally::{Snapshot, Tally, bgp_peers},
     targets::Targets,
     wire::{self, BgpTracker},
 };
@@ -73,8 +75,8 @@ pub struct Engine {
     pub bgp: BgpTracker,
     /// The most recent reports (bounded), for diagnose.
     pub recent: VecDeque<FlowReport>,
-    /// Flows reported per verdict, since the start.
-    pub totals: BTreeMap<VerdictKind, u64>,
+    /// What was reported since the start (flows per verdict, the metrics).
+    pub tally: Tally,
     pub filtered_out: u64,
     losses: LossLog,
     /// What each reported connection was reported as (bounded): a later
@@ -321,7 +323,7 @@ impl Engine {
             bgp: BgpTracker::default(),
             recent: VecDeque::new(),
             losses: LossLog::default(),
-            totals: BTreeMap::new(),
+            tally: Tally::default(),
             filtered_out: 0,
             reported: HashMap::new(),
             reported_order: VecDeque::new(),
@@ -348,6 +350,10 @@ impl Engine {
             Record::Arp(a) => {
                 let obs = wire::arp_observation(&a);
                 let line = wire::arp_line(&obs, &self.targets, &self.net);
+                if obs.op == crate::arp::OP_REPLY && self.targets.contains(IpAddr::V4(obs.spa)) {
+                    self.tally
+                        .arp_answer(IpAddr::V4(obs.spa), &crate::model::mac(obs.sha));
+                }
                 // Bounded: a few thousand ARPs are plenty of evidence.
                 if self.arp.len() < MAX_ARP {
                     self.arp.push(obs);
@@ -467,6 +473,18 @@ impl Engine {
         self.assembler.dropped_events
     }
 
+    /// What `--metrics` serves, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        let (bgp, bgp_peers_left_out) = bgp_peers(&self.bgp);
+        Snapshot {
+            tally: self.tally.clone(),
+            bgp,
+            bgp_peers_left_out,
+            events_lost: self.losses.total,
+            events_cut: self.assembler.dropped_events,
+        }
+    }
+
     fn passes_filters(&self, flow: &Tuple, evs: &[Event]) -> bool {
         if let Some(net) = self.filters.client
             && !net.contains(&crate::events::ip(&flow.saddr, flow.family))
@@ -584,7 +602,7 @@ impl Engine {
             return self.update(key, r);
         }
         self.remember(key, Outcome::of(&r));
-        *self.totals.entry(r.verdict.kind).or_insert(0) += 1;
+        self.tally.report(&r);
         if self.recent.len() >= RECENT {
             self.recent.pop_front();
         }
@@ -602,6 +620,7 @@ impl Engine {
         }
         self.remember(key, outcome);
         r.update = true;
+        self.tally.report(&r);
         if let Some(earlier) = self.recent.iter_mut().rev().find(|e| e.flow == r.flow) {
             earlier.hops.extend(r.hops.iter().cloned());
             if earlier.verdict.kind != VerdictKind::Incomplete {

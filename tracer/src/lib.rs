@@ -13,8 +13,11 @@
 //! - `targets`: the LB IPs and ranges watched;
 //! - `netinfo`: interfaces, routes, sysctls;
 //! - `arp`, `bgp`, `wire`: the MetalLB layers (L2 ARP, BGP sessions);
-//! - `render`: text and JSON from one model; `escape`: untrusted text made visible;
+//! - `render`: text and JSON from one model, `render_wrap` fits its lines
+//!   to the width; `escape`: untrusted text made visible;
 //! - `engine`: the node's view and the live state built from records;
+//! - `tally`: what is counted (totals, metrics); `metrics`: the
+//!   `--metrics` HTTP endpoint;
 //! - `session`: load, attach and the record loop, shared by the commands;
 //! - `timeline`: how long each step of the start took (`-v`);
 //! - `watch`, `diagnose` (+ `checks`), `cli`: the commands.
@@ -35,14 +38,17 @@ pub mod hints;
 pub mod ipvs;
 pub mod kubeproxy;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod netinfo;
 pub mod nfplan;
 pub mod path;
 pub mod pcap;
 pub mod render;
+pub mod render_wrap;
 pub mod rules;
 pub mod session;
+pub mod tally;
 pub mod targets;
 pub mod timeline;
 pub mod watch;

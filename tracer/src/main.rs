@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use lbpath::{
     UsageError,
     cli::{CommonArgs, DiagnoseArgs, WatchArgs},
@@ -21,11 +21,39 @@ struct Cli {
     command: Command,
 }
 
+/// As kubectl shows them: a comment saying what, then the command line.
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  # Every new flow to an LB IP, hop by hop, until Ctrl-C
+  sudo lbpath watch 192.168.1.240
+
+  # Only port 443 from one network, as JSON lines
+  sudo lbpath watch 192.168.1.240 --port 443 --client 10.1.0.0/16 -o json
+
+  # A whole MetalLB pool, with its BGP sessions and UPDATEs
+  sudo lbpath watch 192.168.1.240/28 --bgp
+
+  # Every LB IP on the node, Prometheus metrics on :9464 (as the DaemonSet)
+  sudo lbpath watch --all --metrics :9464 --json";
+
+const DIAGNOSE_EXAMPLES: &str = "\
+Examples:
+  # Checks, 10 s of live traffic (send some now), a verdict, an exit code
+  sudo lbpath diagnose 192.168.1.240
+
+  # Stop at the first flow that reaches a verdict, or after 30 s
+  sudo lbpath diagnose 192.168.1.240 --until-first --duration 30s
+
+  # Every LoadBalancer IP on the node, one JSON object for scripts
+  sudo lbpath diagnose --all -o json";
+
 #[derive(Subcommand)]
 enum Command {
     /// Live path of every new flow to the IP, request and reply, until Ctrl-C.
+    #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
     /// One-shot diagnosis: static checks, a bounded live watch, a verdict and a next step.
+    #[command(after_help = DIAGNOSE_EXAMPLES)]
     Diagnose(DiagnoseArgs),
     /// Print a shell completion script to stdout.
     ///
@@ -48,7 +76,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Help fits the same width as the output: the terminal's, or 80.
+    let cmd = Cli::command().term_width(lbpath::render_wrap::output_width());
+    let cli = match cmd
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
@@ -196,5 +229,37 @@ mod tests {
             super::one_line("error: unexpected argument '--bogus' found\n\nUsage: x\n"),
             "unexpected argument '--bogus' found"
         );
+    }
+
+    #[test]
+    fn help_has_examples_and_fits_80_columns() {
+        use clap::CommandFactory;
+        let mut cmd = super::Cli::command().term_width(80);
+        cmd.build();
+        for (name, first) in [
+            ("watch", "sudo lbpath watch 192.168.1.240"),
+            ("diagnose", "sudo lbpath diagnose 192.168.1.240"),
+        ] {
+            let sub = cmd.find_subcommand_mut(name).unwrap();
+            let help = sub.render_long_help().to_string();
+            let examples = help
+                .split_once("Examples:\n")
+                .unwrap_or_else(|| panic!("{help}"))
+                .1;
+            assert!(examples.contains(first), "{examples}");
+            // Each example: a comment, then a command line of this command.
+            let lines: Vec<&str> = examples.lines().filter(|l| !l.is_empty()).collect();
+            assert!(lines.len() >= 6, "{examples}");
+            for pair in lines.chunks(2) {
+                assert!(pair[0].starts_with("  # "), "{pair:?}");
+                assert!(
+                    pair[1].starts_with(&format!("  sudo lbpath {name} ")),
+                    "{pair:?}"
+                );
+            }
+            for l in help.lines() {
+                assert!(l.chars().count() <= 80, "{name}: {l:?}");
+            }
+        }
     }
 }

@@ -2,12 +2,17 @@
 
 use std::fmt::Write as _;
 
-use crate::model::*;
+use crate::{
+    model::*,
+    render_wrap::{columns, output_width, wrap},
+};
 
-/// ANSI styling, off when not on a terminal or NO_COLOR is set.
+/// ANSI styling, off when not on a terminal or NO_COLOR is set, and the
+/// width text lines are fitted to.
 #[derive(Clone, Copy, Debug)]
 pub struct Style {
     pub color: bool,
+    pub width: usize,
 }
 
 impl Style {
@@ -16,7 +21,21 @@ impl Style {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Self {
             color: !no_color && std::io::stdout().is_terminal(),
+            width: output_width(),
         }
+    }
+
+    /// No colour, 80 columns.
+    pub fn plain() -> Self {
+        Self {
+            color: false,
+            width: 80,
+        }
+    }
+
+    /// `line` fitted to the width, continuation lines indented by `indent`.
+    pub fn fit(&self, line: &str, indent: usize) -> String {
+        wrap(line, self.width, indent)
     }
 
     fn paint(&self, style: anstyle::Style, s: &str) -> String {
@@ -226,8 +245,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
     } else {
         String::new()
     };
-    let _ = writeln!(
-        out,
+    let head = format!(
         "{} {} {} → {}{}{again}",
         s.bold(if r.update { "↻" } else { "●" }),
         r.flow.proto,
@@ -235,6 +253,7 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         s.bold(&r.flow.lb.to_string()),
         s.dim(&svc)
     );
+    let _ = writeln!(out, "{}", s.fit(&head, 4));
     for h in &r.hops {
         let (label, detail) = hop_text(h);
         let arrow = if h.dir == Dir::Reply { "←" } else { "→" };
@@ -254,11 +273,10 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         } else {
             String::new()
         };
-        let _ = writeln!(
-            out,
-            "  {:>9}  {arrow} {label} {detail}{inferred}{pkt}",
-            format!("+{:.3}ms", h.t_ms)
-        );
+        let prefix = format!("  {:>9}  {arrow} {label} ", format!("+{:.3}ms", h.t_ms));
+        // Continuation lines line up under the detail.
+        let line = format!("{prefix}{detail}{inferred}{pkt}");
+        let _ = writeln!(out, "{}", s.fit(&line, columns(&prefix)));
     }
     let (mark, painted) = match r.verdict.kind {
         VerdictKind::Answered | VerdictKind::Local => ("✔", s.green(&r.verdict.summary)),
@@ -268,13 +286,12 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
         | VerdictKind::NoAnswer => ("●", s.yellow(&r.verdict.summary)),
         _ => ("✘", s.red(&r.verdict.summary)),
     };
-    let _ = writeln!(out, "  {mark} {painted}");
+    let _ = writeln!(out, "{}", s.fit(&format!("  {mark} {painted}"), 4));
     if let Some(h) = &r.verdict.hint {
-        let _ = writeln!(out, "    hint: {h}");
+        let _ = writeln!(out, "{}", s.fit(&format!("    hint: {h}"), 10));
     }
     if let Some(c) = &r.counters {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "    {}",
             s.dim(&format!(
                 "counted so far: → {} {} B, ← {} {} B, {} dropped",
@@ -285,9 +302,11 @@ pub fn flow_text(r: &FlowReport, s: Style) -> String {
                 c.drops
             ))
         );
+        let _ = writeln!(out, "{}", s.fit(&line, 6));
     }
     for n in &r.notes {
-        let _ = writeln!(out, "    {}", s.dim(&format!("note: {n}")));
+        let line = format!("    {}", s.dim(&format!("note: {n}")));
+        let _ = writeln!(out, "{}", s.fit(&line, 10));
     }
     out
 }
@@ -381,7 +400,12 @@ mod tests {
 
     #[test]
     fn text_has_one_line_per_hop_and_the_verdict_last() {
-        let t = flow_text(&report(), Style { color: false });
+        // Wide enough that nothing wraps.
+        let wide = Style {
+            color: false,
+            width: 1000,
+        };
+        let t = flow_text(&report(), wide);
         let lines: Vec<&str> = t.lines().collect();
         assert!(
             lines[0].contains("192.0.2.10:4000 → 192.0.2.240:80")
@@ -400,7 +424,56 @@ mod tests {
         assert!(lines[3].contains("← un-DNAT"));
         assert!(lines[4].contains("✔ reached the pod"));
         assert!(!t.contains('\x1b'));
-        assert!(flow_text(&report(), Style { color: true }).contains('\x1b'));
+        assert!(
+            flow_text(
+                &report(),
+                Style {
+                    color: true,
+                    width: 80
+                }
+            )
+            .contains('\x1b')
+        );
+    }
+
+    #[test]
+    fn text_fits_80_columns_with_continuations_under_their_text() {
+        let mut r = report();
+        r.verdict.hint = Some(
+            "make the return path symmetric: route the client's network via eth0's gateway, or set rp_filter=2 (loose) on eth0 and all".into(),
+        );
+        let wide = flow_text(
+            &r,
+            Style {
+                color: false,
+                width: 1000,
+            },
+        );
+        let t = flow_text(&r, Style::plain());
+        assert!(
+            wide.lines().any(|l| columns(l) > 80),
+            "the case needs wrapping"
+        );
+        for l in t.lines() {
+            assert!(columns(l) <= 80, "{l:?} in:\n{t}");
+        }
+        // The same words in the same order: only line breaks were added.
+        let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(words(&t), words(&wide));
+        let lines: Vec<&str> = t.lines().collect();
+        // The header continues at 4, a hop's detail under its detail, the
+        // hint under its text.
+        assert!(
+            lines[1].starts_with("    ") && !lines[1].starts_with("     "),
+            "{t}"
+        );
+        let dnat = lines.iter().position(|l| l.contains("→ DNAT")).unwrap();
+        let at = lines[dnat].find("192.0.2.240:80").unwrap();
+        let col = columns(&lines[dnat][..at]);
+        assert!(lines[dnat + 1].starts_with(&" ".repeat(col)), "{t}");
+        assert!(!lines[dnat + 1][col..].starts_with(' '), "{t}");
+        let hint = lines.iter().position(|l| l.contains("hint: ")).unwrap();
+        assert!(lines[hint + 1].starts_with(&" ".repeat(10)), "{t}");
     }
 
     #[test]

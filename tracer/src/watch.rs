@@ -11,6 +11,7 @@ use crate::{
     cli::WatchArgs,
     diagnose,
     engine::Output,
+    metrics,
     model::VerdictKind,
     pcap::PcapWriter,
     render::{self, Style},
@@ -20,6 +21,8 @@ use crate::{
 struct Printer {
     json: bool,
     style: Style,
+    /// Where `--metrics` reads from; refreshed every tick.
+    metrics: Option<metrics::Shared>,
 }
 
 impl FrontEnd for Printer {
@@ -53,8 +56,16 @@ impl FrontEnd for Printer {
                 }
                 (Output::Flow(r), false) => render::flow_text(r, self.style),
                 (Output::Flow(r), true) => render::flow_json(r) + "\n",
-                (Output::Arp(s), false) => format!("{} {s}\n", self.style.cyan("arp")),
-                (Output::Bgp(s), false) => format!("{} {s}\n", self.style.cyan("bgp")),
+                (Output::Arp(s), false) => {
+                    self.style
+                        .fit(&format!("{} {s}", self.style.cyan("arp")), 4)
+                        + "\n"
+                }
+                (Output::Bgp(s), false) => {
+                    self.style
+                        .fit(&format!("{} {s}", self.style.cyan("bgp")), 4)
+                        + "\n"
+                }
                 (Output::Arp(s), true) => serde_json::json!({ "arp": s }).to_string() + "\n",
                 (Output::Bgp(s), true) => serde_json::json!({ "bgp": s }).to_string() + "\n",
             };
@@ -62,6 +73,14 @@ impl FrontEnd for Printer {
         }
         let _ = stdout.flush();
         false
+    }
+
+    fn tick(&mut self, s: &Session) {
+        if let Some(m) = &self.metrics
+            && let Ok(mut slot) = m.lock()
+        {
+            *slot = s.engine.snapshot();
+        }
     }
 }
 
@@ -74,8 +93,14 @@ pub fn verdict_key(k: VerdictKind) -> String {
 }
 
 pub async fn run(args: &WatchArgs) -> Result<u8> {
-    // Created first: a path that cannot be written fails before anything
-    // is loaded.
+    // Bound first: a port in use fails before anything is loaded (or a
+    // --write file created).
+    let listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    // Created before loading: a path that cannot be written fails before
+    // anything is loaded.
     let pcap = match &args.write {
         Some(path) => Some(
             PcapWriter::create(path, args.write_limit.saturating_mul(1 << 20)).map_err(|e| {
@@ -135,15 +160,25 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         s.engine.targets.describe(),
     );
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let shared = listener.map(|l| {
+        let shared = metrics::Shared::default();
+        if let Ok(a) = l.local_addr() {
+            eprintln!("lbpath: metrics on http://{a}/metrics");
+        }
+        tokio::spawn(metrics::serve(l, shared.clone()));
+        shared
+    });
     let mut printer = Printer {
         json: args.common.json(),
         style: Style::detect(),
+        metrics: shared,
     };
     s.run(deadline, &mut printer).await?;
 
     let per: BTreeMap<String, u64> = s
         .engine
-        .totals
+        .tally
+        .per_verdict
         .iter()
         .map(|(k, n)| (verdict_key(*k), *n))
         .collect();

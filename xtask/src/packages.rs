@@ -88,6 +88,13 @@ pub const PACKAGES: &[Package] = &[
         program: "podman",
         static_binary: false,
     },
+    // `promtool check metrics` validates what `watch --metrics` serves
+    // (tests/tests/metrics.rs).
+    Package {
+        name: "prometheus",
+        program: "promtool",
+        static_binary: false,
+    },
     // `cargo xtask bench`: the observers lbpath is measured beside (bpftrace
     // as a second eBPF tracer, tcpdump as a packet socket) and the bulk
     // traffic they watch.
@@ -294,7 +301,7 @@ mod tests {
 
     #[test]
     fn every_package_names_a_program() {
-        assert_eq!(PACKAGES.len(), 19);
+        assert_eq!(PACKAGES.len(), 20);
         assert_eq!(PACKAGES.iter().filter(|p| p.static_binary).count(), 1);
         assert!(
             PACKAGES
