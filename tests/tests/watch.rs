@@ -957,7 +957,11 @@ fn memory_stays_bounded_under_30k_connections() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     let lost = t["events_lost"].as_u64().unwrap();
-    assert!(t["flows"]["answered"].as_u64().unwrap_or(0) > 0, "{t}");
+    // Under loss every flow may be (rightly) incomplete.
+    assert!(
+        t["flows"]["answered"].as_u64().unwrap_or(0) > 0 || lost > 0,
+        "{t}"
+    );
     assert!(
         flows >= N || lost > 0,
         "{flows} flows reported for {N} connections with no loss counted: {t}"

@@ -69,9 +69,11 @@ fuzz_target!(|data: &[u8]| {
         .parse()
         .expect("a prefix");
     let pool = Targets::new(vec![pool, "fd00::/8".parse().expect("a prefix")], false);
+    // No interfaces known: every frame's MAC is someone else's.
+    let net = lbpath::netinfo::NetInfo::default();
     for o in &observations {
-        let _ = wire::arp_line(o, &alone);
-        let _ = wire::arp_line(o, &pool);
+        let _ = wire::arp_line(o, &alone, &net);
+        let _ = wire::arp_line(o, &pool, &net);
     }
     let report = arp::analyze(lb, &own, &observations);
     assert_eq!(report.text, report.describe());
@@ -99,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(report.interfaces.iter().any(|i| &i.ifname == ifname));
         }
         ArpVerdict::AnsweredElsewhere { macs } => assert!(!macs.is_empty()),
+        ArpVerdict::ArpFlux { answers } => assert!(!answers.is_empty()),
         ArpVerdict::NoArpSeen => {}
     }
 });

@@ -475,8 +475,8 @@ impl Conn {
 
 fn set_recv_timeout(sock: &Socket, t: Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
+        tv_sec: t.as_secs() as _,
+        tv_usec: t.subsec_micros() as _,
     };
     // SAFETY: a valid socket and a timeval of the size given.
     let rc = unsafe {
