@@ -247,7 +247,7 @@ fn pod_not_answering() {
     assert_eq!(
         (layer.as_str(), out.code),
         ("pod_not_answering", Some(1)),
-        "{s}"
+        "{s}\n{v:#}"
     );
     assert!(s.contains("10.244.1.5:8080"), "{s}");
 }
@@ -458,11 +458,15 @@ fn node_refusing_its_local_lb_ip() {
     assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
     let (out, v) = finish(r);
     let (layer, s) = verdict(&v);
+    // The whole report when it fails: which hops and evidence led there.
     assert_eq!(
         (layer.as_str(), out.code),
         ("dropped_on_node", Some(1)),
-        "{s}"
+        "{s}\n{v:#}"
     );
-    assert!(s.contains("this node refused it with a reset"), "{s}");
+    assert!(
+        s.contains("this node refused it with a reset"),
+        "{s}\n{v:#}"
+    );
     assert!(s.contains("192.0.2.240:81"), "{s}");
 }

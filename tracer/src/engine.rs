@@ -623,7 +623,10 @@ impl Engine {
         self.tally.report(&r);
         if let Some(earlier) = self.recent.iter_mut().rev().find(|e| e.flow == r.flow) {
             earlier.hops.extend(r.hops.iter().cloned());
-            if earlier.verdict.kind != VerdictKind::Incomplete {
+            // A connection that worked and then lost packets takes the new
+            // verdict; one that already failed keeps why it failed (what
+            // follows a refusal or a drop is its aftermath).
+            if earlier.verdict.kind == VerdictKind::Answered {
                 earlier.verdict = r.verdict.clone();
             }
             earlier.counters = r.counters;
