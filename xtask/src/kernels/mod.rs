@@ -376,7 +376,11 @@ fn run_plan(
             eprintln!("{tag} guest up after {:.1} s", t.as_secs_f64());
         }
         for (id, name) in &ids {
-            if !reported.contains(id) && out.join(format!("{id}.rc")).exists() {
+            // The guest's `echo $rc > id.rc` may be seen created but not yet
+            // written (9p): report a test once its code reads back.
+            let rc_written = fs::read_to_string(out.join(format!("{id}.rc")))
+                .is_ok_and(|t| t.trim().parse::<i32>().is_ok());
+            if !reported.contains(id) && rc_written {
                 reported.insert(id.clone());
                 let t = TestResult::read(&out, id, name);
                 let secs = t.time.map_or(0.0, |d| d.as_secs_f64());
