@@ -211,10 +211,9 @@ fn retransmitted_syns_are_one_flow_with_their_drops_counted() {
     assert_eq!(flows_in(&totals(&out.stdout)), 1);
 }
 
-/// A drop that starts in the middle of an answered connection updates its
-/// flow (same connection id), and is not counted as a second flow.
-#[test]
-fn a_drop_in_mid_connection_updates_its_flow() {
+/// The lab with a second Service, LB :9000 to a sink on the pod that reads
+/// whatever it is sent (a connection that stays open as long as the test).
+fn bulk_lab(name: &str) -> Lab {
     let mut spec = LabSpec::default();
     let mut bulk = web_service(
         vec![EpSpec {
@@ -228,8 +227,16 @@ fn a_drop_in_mid_connection_updates_its_flow() {
     bulk.port = 9000;
     bulk.node_port = Some(30090);
     spec.services.push(bulk);
-    let mut lab = Lab::new("mid", spec).unwrap();
+    let mut lab = Lab::new(name, spec).unwrap();
     lab.keep(netns::sink_server(&lab.pod(), SocketAddr::from((POD, 9000))).unwrap());
+    lab
+}
+
+/// A drop that starts in the middle of an answered connection updates its
+/// flow (same connection id), and is not counted as a second flow.
+#[test]
+fn a_drop_in_mid_connection_updates_its_flow() {
+    let lab = bulk_lab("mid");
     let w = Running::watch(&lab.node(), &["192.0.2.240", "--port", "9000", "--json"]).unwrap();
     let to = SocketAddr::from((LB, 9000));
     let node = lab.node();
@@ -367,21 +374,7 @@ fn udp_idle_longer_than_conntrack_keeps_it_is_a_new_flow() {
 /// than giving a confident verdict.
 #[test]
 fn a_connection_older_than_the_watch_is_partial() {
-    let mut spec = LabSpec::default();
-    let mut bulk = web_service(
-        vec![EpSpec {
-            port: 9000,
-            ..pod_endpoint()
-        }],
-        false,
-    );
-    bulk.name = "bulk".into();
-    bulk.port_name = "data".into();
-    bulk.port = 9000;
-    bulk.node_port = Some(30090);
-    spec.services.push(bulk);
-    let mut lab = Lab::new("old", spec).unwrap();
-    lab.keep(netns::sink_server(&lab.pod(), SocketAddr::from((POD, 9000))).unwrap());
+    let lab = bulk_lab("old");
     let to = SocketAddr::from((LB, 9000));
     let mut s = netns::run_in(&lab.client(), move || {
         Ok(TcpStream::connect_timeout(&to, Duration::from_secs(2))?)
