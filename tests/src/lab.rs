@@ -122,6 +122,23 @@ pub fn web_service(endpoints: Vec<EpSpec>, etp_local: bool) -> SvcSpec {
     }
 }
 
+/// A UDP service: LB 192.0.2.240:53 → the pod's :5353 (default/dns:dns).
+pub fn dns_service() -> SvcSpec {
+    let mut dns = web_service(
+        vec![EpSpec {
+            port: 5353,
+            ..pod_endpoint()
+        }],
+        false,
+    );
+    dns.name = "dns".into();
+    dns.port_name = "dns".into();
+    dns.proto = "udp";
+    dns.port = 53;
+    dns.node_port = Some(30053);
+    dns
+}
+
 pub fn pod_endpoint() -> EpSpec {
     EpSpec {
         ip: POD,

@@ -535,19 +535,7 @@ fn hairpin_off_is_named() {
 fn stale_conntrack_after_the_endpoint_moved() {
     const P2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
     let mut spec = LabSpec::default();
-    let mut dns = web_service(
-        vec![EpSpec {
-            port: 5353,
-            ..pod_endpoint()
-        }],
-        false,
-    );
-    dns.name = "dns".into();
-    dns.port_name = "dns".into();
-    dns.proto = "udp";
-    dns.port = 53;
-    dns.node_port = Some(30053);
-    spec.services.push(dns);
+    spec.services.push(dns_service());
     let mut lab = Lab::new("stale", spec).unwrap();
     lab.keep(netns::udp_server(&lab.pod(), SocketAddr::from((POD, 5353)), true).unwrap());
     let p2 = lab.add_pod("p2", P2, false).unwrap();

@@ -325,19 +325,7 @@ fn a_drop_in_mid_connection_updates_its_flow() {
 #[test]
 fn udp_idle_longer_than_conntrack_keeps_it_is_a_new_flow() {
     let mut spec = LabSpec::default();
-    let mut dns = web_service(
-        vec![EpSpec {
-            port: 5353,
-            ..pod_endpoint()
-        }],
-        false,
-    );
-    dns.name = "dns".into();
-    dns.port_name = "dns".into();
-    dns.proto = "udp";
-    dns.port = 53;
-    dns.node_port = Some(30053);
-    spec.services.push(dns);
+    spec.services.push(dns_service());
     let mut lab = Lab::new("udp", spec).unwrap();
     lab.keep(netns::udp_server(&lab.pod(), SocketAddr::from((POD, 5353)), true).unwrap());
     lab.sysctl(&lab.node(), "net.netfilter.nf_conntrack_udp_timeout=2")
