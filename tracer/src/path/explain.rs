@@ -308,8 +308,10 @@ fn netfilter(e: &Event, ctx: &Context, flow: &Tuple, out: &Outcome) -> (String, 
             }
             .text(),
         ),
-        _ if by_counter.is_empty() && conntrack_drop(e, ctx).is_some() => {
-            conntrack_drop(e, ctx).expect("checked")
+        _ if by_counter.is_empty()
+            && let Some(ct) = conntrack_drop(e, ctx) =>
+        {
+            ct
         }
         _ => {
             let hint = if by_counter.is_empty() {
@@ -339,9 +341,14 @@ fn conntrack_drop(e: &Event, ctx: &Context) -> Option<(String, Option<String>)> 
             .find(|o| o.name.starts_with("conntrack"))
             .map(|o| o.name.clone())
     });
+    // The figures (procfs) only where they can matter: conntrack's own
+    // band, or a drop at an unknown point.
+    if at.is_none() && band.is_some() {
+        return None;
+    }
     let fig = (ctx.conntrack)();
     let full = fig.is_some_and(|f| f.full());
-    if at.is_none() && !(band.is_none() && full) {
+    if at.is_none() && !full {
         return None;
     }
     let at = at.map(|n| format!(" ({n})")).unwrap_or_default();
