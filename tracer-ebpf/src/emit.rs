@@ -121,7 +121,7 @@ fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     } else if kind == Kind::Fib as u8 && dev == 0 {
         unsafe { (*tr).netns }
     } else {
-        dev_netns(dev)
+        dev_netns::<PROBE>(dev)
     };
     if ev.netns != 0 && ev.netns != node {
         ev.flags |= EV_POD_NS;
@@ -138,7 +138,7 @@ fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
             ev.pkt = s.p.t;
             ev.tcp_flags = s.p.tcp_flags;
         }
-        ev.len = skb_len(skb);
+        ev.len = skb_len::<PROBE>(skb);
     }
     if kind == Kind::Arrive as u8 {
         let mac = skb_mac(skb);
@@ -159,7 +159,7 @@ fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     } else if kind != Kind::Fib as u8 {
         // The conntrack state is also where netfilter cannot be observed
         // (before 6.4): the packet carries it past the hooks.
-        let nfct = skb_nfct(skb);
+        let nfct = skb_nfct::<PROBE>(skb);
         ev.ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
     }
 }
@@ -177,7 +177,7 @@ fn capture(c: &mut Capture, kind: u8, skb: u64) {
     c._pad = 0;
     c.caplen = 0;
     c.origlen = 0;
-    let data = skb_data(skb);
+    let data = skb_data::<PROBE>(skb);
     let (start, link) = if kind == Kind::Arrive as u8 {
         // On receive the MAC header is pulled: data is the IP header.
         let mac = skb_mac(skb);
@@ -188,14 +188,14 @@ fn capture(c: &mut Capture, kind: u8, skb: u64) {
         }
     } else {
         // On transmit data is the MAC header, if the device has one.
-        let l3 = skb_network(skb);
+        let l3 = skb_network::<PROBE>(skb);
         if kind == Kind::Xmit as u8 && l3.wrapping_sub(data) == ETH_HLEN {
             (data, CAP_ETHERNET)
         } else {
             (l3, CAP_RAW_IP)
         }
     };
-    let len = skb_len(skb) as u64;
+    let len = skb_len::<PROBE>(skb) as u64;
     let data_len = rd::<u32>(skb + off!(skb_data_len)).unwrap_or(0) as u64;
     if start == 0 || data == 0 || data_len > len {
         return;

@@ -65,7 +65,7 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     if !open && pos != 0 {
         return;
     }
-    let hook = rd::<u8>(state + off!(state_hook)).unwrap_or(0xff);
+    let hook = field::<u8, BTF>(state, off!(state_hook)).unwrap_or(0xff);
     if !open && hook != NF_INET_LOCAL_OUT {
         return;
     }
@@ -81,7 +81,7 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         }
         unpass(skb);
     }
-    let l3 = skb_network(skb);
+    let l3 = skb_network::<BTF>(skb);
     let at = Point {
         skb,
         state,
@@ -92,7 +92,7 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     // share afterwards: the 6.1 verifier can prune a path chosen by such a
     // flag as dead code.
     if open {
-        let nfct = skb_nfct(skb);
+        let nfct = skb_nfct::<BTF>(skb);
         if let Some(seen) = NF_SEEN.get_ptr(0)
             && unsafe { (*seen).skb == skb && (*seen).nfct == nfct }
         {
@@ -117,7 +117,7 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
         }
     }
     // A request sent by a process on the node itself is first seen here.
-    let proto = skb_protocol(skb);
+    let proto = skb_protocol::<BTF>(skb);
     if matches!(peek_daddr(l3, proto), Some(d) if is_lb(&d, family_of(proto))) {
         local_request(&at, l3);
     }
@@ -139,7 +139,7 @@ fn again_at(at: &Point, tr: *mut Track, l3: u64) -> bool {
         return true;
     };
     let s = f.get();
-    if !again(at.skb, tr, l3, skb_protocol(at.skb), s) {
+    if !again(at.skb, tr, l3, skb_protocol::<PROBE>(at.skb), s) {
         return false;
     }
     observe(at, tr, s);
@@ -153,7 +153,7 @@ fn by_conntrack(at: &Point, l3: u64, cf: *mut CtFlow, dir: u8) -> bool {
         return true;
     };
     let s = f.get();
-    if !parse_ip(l3, skb_protocol(at.skb), &mut s.p) || !ct_seen(at.skb, cf, dir, s) {
+    if !parse_ip(l3, skb_protocol::<PROBE>(at.skb), &mut s.p) || !ct_seen(at.skb, cf, dir, s) {
         return false;
     }
     aya_log_ebpf::debug!(
@@ -176,7 +176,7 @@ fn local_request(at: &Point, l3: u64) {
         return;
     };
     let s = f.get();
-    if parse_ip(l3, skb_protocol(at.skb), &mut s.p)
+    if parse_ip(l3, skb_protocol::<PROBE>(at.skb), &mut s.p)
         && request_seen(at.skb, s) == STARTED
         && let Some(tr) = tracked(at.skb)
     {
@@ -190,7 +190,7 @@ fn local_request(at: &Point, l3: u64) {
 #[inline(never)]
 fn observe(at: &Point, tr: *mut Track, s: &mut Scratch) {
     let (skb, hook, pos) = (at.skb, at.hook, at.pos);
-    let nfct = skb_nfct(skb);
+    let nfct = skb_nfct::<PROBE>(skb);
     let ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
     let parsed = s.p.ok != 0;
     let sum = if parsed { tuple_sum(&s.p.t) } else { 0 };

@@ -47,9 +47,9 @@ pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_receive(skb: u64) {
     let now = jiffies();
-    let proto = skb_protocol(skb);
+    let proto = skb_protocol::<BTF>(skb);
     // On receive the MAC header is already pulled: data is the L3 header.
-    let l3 = skb_data(skb);
+    let l3 = skb_data::<BTF>(skb);
     let open = window_open(now);
     if open
         && let Some(tr) = tracked(skb)
@@ -58,8 +58,8 @@ fn on_receive(skb: u64) {
         // A traced packet arriving again: bridge, veth into the pod ...
         let s = f.get();
         if again(skb, tr, l3, proto, s) {
-            let dev = skb_dev(skb);
-            let netns = dev_netns(dev);
+            let dev = skb_dev::<BTF>(skb);
+            let netns = dev_netns::<BTF>(dev);
             unsafe { (*tr).netns = netns };
             if in_scope(tr, netns) {
                 if s.p.ok != 0 {
@@ -93,8 +93,8 @@ fn on_receive(skb: u64) {
 /// or (`REPLY`) perhaps the answer a traced request is waiting for.
 #[inline(never)]
 fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
-    let dev = skb_dev(skb);
-    if dev_netns(dev) != conf!(node_netns) {
+    let dev = skb_dev::<BTF>(skb);
+    if dev_netns::<BTF>(dev) != conf!(node_netns) {
         return;
     }
     // A new packet at this address: whatever was passed here before is gone.
@@ -139,8 +139,8 @@ fn on_xmit(skb: u64, dev: u64) {
     if open && passed_request(skb) {
         return;
     }
-    let proto = skb_protocol(skb);
-    let l3 = skb_network(skb);
+    let proto = skb_protocol::<BTF>(skb);
+    let l3 = skb_network::<BTF>(skb);
     // A passed answer is not tracked, but still counted below.
     if open
         && !passed(skb)
@@ -149,7 +149,7 @@ fn on_xmit(skb: u64, dev: u64) {
     {
         let s = f.get();
         if again(skb, tr, l3, proto, s) {
-            let netns = dev_netns(dev);
+            let netns = dev_netns::<BTF>(dev);
             unsafe { (*tr).netns = netns };
             if !in_scope(tr, netns) {
                 return;
@@ -165,7 +165,7 @@ fn on_xmit(skb: u64, dev: u64) {
                     // Without netfilter links (before 6.4) nothing else ties
                     // the conntrack entry to the flow, and later, untraced
                     // packets of it are found only through that entry.
-                    remember_ct(tr, skb_nfct(skb));
+                    remember_ct(tr, skb_nfct::<BTF>(skb));
                 } else if s.p.ok != 0 && is_lb(&s.p.t.saddr, s.p.t.family) {
                     // Traced answers count like the others.
                     count_reply(skb, &s.p.t);
@@ -178,7 +178,7 @@ fn on_xmit(skb: u64, dev: u64) {
     }
     if proto == ETH_P_ARP {
         // On transmit, data is the MAC header.
-        let mac = skb_data(skb);
+        let mac = skb_data::<BTF>(skb);
         wire::arp(skb, mac, mac + 14, 1);
         return;
     }
@@ -186,7 +186,7 @@ fn on_xmit(skb: u64, dev: u64) {
     let Some(saddr) = peek_saddr(l3, proto) else {
         return;
     };
-    if !is_lb(&saddr, family_of(proto)) || dev_netns(dev) != conf!(node_netns) {
+    if !is_lb(&saddr, family_of(proto)) || dev_netns::<BTF>(dev) != conf!(node_netns) {
         return;
     }
     let Some(f) = Frame::enter() else {
@@ -204,7 +204,7 @@ fn count_reply(skb: u64, t: &Tuple) {
     let flow = t.reversed();
     if let Some(fs) = FLOWS.get_ptr_mut(&flow) {
         add(unsafe { &raw mut (*fs).rep_pkts }, 1);
-        add(unsafe { &raw mut (*fs).rep_bytes }, skb_len(skb) as u64);
+        add(unsafe { &raw mut (*fs).rep_bytes }, skb_len::<BTF>(skb) as u64);
     }
 }
 
@@ -231,7 +231,7 @@ pub fn lbp_kfree_noreason(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_kfree(skb: u64, location: u64, reason: u32) {
-    let proto = skb_protocol(skb);
+    let proto = skb_protocol::<BTF>(skb);
     let open = window_open(jiffies());
     let was_passed = open && passed(skb);
     if was_passed {
@@ -243,9 +243,9 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
         && let Some(f) = Frame::enter()
     {
         let s = f.get();
-        if again(skb, tr, skb_network(skb), proto, s) {
-            let dev = skb_dev(skb);
-            if in_scope(tr, dev_netns(dev)) {
+        if again(skb, tr, skb_network::<BTF>(skb), proto, s) {
+            let dev = skb_dev::<BTF>(skb);
+            if in_scope(tr, dev_netns::<BTF>(dev)) {
                 s.x.reset(dev);
                 s.x.location = location;
                 s.x.reason = reason;
@@ -271,7 +271,7 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
 /// reported a few times per flow. Out of line: its own stack frame.
 #[inline(never)]
 fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
-    let l3 = skb_network(skb);
+    let l3 = skb_network::<BTF>(skb);
     // Read into zeroed buffers, not returned as Options: the compiler then
     // spilled a register one path never wrote, and 5.10's verifier rejects
     // that read of unwritten stack.
@@ -295,7 +295,7 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
     } else if is_lb(&saddr, family) {
         untraced_drop_as::<FROM_LB>(skb, location, proto_reason, 0);
     } else {
-        let nfct = skb_nfct(skb);
+        let nfct = skb_nfct::<BTF>(skb);
         let ct = nfct & !7;
         if ct != 0 && !ctinfo_is_related(nfct & 7) && CT_FLOWS.get_ptr(&ct).is_some() {
             untraced_drop_as::<BY_CT>(skb, location, proto_reason, nfct);
@@ -312,15 +312,15 @@ const BY_CT: u8 = 2;
 /// answer's, or its conntrack entry's flow from `nfct`).
 #[inline(never)]
 fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, nfct: u64) {
-    let dev = skb_dev(skb);
-    if dev != 0 && dev_netns(dev) != conf!(node_netns) {
+    let dev = skb_dev::<BTF>(skb);
+    if dev != 0 && dev_netns::<BTF>(dev) != conf!(node_netns) {
         return;
     }
     let Some(f) = Frame::enter() else {
         return;
     };
     let s = f.get();
-    if !parse_ip(skb_network(skb), proto_reason as u16, &mut s.p) {
+    if !parse_ip(skb_network::<BTF>(skb), proto_reason as u16, &mut s.p) {
         return;
     }
     let t = &s.p.t;
@@ -427,11 +427,11 @@ fn on_consume(skb: u64, location: u64) {
         return;
     };
     let s = f.get();
-    if !again(skb, tr, skb_network(skb), skb_protocol(skb), s) {
+    if !again(skb, tr, skb_network::<BTF>(skb), skb_protocol::<BTF>(skb), s) {
         return;
     }
-    let dev = skb_dev(skb);
-    if in_scope(tr, dev_netns(dev)) {
+    let dev = skb_dev::<BTF>(skb);
+    if in_scope(tr, dev_netns::<BTF>(dev)) {
         s.x.reset(dev);
         s.x.location = location;
         emit(Kind::Consume as u8, skb, tr, s);
@@ -471,11 +471,11 @@ fn on_reset(skb: u64, reason: u32) {
         return;
     };
     let s = f.get();
-    if !again(skb, tr, skb_network(skb), skb_protocol(skb), s) {
+    if !again(skb, tr, skb_network::<BTF>(skb), skb_protocol::<BTF>(skb), s) {
         return;
     }
-    let dev = skb_dev(skb);
-    if !in_scope(tr, dev_netns(dev)) {
+    let dev = skb_dev::<BTF>(skb);
+    if !in_scope(tr, dev_netns::<BTF>(dev)) {
         return;
     }
     s.x.reset(dev);
@@ -486,7 +486,7 @@ fn on_reset(skb: u64, reason: u32) {
 /// Whether `addr` is the IPv4 source or destination in `skb`'s header now.
 #[inline(never)]
 fn lookup_is_for(skb: u64, addr: [u8; 4]) -> bool {
-    match rd::<[u8; 8]>(skb_network(skb) + 12) {
+    match rd::<[u8; 8]>(skb_network::<PROBE>(skb) + 12) {
         Some(a) => a[..4] == addr || a[4..] == addr,
         None => false,
     }

@@ -11,7 +11,7 @@ use aya_log_ebpf::debug;
 use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple};
 
 use crate::{
-    kernel::{ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
+    kernel::{BTF, PROBE, ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
         CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED,
         Track, WINDOW, conf, off,
@@ -153,7 +153,7 @@ fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mu
     tr.flow = *flow;
     tr.conn = unsafe { (*fs).conn };
     tr.ts = now();
-    tr.head = skb_head(skb);
+    tr.head = skb_head::<PROBE>(skb);
     tr.sig = s.p.sig;
     tr.netns = conf!(node_netns);
     tr.seq = seq;
@@ -191,7 +191,7 @@ pub fn request_seen(skb: u64, s: &mut Scratch) -> u8 {
     };
     unsafe {
         add(&raw mut (*fs).req_pkts, 1);
-        add(&raw mut (*fs).req_bytes, skb_len(skb) as u64);
+        add(&raw mut (*fs).req_bytes, skb_len::<BTF>(skb) as u64);
         (*fs).last_ns = t;
         if (*fs).spent & (1 << DIR_REQUEST) != 0 {
             // The bulk of a connection: counted, nothing more.
@@ -337,7 +337,7 @@ const MAX_TRACK_AGE_NS: u64 = 10_000_000_000;
 /// packets we cannot parse.
 #[inline(never)]
 fn verify(skb: u64, tr: *mut Track, p: &Parsed) -> bool {
-    let head = skb_head(skb);
+    let head = skb_head::<PROBE>(skb);
     unsafe {
         if now().wrapping_sub((*tr).ts) < MAX_TRACK_AGE_NS {
             if p.ok != 0 {

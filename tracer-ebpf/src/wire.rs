@@ -6,7 +6,7 @@ use network_types::arp::ArpHdr;
 use tracer_common::{AF_INET, ArpEvent, CFG_ARP, Kind, STAT_LOST_EVENTS};
 
 use crate::{
-    kernel::{dev_ifindex, dev_name, dev_netns, now, rd, skb_dev, stat_inc},
+    kernel::{PROBE, dev_ifindex, dev_name, dev_netns, now, rd, skb_dev, stat_inc},
     maps::{EVENTS, conf},
     parse::{is_lb, v4},
 };
@@ -28,8 +28,8 @@ pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
     if !is_lb(&v4(h.spa), AF_INET) && !is_lb(&v4(h.tpa), AF_INET) {
         return;
     }
-    let dev = skb_dev(skb);
-    let netns = dev_netns(dev);
+    let dev = skb_dev::<PROBE>(skb);
+    let netns = dev_netns::<PROBE>(dev);
     if netns != conf!(node_netns) {
         return;
     }
