@@ -204,7 +204,10 @@ fn count_reply(skb: u64, t: &Tuple) {
     let flow = t.reversed();
     if let Some(fs) = FLOWS.get_ptr_mut(&flow) {
         add(unsafe { &raw mut (*fs).rep_pkts }, 1);
-        add(unsafe { &raw mut (*fs).rep_bytes }, skb_len::<BTF>(skb) as u64);
+        add(
+            unsafe { &raw mut (*fs).rep_bytes },
+            skb_len::<BTF>(skb) as u64,
+        );
     }
 }
 
@@ -427,7 +430,13 @@ fn on_consume(skb: u64, location: u64) {
         return;
     };
     let s = f.get();
-    if !again(skb, tr, skb_network::<BTF>(skb), skb_protocol::<BTF>(skb), s) {
+    if !again(
+        skb,
+        tr,
+        skb_network::<BTF>(skb),
+        skb_protocol::<BTF>(skb),
+        s,
+    ) {
         return;
     }
     let dev = skb_dev::<BTF>(skb);
@@ -471,7 +480,13 @@ fn on_reset(skb: u64, reason: u32) {
         return;
     };
     let s = f.get();
-    if !again(skb, tr, skb_network::<BTF>(skb), skb_protocol::<BTF>(skb), s) {
+    if !again(
+        skb,
+        tr,
+        skb_network::<BTF>(skb),
+        skb_protocol::<BTF>(skb),
+        s,
+    ) {
         return;
     }
     let dev = skb_dev::<BTF>(skb);
