@@ -148,20 +148,23 @@ pub static NF_SEEN: PerCpuArray<NfSeen> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the packet its first hook (netif_receive_skb, node namespace)
 /// decided not to trace (a request of a flow whose trace budget is spent,
-/// or not wanted; a reply whose budget is spent). The hooks it meets next on
-/// this CPU (netfilter points, transmit, free) skip their lookups for it.
-/// Set for each packet that reaches that decision, cleared where a packet
-/// of this address cannot be that one any more (a free, local delivery, a
-/// packet the node sends).
+/// or not wanted; a reply whose budget is spent), or an answer already
+/// counted at transmit. The hooks it meets next on this CPU (netfilter
+/// points, transmit, free) skip their lookups for it. Cleared where a
+/// packet of this address cannot be that one any more: any arrival, a
+/// free, local delivery, a packet the node sends.
 #[map]
 pub static PASSED: PerCpuArray<Passed> = PerCpuArray::with_max_entries(1, 0);
 
-/// The packet [`PASSED`] and whether it is a request (else an answer).
+/// The packet [`PASSED`], and whether transmit has nothing left to do for
+/// it (a request; an answer once counted, so devices stacked on the way
+/// out, VLAN or bond or bridge, do not count it again). Else it is an
+/// answer, counted when it leaves.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Passed {
     pub skb: u64,
-    pub request: u64,
+    pub done: u64,
 }
 
 /// Big per-event values (parsed headers, event details, a track being
@@ -182,6 +185,10 @@ pub static NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 pub struct FlowRef {
     pub flow: Tuple,
     pub conn: u64,
+    /// 1 once this connection's reply budget was found spent: later replies
+    /// cost this one lookup.
+    pub spent: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Track flags.
@@ -189,6 +196,8 @@ pub struct FlowRef {
 pub const T_FOLLOW: u8 = 0x01;
 /// Its conntrack entry is already recorded in CT_FLOWS.
 pub const T_CT_SEEN: u8 = 0x02;
+/// An answer already counted for its flow on its way out.
+pub const T_COUNTED: u8 = 0x04;
 
 /// A traced packet. Its skb address may be reused after a free the kernel
 /// does not trace (TCP's `__kfree_skb`), so an entry only counts while the

@@ -60,16 +60,8 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     // struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }
     let state = unsafe { *(ctx as *const u64) };
     let skb = unsafe { *(ctx as *const u64).add(1) };
-    let open = window_open(jiffies());
-    // Window closed: only OUTPUT's first point has work (clients on the node).
-    if !open && pos != 0 {
-        return;
-    }
     let hook = field::<u8, BTF>(state, off!(state_hook)).unwrap_or(0xff);
-    if !open && hook != NF_INET_LOCAL_OUT {
-        return;
-    }
-    if open && passed(skb) {
+    if passed(skb) {
         // Decided at its first hook. Delivered here, it is freed without a
         // tracepoint; and a packet the node sends is not the one passed
         // (its address reused), so it goes on.
@@ -80,6 +72,11 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
             return;
         }
         unpass(skb);
+    }
+    let open = window_open(jiffies());
+    // Window closed: only OUTPUT's first point has work (clients on the node).
+    if !open && (pos != 0 || hook != NF_INET_LOCAL_OUT) {
+        return;
     }
     let l3 = skb_network::<BTF>(skb);
     let at = Point {

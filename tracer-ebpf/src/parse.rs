@@ -35,8 +35,9 @@ pub struct Parsed {
     /// 1 when `t` holds this packet's tuple.
     pub ok: u8,
     pub _pad: [u8; 2],
-    /// The raw header being read (IPv6 is the longest).
-    pub hdr: [u8; 40],
+    /// The raw headers being read: IP, then the start of L4 (IPv6's are
+    /// the longest).
+    pub hdr: [u8; 56],
 }
 
 #[inline(always)]
@@ -107,42 +108,67 @@ pub fn peek_saddr(l3: u64, proto: u16) -> Option<[u8; 16]> {
     }
 }
 
-/// Reads ports (and TCP flags and sequence) at `l4`, through `p.hdr`.
+/// Bytes of L4 header read: TCP's up to its flags.
+const L4_READ: usize = 14;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+/// Takes ports (and TCP flags and sequence) from the L4 header at
+/// `p.hdr[at..]`, the bytes read at kernel address `l4`.
 #[inline(always)]
 #[allow(
     clippy::collapsible_match,
     reason = "each protocol's arm reads its header alike; as a match guard, the ICMP read \
               compiles to other code, which the verifiers of every kernel would have to pass again"
 )]
-fn parse_l4(p: &mut Parsed, l4: u64) {
+fn parse_l4<const AT: usize>(p: &mut Parsed, l4: u64) {
     p.l4 = l4;
-    let h = &mut p.hdr;
+    let h = &p.hdr[AT..AT + L4_READ];
     match p.t.proto {
         IPPROTO_TCP => {
-            if rd_into(l4, &mut h[..14]) {
-                p.t.sport = u16::from_be_bytes([h[0], h[1]]);
-                p.t.dport = u16::from_be_bytes([h[2], h[3]]);
-                // Sequence and acknowledgment: a receiver's pure ACKs share
-                // their sequence number, not their ack.
-                let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-                p.sig = seq ^ ack.rotate_left(16);
-                p.tcp_flags = h[13];
-            }
+            p.t.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.t.dport = u16::from_be_bytes([h[2], h[3]]);
+            // Sequence and acknowledgment: a receiver's pure ACKs share
+            // their sequence number, not their ack.
+            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+            p.sig = seq ^ ack.rotate_left(16);
+            p.tcp_flags = h[13];
         }
         IPPROTO_UDP => {
-            if rd_into(l4, &mut h[..4]) {
-                p.t.sport = u16::from_be_bytes([h[0], h[1]]);
-                p.t.dport = u16::from_be_bytes([h[2], h[3]]);
-            }
+            p.t.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.t.dport = u16::from_be_bytes([h[2], h[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if rd_into(l4, &mut h[..6]) {
-                p.t.dport = u16::from_be_bytes([h[0], h[1]]);
-                p.t.sport = u16::from_be_bytes([h[4], h[5]]);
-            }
+            p.t.dport = u16::from_be_bytes([h[0], h[1]]);
+            p.t.sport = u16::from_be_bytes([h[4], h[5]]);
         }
         _ => {}
+    }
+}
+
+/// Reads the IP header at `l3` and the L4 header right after it, of
+/// `hlen` bytes, in one helper call where it can (most of the cost of a
+/// read is the call): `hdr[..hlen]` is the IP header, `hdr[hlen..]` the
+/// L4 one. Returns whether the L4 bytes were read too; reading past a short
+/// packet's end stays within its buffer, and a read that faults is retried
+/// for the IP header alone.
+#[inline(always)]
+fn read_l3_l4<const HLEN: usize>(l3: u64, p: &mut Parsed) -> Option<bool> {
+    if rd_into(l3, &mut p.hdr[..HLEN + L4_READ]) {
+        return Some(true);
+    }
+    rd_into(l3, &mut p.hdr[..HLEN]).then_some(false)
+}
+
+/// The L4 header at `l4` when it was not read with the IP header (IPv4
+/// options): read into the bytes after the IP header, then parsed.
+#[inline(always)]
+fn read_l4<const AT: usize>(p: &mut Parsed, l4: u64) {
+    if rd_into(l4, &mut p.hdr[AT..AT + L4_READ]) {
+        parse_l4::<AT>(p, l4);
+    } else {
+        p.l4 = l4;
     }
 }
 
@@ -162,8 +188,11 @@ pub fn parse_ip(l3: u64, proto: u16, p: &mut Parsed) -> bool {
     }
     match proto {
         ETH_P_IP => {
-            let h = &mut p.hdr;
-            if !rd_into(l3, &mut h[..20]) || h[0] >> 4 != 4 {
+            let Some(with_l4) = read_l3_l4::<IPV4_HLEN>(l3, p) else {
+                return false;
+            };
+            let h = &p.hdr;
+            if h[0] >> 4 != 4 {
                 return false;
             }
             p.t.family = AF_INET;
@@ -175,12 +204,20 @@ pub fn parse_ip(l3: u64, proto: u16, p: &mut Parsed) -> bool {
             let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
             let ihl = (h[0] & 0xf) as u64;
             if frag_off == 0 {
-                parse_l4(p, l3 + ihl * 4);
+                let l4 = l3 + ihl * 4;
+                if with_l4 && ihl == 5 {
+                    parse_l4::<IPV4_HLEN>(p, l4);
+                } else {
+                    read_l4::<IPV4_HLEN>(p, l4);
+                }
             }
         }
         ETH_P_IPV6 => {
-            let h = &mut p.hdr;
-            if !rd_into(l3, &mut h[..40]) || h[0] >> 4 != 6 {
+            let Some(with_l4) = read_l3_l4::<IPV6_HLEN>(l3, p) else {
+                return false;
+            };
+            let h = &p.hdr;
+            if h[0] >> 4 != 6 {
                 return false;
             }
             p.t.family = AF_INET6;
@@ -189,7 +226,11 @@ pub fn parse_ip(l3: u64, proto: u16, p: &mut Parsed) -> bool {
             p.t.daddr.copy_from_slice(&h[24..40]);
             // payload length
             p.sig = u16::from_be_bytes([h[4], h[5]]) as u32;
-            parse_l4(p, l3 + 40);
+            if with_l4 {
+                parse_l4::<IPV6_HLEN>(p, l3 + 40);
+            } else {
+                read_l4::<IPV6_HLEN>(p, l3 + 40);
+            }
         }
         _ => return false,
     }

@@ -22,7 +22,7 @@ use tracer_common::{DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Kind, Tuple};
 use crate::{
     emit::emit,
     kernel::*,
-    maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, conf, empty, off},
+    maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, T_COUNTED, conf, empty, off},
     parse::*,
     scratch::{Frame, Scratch},
     track::*,
@@ -46,6 +46,9 @@ pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_receive(skb: u64) {
+    // Whatever was passed at this address before is gone: an arrival is a
+    // new packet, or one starting over in another namespace or device.
+    unpass(skb);
     let now = jiffies();
     let proto = skb_protocol::<BTF>(skb);
     // On receive the MAC header is already pulled: data is the L3 header.
@@ -97,8 +100,6 @@ fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
     if dev_netns::<BTF>(dev) != conf!(node_netns) {
         return;
     }
-    // A new packet at this address: whatever was passed here before is gone.
-    unpass(skb);
     let Some(f) = Frame::enter() else {
         return;
     };
@@ -134,11 +135,12 @@ pub fn lbp_xmit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_xmit(skb: u64, dev: u64) {
-    let open = window_open(jiffies());
-    // A request decided at its first hook has nothing more to tell here.
-    if open && passed_request(skb) {
+    // A request decided at its first hook, or an answer already counted on
+    // a device above this one: nothing more to tell here.
+    if passed_done(skb) {
         return;
     }
+    let open = window_open(jiffies());
     let proto = skb_protocol::<BTF>(skb);
     let l3 = skb_network::<BTF>(skb);
     // A passed answer is not tracked, but still counted below.
@@ -166,9 +168,13 @@ fn on_xmit(skb: u64, dev: u64) {
                     // the conntrack entry to the flow, and later, untraced
                     // packets of it are found only through that entry.
                     remember_ct(tr, skb_nfct::<BTF>(skb));
-                } else if s.p.ok != 0 && is_lb(&s.p.t.saddr, s.p.t.family) {
-                    // Traced answers count like the others.
+                } else if s.p.ok != 0
+                    && is_lb(&s.p.t.saddr, s.p.t.family)
+                    && unsafe { (*tr).flags } & T_COUNTED == 0
+                {
+                    // Traced answers count like the others, once.
                     count_reply(skb, &s.p.t);
+                    unsafe { (*tr).flags |= T_COUNTED };
                 }
             }
             s.x.reset(dev);
@@ -195,6 +201,9 @@ fn on_xmit(skb: u64, dev: u64) {
     let s = f.get();
     if parse_ip(l3, proto, &mut s.p) {
         count_reply(skb, &s.p.t);
+        // Devices it leaves through next (a VLAN's parent, a bond's slave)
+        // see the same packet.
+        pass(skb, true);
     }
 }
 
@@ -235,11 +244,11 @@ pub fn lbp_kfree_noreason(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_kfree(skb: u64, location: u64, reason: u32) {
     let proto = skb_protocol::<BTF>(skb);
-    let open = window_open(jiffies());
-    let was_passed = open && passed(skb);
+    let was_passed = passed(skb);
     if was_passed {
         unpass(skb);
     }
+    let open = window_open(jiffies());
     if open
         && !was_passed
         && let Some(tr) = tracked(skb)
@@ -416,11 +425,11 @@ pub fn lbp_consume_noloc(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_consume(skb: u64, location: u64) {
-    if !window_open(jiffies()) {
-        return;
-    }
     if passed(skb) {
         unpass(skb);
+        return;
+    }
+    if !window_open(jiffies()) {
         return;
     }
     let Some(tr) = tracked(skb) else {

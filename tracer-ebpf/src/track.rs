@@ -205,24 +205,33 @@ pub fn request_seen(skb: u64, s: &mut Scratch) -> u8 {
 /// of an expected reply of a connection still current.
 #[inline(never)]
 pub fn reply_seen(skb: u64, s: &mut Scratch) -> u8 {
-    let Some(r) = REPLIES.get_ptr(&s.p.t) else {
+    let Some(r) = REPLIES.get_ptr_mut(&s.p.t) else {
         return NOT_STARTED;
     };
-    let flow = unsafe { &(*r).flow };
-    match current(flow, unsafe { (*r).conn }) {
-        Some(fs) => start_track(skb, fs, flow, DIR_REPLY, s),
-        None => NOT_STARTED,
+    if unsafe { (*r).spent } != 0 {
+        return SPENT;
     }
+    let flow = unsafe { &(*r).flow };
+    let Some(fs) = current(flow, unsafe { (*r).conn }) else {
+        return NOT_STARTED;
+    };
+    let outcome = start_track(skb, fs, flow, DIR_REPLY, s);
+    if outcome == SPENT {
+        // A new connection on the tuple writes a new entry (expect_reply).
+        unsafe { (*r).spent = 1 };
+    }
+    outcome
 }
 
-/// Marks `skb` as decided at its first hook: not traced (see [`PASSED`]).
-/// A request needs nothing at transmit; an answer is still counted there.
+/// Marks `skb` as decided, not traced (see [`PASSED`]): `done` when
+/// transmit has nothing left to do for it (a request, an answer counted),
+/// else it is an answer to count when it leaves.
 #[inline(always)]
-pub fn pass(skb: u64, request: bool) {
+pub fn pass(skb: u64, done: bool) {
     if let Some(p) = PASSED.get_ptr_mut(0) {
         unsafe {
             (*p).skb = skb;
-            (*p).request = request as u64;
+            (*p).done = done as u64;
         }
     }
 }
@@ -233,12 +242,10 @@ pub fn passed(skb: u64) -> bool {
     PASSED.get(0).is_some_and(|p| p.skb == skb)
 }
 
-/// Was `skb` passed as a request?
+/// Was `skb` passed with nothing left for transmit?
 #[inline(always)]
-pub fn passed_request(skb: u64) -> bool {
-    PASSED
-        .get(0)
-        .is_some_and(|p| p.skb == skb && p.request != 0)
+pub fn passed_done(skb: u64) -> bool {
+    PASSED.get(0).is_some_and(|p| p.skb == skb && p.done != 0)
 }
 
 /// `skb` is no longer the packet passed (freed, delivered, or a new packet
@@ -403,6 +410,8 @@ pub fn expect_reply(tr: *const Track, p: &Parsed) {
         FlowRef {
             flow: (*tr).flow,
             conn: (*tr).conn,
+            spent: 0,
+            _pad: [0; 7],
         }
     };
     let _ = REPLIES.insert(&rev, &r, 0);
