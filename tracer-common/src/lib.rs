@@ -295,7 +295,8 @@ pub struct SegEvent {
 pub struct FlowState {
     /// The connection's identity: kernel monotonic ns of its first packet.
     pub conn: u64,
-    /// Kernel monotonic ns of its latest request packet.
+    /// Kernel monotonic ns of its latest request packet (TCP: of its first;
+    /// TCP tells connections apart by their SYNs, without the clock).
     pub last_ns: u64,
     pub req_pkts: u64,
     pub req_bytes: u64,

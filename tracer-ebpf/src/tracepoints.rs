@@ -79,6 +79,12 @@ fn on_receive(skb: u64) {
         wire::arp(skb, skb_mac(skb), l3, 0);
         return;
     }
+    // First sights are the node's own: in a pod's namespace a packet only
+    // matters once traced (above).
+    let dev = skb_dev::<BTF>(skb);
+    if dev_netns::<BTF>(dev) != conf!(node_netns) {
+        return;
+    }
     // The cheap compare every unrelated packet pays.
     let Some(daddr) = peek_daddr(l3, proto) else {
         return;
@@ -86,20 +92,17 @@ fn on_receive(skb: u64) {
     // Two calls rather than one with a flag: a flag merged from both paths
     // lets the 6.1 verifier prune the reply path as dead code.
     if is_lb(&daddr, family_of(proto)) {
-        first_sight::<false>(skb, l3, proto, now);
+        first_sight::<false>(skb, dev, l3, proto, now);
     } else if open {
-        first_sight::<true>(skb, l3, proto, now);
+        first_sight::<true>(skb, dev, l3, proto, now);
     }
 }
 
-/// A packet not traced yet, arriving on the node: a request to the LB IP,
-/// or (`REPLY`) perhaps the answer a traced request is waiting for.
+/// A packet not traced yet, arriving on the node (on `dev`): a request to
+/// the LB IP, or (`REPLY`) perhaps the answer a traced request is waiting
+/// for.
 #[inline(never)]
-fn first_sight<const REPLY: bool>(skb: u64, l3: u64, proto: u16, now: u64) {
-    let dev = skb_dev::<BTF>(skb);
-    if dev_netns::<BTF>(dev) != conf!(node_netns) {
-        return;
-    }
+fn first_sight<const REPLY: bool>(skb: u64, dev: u64, l3: u64, proto: u16, now: u64) {
     let Some(f) = Frame::enter() else {
         return;
     };
@@ -189,10 +192,13 @@ fn on_xmit(skb: u64, dev: u64) {
         return;
     }
     // Untraced answers leaving the node: count them for their flow.
+    if dev_netns::<BTF>(dev) != conf!(node_netns) {
+        return;
+    }
     let Some(saddr) = peek_saddr(l3, proto) else {
         return;
     };
-    if !is_lb(&saddr, family_of(proto)) || dev_netns::<BTF>(dev) != conf!(node_netns) {
+    if !is_lb(&saddr, family_of(proto)) {
         return;
     }
     let Some(f) = Frame::enter() else {

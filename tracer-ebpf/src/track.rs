@@ -92,19 +92,20 @@ fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
 }
 
 /// The current connection of the flow tuple in `p`, created (or started
-/// over) by this request packet when it opens one.
+/// over) by this request packet when it opens one. `t`: the clock read for
+/// the packet, or 0 when a TCP packet did not need it.
 #[inline(never)]
 fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
     if let Some(fs) = FLOWS.get_ptr_mut(&p.t) {
         if new_connection(fs, p, t) {
             debug!(&(), "new connection on the tuple from port {}", p.t.sport);
-            restart(fs, p, t);
+            restart(fs, p, if t != 0 { t } else { now() });
             stat_inc(STAT_FLOWS);
         }
         return Some(fs);
     }
     let mut fresh = FlowState::default();
-    restart(&raw mut fresh, p, t);
+    restart(&raw mut fresh, p, if t != 0 { t } else { now() });
     let _ = FLOWS.insert(&p.t, &fresh, 0);
     stat_inc(STAT_FLOWS);
     FLOWS.get_ptr_mut(&p.t)
@@ -185,14 +186,18 @@ pub fn request_seen(skb: u64, s: &mut Scratch) -> u8 {
     if !wanted(&s.p.t) {
         return SPENT;
     }
-    let t = now();
+    // TCP tells its connections apart by their SYNs; other protocols by
+    // idle time, which takes the clock.
+    let t = if s.p.t.proto == IPPROTO_TCP { 0 } else { now() };
     let Some(fs) = flow_for_request(&s.p, t) else {
         return NOT_STARTED;
     };
     unsafe {
         add(&raw mut (*fs).req_pkts, 1);
         add(&raw mut (*fs).req_bytes, skb_len::<BTF>(skb) as u64);
-        (*fs).last_ns = t;
+        if t != 0 {
+            (*fs).last_ns = t;
+        }
         if (*fs).spent & (1 << DIR_REQUEST) != 0 {
             // The bulk of a connection: counted, nothing more.
             return SPENT;
