@@ -386,3 +386,46 @@ fn a_connection_older_than_the_watch_is_partial() {
         flows[0]
     );
 }
+
+/// Every answer is counted once on its way out, also where the way out is
+/// a stack of devices: the node's NIC a port of a bridge that holds its
+/// address, so each answer is sent by the bridge and then by the NIC. Most
+/// exchanges are past the trace budget (`--packets 1`), where only the
+/// counters see them.
+#[test]
+fn answers_are_counted_once_through_a_stacked_uplink() {
+    let mut spec = LabSpec {
+        uplink_bridge: true,
+        ..Default::default()
+    };
+    spec.services.push(dns_service());
+    let mut lab = Lab::new("cnt", spec).unwrap();
+    lab.keep(netns::udp_server(&lab.pod(), SocketAddr::from((POD, 5353)), true).unwrap());
+    let w = Running::watch(
+        &lab.node(),
+        &["192.0.2.240", "--proto", "udp", "--packets", "1", "--json"],
+    )
+    .unwrap();
+    const EXCHANGES: u64 = 20;
+    let to = SocketAddr::from((LB, 53));
+    netns::run_in(&lab.client(), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 64];
+        for _ in 0..EXCHANGES {
+            s.send_to(b"ping", to)?;
+            s.recv_from(&mut buf)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let flow = w.wait_flow(WAIT, |_| true).unwrap();
+    let out = w.stop().unwrap();
+    assert_eq!(out.flows().len(), 1, "{}", out.stdout);
+    let c = &flow["counters"];
+    assert_eq!(
+        (c["request_packets"].as_u64(), c["reply_packets"].as_u64()),
+        (Some(EXCHANGES), Some(EXCHANGES)),
+        "{flow}"
+    );
+}
