@@ -15,9 +15,10 @@
 //! the pod) and of one to the pod directly through the node (unrelated
 //! traffic), each run divided by the mean of the baseline runs just before
 //! and after it (observers interleaved with baseline runs, several rounds
-//! in rotating order, medians); eBPF time per packet from the kernel's
-//! bpf_stats for the observer's own programs (found through its process's
-//! descriptors, not by name); attach time (start until it says it is
+//! in rotating order, medians), with the kernel's bpf_stats off; eBPF time
+//! per packet from bpf_stats for the observer's own programs (found through
+//! its process's descriptors, not by name), over the same two streams run
+//! again with them on; attach time (start until it says it is
 //! ready); RSS. For lbpath also: a burst of short connections (each flow
 //! reported once, none lost), a flood of new flows (each reported or
 //! counted as not reported), and its attach time and peak RSS on a node
@@ -295,24 +296,32 @@ impl Bench {
         let (r, attach) = obs.start(&self.lab.node())?;
         let ids = bpf::prog_ids_of(r.pid());
         let client = self.lab.client();
-        let s0 = bpf::stats_of(&ids);
+        // Throughput with the kernel's per-program statistics off: they add
+        // two clock reads to every program run, a cost of the measurement
+        // that the observer with the most runs per packet would be charged.
         let other = netns::iperf3(&client, self.other, self.secs)?;
+        let lb = netns::iperf3(&client, self.lb, self.secs)?;
+        // Then the same two streams again, with them on, for the time spent.
+        let stats = Stats::set(true)?;
+        let s0 = bpf::stats_of(&ids);
+        let other_c = netns::iperf3(&client, self.other, self.secs)?;
         let s1 = bpf::stats_of(&ids);
         let p1 = bpf::programs_of(&ids);
-        let lb = netns::iperf3(&client, self.lb, self.secs)?;
+        let lb_c = netns::iperf3(&client, self.lb, self.secs)?;
         let s2 = bpf::stats_of(&ids);
         let p2 = bpf::programs_of(&ids);
+        drop(stats);
         let rss = proc_mib(r.pid(), "VmRSS").unwrap_or(0.0);
         r.stop()?;
         let per_pkt = |t0: u64, t1: u64, bytes: u64| {
             (!ids.is_empty()).then(|| (t1 - t0) as f64 / (bytes as f64 / MSS).max(1.0))
         };
         let sample = Sample {
-            ns_other: per_pkt(s0.0, s1.0, other.bytes),
-            ns_lb: per_pkt(s1.0, s2.0, lb.bytes),
+            ns_other: per_pkt(s0.0, s1.0, other_c.bytes),
+            ns_lb: per_pkt(s1.0, s2.0, lb_c.bytes),
             attach,
             rss,
-            per_prog_lb: per_program(&p1, &p2, lb.bytes),
+            per_prog_lb: per_program(&p1, &p2, lb_c.bytes),
             ..Default::default()
         };
         Ok((Streams { lb, other }, sample))
@@ -377,18 +386,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Turns the kernel's per-program statistics on for the bench, and back.
-struct StatsOn(bool);
+/// Turns the kernel's per-program statistics on or off, and back to what
+/// they were when dropped.
+struct Stats(bool);
 
-impl StatsOn {
-    fn new() -> Result<Self> {
+impl Stats {
+    fn set(on: bool) -> Result<Self> {
         Ok(Self(
-            bpf::set_stats(true).context("enabling kernel.bpf_stats_enabled")?,
+            bpf::set_stats(on).context("setting kernel.bpf_stats_enabled")?,
         ))
     }
 }
 
-impl Drop for StatsOn {
+impl Drop for Stats {
     fn drop(&mut self) {
         let _ = bpf::set_stats(self.0);
     }
@@ -593,7 +603,7 @@ fn run(a: &Args) -> Result<bool> {
     if a.wants("throughput") || a.wants("burst") || a.wants("flood") {
         let b = Bench::new(a.secs)?;
         if a.wants("throughput") {
-            let _stats = StatsOn::new()?;
+            let _stats = Stats::set(false)?;
             rounds = Some(throughput(&b, a.rounds)?);
         }
         if a.wants("burst") {
