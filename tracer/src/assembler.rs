@@ -6,7 +6,7 @@
 //! Bounded: a flood of flows or events is cut and counted, never unbounded.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     rc::Rc,
 };
 
@@ -76,10 +76,14 @@ pub const MAX_FLOWS: usize = 4096;
 
 pub struct Assembler {
     timing: Timing,
-    pending: HashMap<FlowKey, Pending>,
+    pending: foldhash::HashMap<FlowKey, Pending>,
+    /// Pending flows in the order they began, so the oldest is found
+    /// without a scan when the bounds are reached; entries of flows
+    /// reported since are skipped there, and compacted away.
+    order: VecDeque<FlowKey>,
     /// Connections already reported, oldest first (bounded).
     done: VecDeque<FlowKey>,
-    done_set: HashSet<FlowKey>,
+    done_set: foldhash::HashSet<FlowKey>,
     max_flows: usize,
     max_events: usize,
     /// Events held in all pending flows at most (memory stays bounded
@@ -96,9 +100,10 @@ impl Assembler {
     pub fn new(timing: Timing, node_netns: u32, drops: Rc<DropNames>) -> Self {
         Self {
             timing,
-            pending: HashMap::new(),
+            pending: foldhash::HashMap::default(),
+            order: VecDeque::new(),
             done: VecDeque::new(),
-            done_set: HashSet::new(),
+            done_set: foldhash::HashSet::default(),
             max_flows: MAX_FLOWS,
             // A traced packet yields up to ~70 events (12 netfilter points
             // on each of 5 hooks, plus devices), and 4 are traced per
@@ -142,27 +147,31 @@ impl Assembler {
             || self.total >= self.max_total;
         if full {
             // Report the oldest early rather than grow without bound.
-            if let Some(oldest) = self
-                .pending
-                .iter()
-                .min_by_key(|(_, p)| p.first)
-                .map(|(k, _)| *k)
-            {
-                out.extend(self.finish(&oldest).map(|mut d| {
+            while let Some(oldest) = self.order.pop_front() {
+                if let Some(mut d) = self.finish(&oldest) {
                     d.early = true;
-                    d
-                }));
+                    out.push(d);
+                    break;
+                }
             }
         }
         let concludes = self.concludes(&e);
-        let p = self.pending.entry(key).or_insert_with(|| Pending {
-            update: reported,
-            events: Vec::new(),
-            first: e.ts,
-            last: e.ts,
-            concluded: false,
-            cut: 0,
-        });
+        let p = match self.pending.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.order.push_back(key);
+                v.insert(Pending {
+                    update: reported,
+                    // A traced packet makes a dozen events or more: fewer
+                    // regrowths.
+                    events: Vec::with_capacity(16),
+                    first: e.ts,
+                    last: e.ts,
+                    concluded: false,
+                    cut: 0,
+                })
+            }
+        };
         if p.events.len() >= self.max_events {
             self.dropped_events += 1;
             p.cut += 1;
@@ -177,6 +186,10 @@ impl Assembler {
 
     fn finish(&mut self, key: &FlowKey) -> Option<Done> {
         let p = self.pending.remove(key)?;
+        if self.order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.order.retain(|k| pending.contains_key(k));
+        }
         self.total -= p.events.len();
         if self.done_set.insert(*key) {
             self.done.push_back(*key);

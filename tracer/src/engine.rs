@@ -3,7 +3,7 @@
 //! records. `watch` prints its outputs as they come; `diagnose` collects them.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     rc::Rc,
     time::{Duration, Instant},
@@ -81,7 +81,7 @@ pub struct Engine {
     losses: LossLog,
     /// What each reported connection was reported as (bounded): a later
     /// drop of it is shown as an update only when it tells something new.
-    reported: HashMap<FlowKey, Outcome>,
+    reported: foldhash::HashMap<FlowKey, Outcome>,
     reported_order: VecDeque<FlowKey>,
     /// When every hook was in place (CLOCK_MONOTONIC ns): flows that began
     /// earlier were partly unobserved.
@@ -325,7 +325,7 @@ impl Engine {
             losses: LossLog::default(),
             tally: Tally::default(),
             filtered_out: 0,
-            reported: HashMap::new(),
+            reported: foldhash::HashMap::default(),
             reported_order: VecDeque::new(),
             // Built once loading returned: every hook is in place.
             attached_ns: monotonic_ns(),

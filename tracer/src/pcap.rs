@@ -75,7 +75,7 @@ pub struct PcapWriter {
     /// None once writing stopped (size limit or error).
     w: Option<PcapNgWriter<BufWriter<File>>>,
     ifaces: HashMap<IfKey, u32>,
-    stash: HashMap<EventKey, Box<Capture>>,
+    stash: foldhash::HashMap<EventKey, Box<Capture>>,
     order: VecDeque<EventKey>,
     node_netns: u32,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC (ns): events carry the latter.
@@ -114,7 +114,7 @@ impl PcapWriter {
             path: path.to_path_buf(),
             w: Some(w),
             ifaces: HashMap::new(),
-            stash: HashMap::new(),
+            stash: foldhash::HashMap::default(),
             order: VecDeque::new(),
             node_netns: 0,
             realtime_offset: realtime_ns() - monotonic_ns() as i128,
