@@ -165,6 +165,10 @@ pub static PASSED: PerCpuArray<Passed> = PerCpuArray::with_max_entries(1, 0);
 pub struct Passed {
     pub skb: u64,
     pub done: u64,
+    /// The packet's signature and tuple digest, to know it when it arrives
+    /// again one device up (a bridge after its port).
+    pub sig: u32,
+    pub sum: u32,
 }
 
 /// Big per-event values (parsed headers, event details, a track being

@@ -46,9 +46,10 @@ pub fn lbp_receive(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_receive(skb: u64) {
-    // Whatever was passed at this address before is gone: an arrival is a
-    // new packet, or one starting over in another namespace or device.
-    unpass(skb);
+    // Whatever was passed at this address is gone: an arrival is a new
+    // packet, or the passed one arriving again one device up, or in another
+    // namespace.
+    let repeat = take_passed(skb);
     let now = jiffies();
     let proto = skb_protocol::<BTF>(skb);
     // On receive the MAC header is already pulled: data is the L3 header.
@@ -92,22 +93,28 @@ fn on_receive(skb: u64) {
     // Two calls rather than one with a flag: a flag merged from both paths
     // lets the 6.1 verifier prune the reply path as dead code.
     if is_lb(&daddr, family_of(proto)) {
-        first_sight::<false>(skb, dev, l3, proto, now);
+        first_sight::<false>(skb, dev, l3, proto, repeat);
     } else if open {
-        first_sight::<true>(skb, dev, l3, proto, now);
+        first_sight::<true>(skb, dev, l3, proto, repeat);
     }
 }
 
 /// A packet not traced yet, arriving on the node (on `dev`): a request to
 /// the LB IP, or (`REPLY`) perhaps the answer a traced request is waiting
-/// for.
+/// for. `repeat`: its address was the packet passed last on this CPU.
 #[inline(never)]
-fn first_sight<const REPLY: bool>(skb: u64, dev: u64, l3: u64, proto: u16, now: u64) {
+fn first_sight<const REPLY: bool>(skb: u64, dev: u64, l3: u64, proto: u16, repeat: bool) {
     let Some(f) = Frame::enter() else {
         return;
     };
     let s = f.get();
     if !parse_ip(l3, proto, &mut s.p) {
+        return;
+    }
+    if repeat && same_as_passed(&s.p) {
+        // The packet passed a moment ago, arriving again one device up (on
+        // a bridge after its port): decided, and counted, already.
+        pass(skb, !REPLY, &s.p);
         return;
     }
     let outcome = if REPLY {
@@ -117,11 +124,11 @@ fn first_sight<const REPLY: bool>(skb: u64, dev: u64, l3: u64, proto: u16, now: 
     };
     if outcome == SPENT {
         // The rest of its way on this CPU costs one compare per hook.
-        pass(skb, !REPLY);
+        pass(skb, !REPLY, &s.p);
     } else if outcome == STARTED
         && let Some(tr) = tracked(skb)
     {
-        set_current(skb, &s.p.t, now);
+        set_current(skb, &s.p.t, jiffies());
         s.x.reset(dev);
         emit(Kind::Arrive as u8, skb, tr, s);
     }
@@ -209,7 +216,7 @@ fn on_xmit(skb: u64, dev: u64) {
         count_reply(skb, &s.p.t);
         // Devices it leaves through next (a VLAN's parent, a bond's slave)
         // see the same packet.
-        pass(skb, true);
+        pass(skb, true, &s.p);
     }
 }
 

@@ -16,7 +16,7 @@ use crate::{
         CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED,
         Track, WINDOW, conf, off,
     },
-    parse::{IPPROTO_TCP, Parsed, parse_ip},
+    parse::{IPPROTO_TCP, Parsed, parse_ip, tuple_sum},
     scratch::Scratch,
 };
 
@@ -232,13 +232,40 @@ pub fn reply_seen(skb: u64, s: &mut Scratch) -> u8 {
 /// transmit has nothing left to do for it (a request, an answer counted),
 /// else it is an answer to count when it leaves.
 #[inline(always)]
-pub fn pass(skb: u64, done: bool) {
+pub fn pass(skb: u64, done: bool, parsed: &Parsed) {
     if let Some(p) = PASSED.get_ptr_mut(0) {
         unsafe {
             (*p).skb = skb;
             (*p).done = done as u64;
+            (*p).sig = parsed.sig;
+            (*p).sum = tuple_sum(&parsed.t);
         }
     }
+}
+
+/// Takes `skb` off [`PASSED`], saying whether it was there: it arrives
+/// again, or a new packet took its address.
+#[inline(always)]
+pub fn take_passed(skb: u64) -> bool {
+    let Some(p) = PASSED.get_ptr_mut(0) else {
+        return false;
+    };
+    unsafe {
+        if (*p).skb != skb {
+            return false;
+        }
+        (*p).skb = 0;
+    }
+    true
+}
+
+/// Is the packet in `parsed` the one last passed on this CPU (same
+/// signature and tuple)? Asked after [`take_passed`] found its address.
+#[inline(always)]
+pub fn same_as_passed(parsed: &Parsed) -> bool {
+    PASSED
+        .get(0)
+        .is_some_and(|p| p.sig == parsed.sig && p.sum == tuple_sum(&parsed.t))
 }
 
 /// Was `skb` decided at its first hook on this CPU?
