@@ -41,8 +41,8 @@ pub fn venv(tools: &Path) -> PathBuf {
 pub fn ensure_validator(tools: &Path) -> Result<&'static str> {
     let venv = venv(tools);
     let stamp = venv.join(STAMP);
-    let installed = fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == REQUIREMENT)
-        && venv.join("bin/kubernetes-validate").is_file();
+    let runnable = runnable(&venv);
+    let installed = fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == REQUIREMENT) && runnable;
     if installed {
         return Ok("ok");
     }
@@ -50,12 +50,16 @@ pub fn ensure_validator(tools: &Path) -> Result<&'static str> {
         "bootstrap: installing {REQUIREMENT} into {}",
         venv.display()
     );
-    if !venv.join("bin/python").is_file() {
+    if !runnable || !venv.join("bin/python").is_file() {
         let python = run::find_program("python3", &[]).context(
             "python3 is not on PATH: the deploy/ checks need it (with venv and pip) for kubernetes-validate",
         )?;
-        run::run(Command::new(python).args(["-m", "venv"]).arg(&venv))
-            .context("cannot make a Python venv (Debian: apt-get install python3-venv)")?;
+        run::run(
+            Command::new(python)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )
+        .context("cannot make a Python venv (Debian: apt-get install python3-venv)")?;
     }
     run::run(
         Command::new(venv.join("bin/pip"))
@@ -70,6 +74,24 @@ pub fn ensure_validator(tools: &Path) -> Result<&'static str> {
     .with_context(|| format!("cannot install {REQUIREMENT} from PyPI"))?;
     fs::write(&stamp, format!("{REQUIREMENT}\n"))?;
     Ok("installed")
+}
+
+/// Whether the venv's kubernetes-validate can start: a venv's scripts name
+/// their interpreter by the path the venv was made at, so one made at
+/// another path (a checkout moved or deleted since) has scripts that
+/// cannot run, whatever its stamp says.
+fn runnable(venv: &Path) -> bool {
+    let Ok(script) = fs::read_to_string(venv.join("bin/kubernetes-validate")) else {
+        return false;
+    };
+    let Some(interpreter) = script.lines().next().and_then(|l| l.strip_prefix("#!")) else {
+        return false;
+    };
+    let interpreter = Path::new(interpreter.trim());
+    let (Some(dir), Ok(bin)) = (interpreter.parent(), venv.join("bin").canonicalize()) else {
+        return false;
+    };
+    interpreter.exists() && dir.canonicalize().is_ok_and(|d| d == bin)
 }
 
 /// Validates every `deploy/*.yaml`.
@@ -162,6 +184,31 @@ fn problems(report: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_venv_made_at_another_path_is_not_runnable() {
+        let dir = std::env::temp_dir().join(format!("lbpath-venv-test-{}", std::process::id()));
+        let venv = dir.join("venv");
+        fs::create_dir_all(venv.join("bin")).unwrap();
+        fs::write(venv.join("bin/python3"), "").unwrap();
+        let script = |interp: &Path| format!("#!{}\nimport sys\n", interp.display());
+        fs::write(
+            venv.join("bin/kubernetes-validate"),
+            script(&venv.join("bin/python3")),
+        )
+        .unwrap();
+        assert!(runnable(&venv));
+        fs::write(
+            venv.join("bin/kubernetes-validate"),
+            script(Path::new(
+                "/nonexistent-checkout/target/lbpath-tools/venv/bin/python3",
+            )),
+        )
+        .unwrap();
+        assert!(!runnable(&venv));
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(!runnable(&venv));
+    }
 
     #[test]
     fn only_custom_kinds_may_lack_a_schema() {
