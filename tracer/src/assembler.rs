@@ -5,10 +5,7 @@
 //! reported connection come back as updates of it, not as new flows.
 //! Bounded: a flood of flows or events is cut and counted, never unbounded.
 
-use std::{
-    collections::VecDeque,
-    rc::Rc,
-};
+use std::{collections::VecDeque, rc::Rc};
 
 use tracer_common::{DIR_REPLY, EV_POD_NS, EV_UNTRACED, Event, Kind, Tuple};
 
