@@ -74,10 +74,11 @@ pub const MAX_FLOWS: usize = 4096;
 pub struct Assembler {
     timing: Timing,
     pending: foldhash::HashMap<FlowKey, Pending>,
-    /// Pending flows in the order they began, so the oldest is found
-    /// without a scan when the bounds are reached; entries of flows
-    /// reported since are skipped there, and compacted away.
-    order: VecDeque<FlowKey>,
+    /// Pending flows in the order they began (with their first event's
+    /// time), so the oldest is found without a scan when the bounds are
+    /// reached; entries of flows reported since, or begun again, are skipped
+    /// there, and compacted away.
+    order: VecDeque<(FlowKey, u64)>,
     /// Connections already reported, oldest first (bounded).
     done: VecDeque<FlowKey>,
     done_set: foldhash::HashSet<FlowKey>,
@@ -144,7 +145,10 @@ impl Assembler {
             || self.total >= self.max_total;
         if full {
             // Report the oldest early rather than grow without bound.
-            while let Some(oldest) = self.order.pop_front() {
+            while let Some((oldest, first)) = self.order.pop_front() {
+                if self.pending.get(&oldest).is_none_or(|p| p.first != first) {
+                    continue;
+                }
                 if let Some(mut d) = self.finish(&oldest) {
                     d.early = true;
                     out.push(d);
@@ -156,7 +160,7 @@ impl Assembler {
         let p = match self.pending.entry(key) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                self.order.push_back(key);
+                self.order.push_back((key, e.ts));
                 v.insert(Pending {
                     update: reported,
                     // A traced packet makes a dozen events or more: fewer
@@ -185,7 +189,8 @@ impl Assembler {
         let p = self.pending.remove(key)?;
         if self.order.len() > 2 * self.pending.len() + 64 {
             let pending = &self.pending;
-            self.order.retain(|k| pending.contains_key(k));
+            self.order
+                .retain(|(k, first)| pending.get(k).is_some_and(|p| p.first == *first));
         }
         self.total -= p.events.len();
         if self.done_set.insert(*key) {
@@ -357,5 +362,23 @@ mod tests {
         assert_eq!(early.len(), 1);
         assert_eq!(early[0].events[0].flow.sport, 0);
         assert_eq!(a.total, 4);
+    }
+
+    /// A flow reported and begun again (an update) is younger than the
+    /// flows that began in between: they are reported early first.
+    #[test]
+    fn bounded_reports_the_oldest_flow_not_the_oldest_key() {
+        let mut a = Assembler::new(Timing::default(), 7, Rc::new(DropNames::new(None)));
+        a.max_flows = 2;
+        a.push(ev(Kind::Arrive, 0, 0, 1));
+        assert_eq!(a.ready(2_000 * MS).len(), 1);
+        a.push(ev(Kind::Arrive, 0, 2_100 * MS, 2));
+        let mut again = ev(Kind::Drop, 0, 2_200 * MS, 1);
+        again.flags |= EV_UNTRACED;
+        a.push(again);
+        let early = a.push(ev(Kind::Arrive, 0, 2_300 * MS, 3));
+        assert_eq!(early.len(), 1);
+        assert_eq!(early[0].events[0].flow.sport, 2);
+        assert_eq!(a.pending(), 2);
     }
 }
