@@ -138,10 +138,7 @@ pub fn dev_netns<const B: bool>(dev: u64) -> u32 {
 
 #[inline(always)]
 pub fn dev_ifindex(dev: u64) -> u32 {
-    if dev == 0 {
-        return 0;
-    }
-    rd::<u32>(dev + off!(dev_ifindex)).unwrap_or(0)
+    field::<u32, PROBE>(dev, off!(dev_ifindex)).unwrap_or(0)
 }
 
 #[inline(always)]
@@ -153,10 +150,7 @@ pub fn dev_name(dev: u64, out: &mut [u8; IFNAMSIZ]) {
 
 #[inline(always)]
 pub fn dev_mtu(dev: u64) -> u32 {
-    if dev == 0 {
-        return 0;
-    }
-    rd::<u32>(dev + off!(dev_mtu)).unwrap_or(0)
+    field::<u32, PROBE>(dev, off!(dev_mtu)).unwrap_or(0)
 }
 
 // ---- conntrack ----------------------------------------------------------------

@@ -111,13 +111,11 @@ fn first_sight<const REPLY: bool>(skb: u64, dev: u64, l3: u64, proto: u16, repea
     if !parse_ip(l3, proto, &mut s.p) {
         return;
     }
-    if repeat && same_as_passed(&s.p) {
+    let outcome = if repeat && same_as_passed(&s.p) {
         // The packet passed a moment ago, arriving again one device up (on
         // a bridge after its port): decided, and counted, already.
-        pass(skb, !REPLY, &s.p);
-        return;
-    }
-    let outcome = if REPLY {
+        SPENT
+    } else if REPLY {
         reply_seen(skb, s)
     } else {
         request_seen(skb, s)
@@ -257,10 +255,7 @@ pub fn lbp_kfree_noreason(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_kfree(skb: u64, location: u64, reason: u32) {
     let proto = skb_protocol::<BTF>(skb);
-    let was_passed = passed(skb);
-    if was_passed {
-        unpass(skb);
-    }
+    let was_passed = take_passed(skb);
     let open = window_open(jiffies());
     if open
         && !was_passed
@@ -438,8 +433,7 @@ pub fn lbp_consume_noloc(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_consume(skb: u64, location: u64) {
-    if passed(skb) {
-        unpass(skb);
+    if take_passed(skb) {
         return;
     }
     if !window_open(jiffies()) {

@@ -96,16 +96,18 @@ fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
 /// the packet, or 0 when a TCP packet did not need it.
 #[inline(never)]
 fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
+    // A connection's identity is a time: read the clock if not done yet.
+    let stamp = || if t != 0 { t } else { now() };
     if let Some(fs) = FLOWS.get_ptr_mut(&p.t) {
         if new_connection(fs, p, t) {
             debug!(&(), "new connection on the tuple from port {}", p.t.sport);
-            restart(fs, p, if t != 0 { t } else { now() });
+            restart(fs, p, stamp());
             stat_inc(STAT_FLOWS);
         }
         return Some(fs);
     }
     let mut fresh = FlowState::default();
-    restart(&raw mut fresh, p, if t != 0 { t } else { now() });
+    restart(&raw mut fresh, p, stamp());
     let _ = FLOWS.insert(&p.t, &fresh, 0);
     stat_inc(STAT_FLOWS);
     FLOWS.get_ptr_mut(&p.t)
@@ -284,13 +286,7 @@ pub fn passed_done(skb: u64) -> bool {
 /// at that address).
 #[inline(always)]
 pub fn unpass(skb: u64) {
-    if let Some(p) = PASSED.get_ptr_mut(0) {
-        unsafe {
-            if (*p).skb == skb {
-                (*p).skb = 0;
-            }
-        }
-    }
+    take_passed(skb);
 }
 
 /// The traced flow a conntrack entry belongs to, with the direction of the
