@@ -12,6 +12,7 @@ use tracer_common::{
 use crate::{
     kernel::*,
     maps::{EVENTS, Track, conf, off},
+    mem::zero,
     parse::v4,
     scratch::Scratch,
 };
@@ -45,19 +46,9 @@ impl Extra {
     /// Only the device; everything else empty.
     #[inline(always)]
     pub fn reset(&mut self, dev: u64) {
+        unsafe { zero(self) };
         self.dev = dev;
-        self.location = 0;
-        self.nfct = 0;
-        self.dev_in = 0;
-        self.dev_out = 0;
-        self.fl = 0;
-        self.nhc = 0;
-        self.reason = 0;
-        self.fib_table = 0;
-        self.fib_err = 0;
         self.hook = NO_HOOK;
-        self.pos = 0;
-        self.flags = 0;
     }
 }
 
@@ -101,7 +92,7 @@ fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     let x = &s.x;
     let dev = x.dev;
     let node = conf!(node_netns);
-    unsafe { core::ptr::write_bytes(ev as *mut Event, 0, 1) };
+    unsafe { zero(ev) };
     ev.kind = kind;
     ev.ts = now();
     ev.skb = skb;

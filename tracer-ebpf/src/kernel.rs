@@ -7,7 +7,10 @@ use aya_ebpf::helpers::{
 };
 use tracer_common::{AF_INET, IFNAMSIZ, Tuple};
 
-use crate::maps::{STATS, off};
+use crate::{
+    maps::{STATS, off},
+    mem::zero,
+};
 
 #[inline(always)]
 pub fn rd<T>(addr: u64) -> Option<T> {
@@ -171,8 +174,11 @@ pub fn ct_tuple(t: u64, family: u8, out: &mut Tuple) {
     rd_into(t + off!(tuple_dst_u3), &mut out.daddr);
     if family == AF_INET {
         // union nf_inet_addr: only the first 4 bytes are IPv4.
-        out.saddr[4..].fill(0);
-        out.daddr[4..].fill(0);
+        // SAFETY: 12 bytes of each address (memset-free, see `mem`).
+        unsafe {
+            zero(out.saddr[4..].as_mut_ptr().cast::<[u8; 12]>());
+            zero(out.daddr[4..].as_mut_ptr().cast::<[u8; 12]>());
+        }
     }
     out.sport = u16::from_be(rd::<u16>(t + off!(tuple_src_u)).unwrap_or(0));
     out.dport = u16::from_be(rd::<u16>(t + off!(tuple_dst_u)).unwrap_or(0));

@@ -10,7 +10,8 @@
 //! - `emit`: writing events into the ring buffer;
 //! - `scratch`: per-CPU memory for big values (the pre-6.13 verifier allows
 //!   512 bytes of stack for a whole call chain);
-//! - `maps`: the maps and the load-time configuration.
+//! - `maps`: the maps and the load-time configuration;
+//! - `mem`: zeroing without memset calls.
 //!
 //! Nothing here changes a packet: tracepoints cannot, netfilter programs always
 //! return NF_ACCEPT.
@@ -32,6 +33,7 @@
 mod emit;
 mod kernel;
 mod maps;
+mod mem;
 mod netfilter;
 mod parse;
 mod scratch;

@@ -2,12 +2,15 @@
 
 use tracer_common::{AF_INET, AF_INET6, Tuple};
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::maps::lpm_trie::Key;
 use tracer_common::{CFG_LB_SET, LB_KEY_BITS};
 
 use crate::{
     kernel::{rd, rd_into},
     maps::{LB_SET, conf},
+    mem::{zero, zeroed_in},
 };
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -42,12 +45,10 @@ pub struct Parsed {
 
 #[inline(always)]
 pub fn v4(a: [u8; 4]) -> [u8; 16] {
-    let mut o = [0u8; 16];
-    o[0] = a[0];
-    o[1] = a[1];
-    o[2] = a[2];
-    o[3] = a[3];
-    o
+    // Built as two words: a zeroed byte array would be a memset call (see `mem`).
+    let lo = u64::from_ne_bytes([a[0], a[1], a[2], a[3], 0, 0, 0, 0]);
+    // SAFETY: two u64 are 16 plain bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([lo, 0]) }
 }
 
 #[inline(always)]
@@ -71,11 +72,13 @@ pub fn is_lb(a: &[u8; 16], family: u8) -> bool {
 
 #[inline(never)]
 fn in_lb_set(a: &[u8; 16], family: u8) -> bool {
-    let mut data = [0u8; 20];
+    let mut d = MaybeUninit::uninit();
+    // SAFETY: bytes.
+    let data: &mut [u8; 20] = unsafe { zeroed_in(&mut d) };
     data[0] = family;
     data[4..].copy_from_slice(a);
     // A lookup matches on all bits; entries carry their own prefix.
-    LB_SET.get(Key::new(LB_KEY_BITS + 128, data)).is_some()
+    LB_SET.get(Key::new(LB_KEY_BITS + 128, *data)).is_some()
 }
 
 /// The address family of an ethertype.
@@ -177,7 +180,7 @@ fn read_l4<const AT: usize>(p: &mut Parsed, l4: u64) {
 /// (scratch memory), so the frame stays small.
 #[inline(never)]
 pub fn parse_ip(l3: u64, proto: u16, p: &mut Parsed) -> bool {
-    p.t = Tuple::default();
+    unsafe { zero(&raw mut p.t) };
     p.tcp_flags = 0;
     p.l3 = l3;
     p.l4 = 0;

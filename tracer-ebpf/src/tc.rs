@@ -3,12 +3,15 @@
 //! data (it sits in page fragments); `bpf_skb_load_bytes` can. They only
 //! read: the verdict is always "continue" (TCX_NEXT).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{helpers::bpf_skb_load_bytes, macros::classifier, programs::TcContext};
 use tracer_common::{AF_INET, AF_INET6, Kind, SEG_PAYLOAD, STAT_LOST_EVENTS, SegEvent, Tuple};
 
 use crate::{
     kernel::{now, stat_inc},
     maps::{EVENTS, conf, empty},
+    mem::{zero, zeroed_in},
     parse::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
 };
 
@@ -49,7 +52,9 @@ fn capture(ctx: &TcContext, dir: u8) -> Option<()> {
         proto = be16(ctx, 16)?;
         l3 = 18;
     }
-    let mut t = Tuple::default();
+    let mut tm = MaybeUninit::uninit();
+    // SAFETY: plain data.
+    let t: &mut Tuple = unsafe { zeroed_in(&mut tm) };
     let (l4, ip_total) = match proto {
         ETH_P_IP => {
             let h = ctx.load::<[u8; 20]>(l3).ok()?;
@@ -105,10 +110,10 @@ fn capture(ctx: &TcContext, dir: u8) -> Option<()> {
         (*ev).ifindex = (*ctx.skb.skb).ifindex;
         (*ev).paylen = paylen as u16;
         (*ev).ts = now();
-        (*ev).tuple = t;
+        (*ev).tuple = *t;
         (*ev).seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         (*ev).ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-        (*ev).ifname = [0; 16];
+        zero(&raw mut (*ev).ifname);
         // Never past the packet, and a size the verifier can see is 1..=480.
         let avail = (ctx.len() as usize).saturating_sub(payload_off);
         if caplen > avail {

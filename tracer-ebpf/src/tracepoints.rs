@@ -16,6 +16,8 @@
 //! Each of those has a variant per signature; userspace loads the one the
 //! running kernel's BTF (`btf_trace_<name>`) describes.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Kind, Tuple};
 
@@ -23,6 +25,7 @@ use crate::{
     emit::emit,
     kernel::*,
     maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, T_COUNTED, conf, empty, off},
+    mem::{zero, zeroed_in},
     parse::*,
     scratch::{Frame, Scratch},
     track::*,
@@ -295,11 +298,13 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
     // Read into zeroed buffers, not returned as Options: the compiler then
     // spilled a register one path never wrote, and 5.10's verifier rejects
     // that read of unwritten stack.
-    let mut daddr = [0u8; 16];
-    let mut saddr = [0u8; 16];
+    let (mut d, mut s) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    // SAFETY: bytes.
+    let (daddr, saddr): (&mut [u8; 16], &mut [u8; 16]) =
+        unsafe { (zeroed_in(&mut d), zeroed_in(&mut s)) };
     let read = match proto {
         ETH_P_IP => rd_into(l3 + 16, &mut daddr[..4]) && rd_into(l3 + 12, &mut saddr[..4]),
-        ETH_P_IPV6 => rd_into(l3 + 24, &mut daddr) && rd_into(l3 + 8, &mut saddr),
+        ETH_P_IPV6 => rd_into(l3 + 24, daddr) && rd_into(l3 + 8, saddr),
         _ => false,
     };
     if !read {
@@ -343,6 +348,9 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
     if !parse_ip(skb_network::<BTF>(skb), proto_reason as u16, &mut s.p) {
         return;
     }
+    // The stand-in track starts zeroed: fields set one by one to zero would
+    // merge into a memset call (see `mem`).
+    unsafe { zero(&raw mut s.tr) };
     let t = &s.p.t;
     let flow = &mut s.tr.flow;
     match HOW {
@@ -357,14 +365,14 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
             flow.dport = t.sport;
             flow.proto = t.proto;
             flow.family = t.family;
-            flow._pad = [0; 2];
             s.tr.dir = DIR_REPLY;
         }
         _ => {
             let Some(cf) = CT_FLOWS.get_ptr(&(nfct & !7)) else {
                 return;
             };
-            *flow = unsafe { (*cf).flow };
+            // SAFETY: map memory and scratch never overlap.
+            unsafe { core::ptr::copy_nonoverlapping(&raw const (*cf).flow, flow, 1) };
             s.tr.conn = unsafe { (*cf).conn };
             // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.
             s.tr.dir = if nfct & 7 >= 3 {
@@ -401,13 +409,7 @@ fn report_untraced_drop<const HOW: u8>(skb: u64, s: &mut Scratch) {
         }
         (*fs).drop_events += 1;
     }
-    let tr = &mut s.tr;
-    tr.ts = 0;
-    tr.head = 0;
-    tr.sig = 0;
-    tr.netns = conf!(node_netns);
-    tr.seq = 0;
-    tr.flags = 0;
+    s.tr.netns = conf!(node_netns);
     emit(Kind::Drop as u8, skb, &raw const s.tr, s);
 }
 

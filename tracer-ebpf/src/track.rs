@@ -7,6 +7,8 @@
 //! found again through their conntrack entry (CT_FLOWS) or the tuple the reply
 //! will carry (REPLIES).
 
+use core::mem::MaybeUninit;
+
 use aya_log_ebpf::debug;
 use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple};
 
@@ -16,6 +18,7 @@ use crate::{
         CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED,
         Track, WINDOW, conf, off,
     },
+    mem::{zero, zeroed_in},
     parse::{IPPROTO_TCP, Parsed, parse_ip, tuple_sum},
     scratch::Scratch,
 };
@@ -76,18 +79,10 @@ fn new_connection(fs: *const FlowState, p: &Parsed, t: u64) -> bool {
 #[inline(always)]
 fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
     unsafe {
+        zero(fs);
         (*fs).conn = t;
         (*fs).last_ns = t;
-        (*fs).req_pkts = 0;
-        (*fs).req_bytes = 0;
-        (*fs).rep_pkts = 0;
-        (*fs).rep_bytes = 0;
-        (*fs).drops = 0;
         (*fs).isn = if p.tcp_flags & TCP_SYN != 0 { p.sig } else { 0 };
-        (*fs).req_traced = 0;
-        (*fs).rep_traced = 0;
-        (*fs).drop_events = 0;
-        (*fs).spent = 0;
     }
 }
 
@@ -106,9 +101,10 @@ fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
         }
         return Some(fs);
     }
-    let mut fresh = FlowState::default();
-    restart(&raw mut fresh, p, stamp());
-    let _ = FLOWS.insert(&p.t, &fresh, 0);
+    let mut fresh = MaybeUninit::<FlowState>::uninit();
+    restart(fresh.as_mut_ptr(), p, stamp());
+    // SAFETY: restart wrote all of it.
+    let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
     stat_inc(STAT_FLOWS);
     FLOWS.get_ptr_mut(&p.t)
 }
@@ -153,7 +149,11 @@ fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mu
         *n
     };
     let tr = &mut s.tr;
-    tr.flow = *flow;
+    // Zeroed first: separate zero stores would merge into a memset call.
+    unsafe { zero(tr) };
+    // SAFETY: `flow` is never in `s.tr` (above); a plain copy is inlined,
+    // where an overlapping one is a byte-loop call.
+    unsafe { core::ptr::copy_nonoverlapping(flow, &raw mut tr.flow, 1) };
     tr.conn = unsafe { (*fs).conn };
     tr.ts = now();
     tr.head = skb_head::<PROBE>(skb);
@@ -161,12 +161,7 @@ fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mu
     tr.netns = conf!(node_netns);
     tr.seq = seq;
     tr.dir = dir;
-    tr.flags = 0;
     tr.last_hook = NO_HOOK;
-    tr.last_pos = 0;
-    tr.last_ct = 0;
-    tr._pad = 0;
-    tr.last_sum = 0;
     if TRACKED.insert(&skb, &s.tr, 0).is_err() {
         return NOT_STARTED;
     }
@@ -434,15 +429,14 @@ pub fn set_current(skb: u64, t: &Tuple, j: u64) {
 #[inline(never)]
 pub fn expect_reply(tr: *const Track, p: &Parsed) {
     let rev = p.t.reversed();
-    let r = unsafe {
-        FlowRef {
-            flow: (*tr).flow,
-            conn: (*tr).conn,
-            spent: 0,
-            _pad: [0; 7],
-        }
-    };
-    let _ = REPLIES.insert(&rev, &r, 0);
+    let mut m = MaybeUninit::uninit();
+    // SAFETY: plain data.
+    let r: &mut FlowRef = unsafe { zeroed_in(&mut m) };
+    unsafe {
+        r.flow = (*tr).flow;
+        r.conn = (*tr).conn;
+    }
+    let _ = REPLIES.insert(&rev, r, 0);
 }
 
 /// Records the packet's conntrack entry as belonging to its flow, once.
@@ -452,13 +446,14 @@ pub fn remember_ct(tr: *mut Track, nfct: u64) {
     if ct == 0 || unsafe { (*tr).flags } & T_CT_SEEN != 0 {
         return;
     }
-    let v = CtFlow {
-        flow: unsafe { (*tr).flow },
-        conn: unsafe { (*tr).conn },
-        spent: 0,
-        _pad: [0; 7],
-    };
-    let _ = CT_FLOWS.insert(&ct, &v, 0);
+    let mut m = MaybeUninit::uninit();
+    // SAFETY: plain data.
+    let v: &mut CtFlow = unsafe { zeroed_in(&mut m) };
+    unsafe {
+        v.flow = (*tr).flow;
+        v.conn = (*tr).conn;
+    }
+    let _ = CT_FLOWS.insert(&ct, v, 0);
     unsafe { (*tr).flags |= T_CT_SEEN };
 }
 

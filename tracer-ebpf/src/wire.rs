@@ -8,6 +8,7 @@ use tracer_common::{AF_INET, ArpEvent, CFG_ARP, Kind, STAT_LOST_EVENTS};
 use crate::{
     kernel::{PROBE, dev_ifindex, dev_name, dev_netns, now, rd, skb_dev, stat_inc},
     maps::{EVENTS, conf},
+    mem::zero,
     parse::{is_lb, v4},
 };
 
@@ -40,7 +41,7 @@ pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
     let ev = e.as_mut_ptr();
     let eth = if mac != 0 { rd::<[u8; 12]>(mac) } else { None }.unwrap_or([0; 12]);
     unsafe {
-        core::ptr::write_bytes(ev, 0, 1);
+        zero(ev);
         (*ev).kind = Kind::Arp as u8;
         (*ev).dir = dir;
         (*ev).op = u16::from_be_bytes(h.oper);
