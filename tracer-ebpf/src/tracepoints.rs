@@ -315,9 +315,9 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
     // answer), or neither (NATed): then only its conntrack entry tells.
     // One call per case, not a flag (see on_receive).
     let family = family_of(proto);
-    if is_lb(&daddr, family) {
+    if is_lb(daddr, family) {
         untraced_drop_as::<TO_LB>(skb, location, proto_reason, 0);
-    } else if is_lb(&saddr, family) {
+    } else if is_lb(saddr, family) {
         untraced_drop_as::<FROM_LB>(skb, location, proto_reason, 0);
     } else {
         let nfct = skb_nfct::<BTF>(skb);
