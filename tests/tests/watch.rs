@@ -887,6 +887,84 @@ fn loss_is_shown_live_and_flows_are_incomplete() {
     );
 }
 
+/// A flood of new connections while lbpath is behind: the new ones are
+/// counted and left untraced (shown live and in the totals, never
+/// reported) rather than traced into a loss; once it has caught up,
+/// connections are traced again.
+#[test]
+fn new_connections_are_shed_while_behind_and_traced_again_after() {
+    let lab = Lab::new("shed", LabSpec::default()).unwrap();
+    let args = [LB.to_string(), "--json".to_string()];
+    let w = lbpath_tests::run::Running::watch_env(
+        &lab.node(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("LBPATH_RING_KIB", "64")],
+    )
+    .expect("lbpath attaches");
+    // The flood from an address of its own: the client's own connection
+    // afterwards is told apart by its address.
+    let flood_src = "192.0.2.51";
+    in_ns(
+        &lab.client(),
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{flood_src}/24"),
+            "dev",
+            "eth0",
+        ],
+    )
+    .unwrap();
+    let _ = in_ns(
+        &lab.client(),
+        &[
+            "timeout",
+            "3",
+            "hping3",
+            "-q",
+            "-S",
+            "-a",
+            flood_src,
+            "-p",
+            "80",
+            "--flood",
+            &LB.to_string(),
+        ],
+    );
+    let live = netns::wait_for(WAIT, || w.stdout().contains("\"not_traced\"").then_some(()));
+    // Then, caught up, one connection from the client's own address.
+    std::thread::sleep(Duration::from_secs(2));
+    netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    let own = format!("{CLIENT}:");
+    let after = w.wait_flow(WAIT, |f| {
+        f["flow"]["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&own))
+    });
+    let out = w.stop().unwrap();
+    assert!(live.is_some(), "no live not-traced line: {}", out.stderr);
+    let totals = lbpath_tests::run::json_lines(&out.stdout)
+        .into_iter()
+        .find(|v| v.get("totals").is_some())
+        .unwrap();
+    let t = &totals["totals"];
+    let shed = t["flows_not_traced"].as_u64().unwrap();
+    assert!(shed > 0, "{totals}");
+    // Shed flows are never reported: they are part of the unreported ones.
+    assert!(
+        t["flows_not_reported"].as_u64().unwrap() >= shed,
+        "{totals}"
+    );
+    let flow = after.unwrap_or_else(|| {
+        panic!(
+            "the connection after the flood was not traced: {}",
+            out.stderr
+        )
+    });
+    assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

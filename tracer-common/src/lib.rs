@@ -321,7 +321,10 @@ pub const STAT_TRACKED: u32 = 2;
 /// Events skipped because programs nested deeper on one CPU than the
 /// kernel side has scratch slots for (lost like ring-buffer overflows).
 pub const STAT_NESTED: u32 = 3;
-pub const STAT_COUNT: u32 = 4;
+/// New connections not traced because the ring buffer was three quarters
+/// full: counted (in [`STAT_FLOWS`] too) instead of traced into a loss.
+pub const STAT_SHED: u32 = 4;
+pub const STAT_COUNT: u32 = 5;
 
 /// Kernel struct offsets, resolved from the running kernel's BTF at load.
 /// Rust eBPF has no CO-RE, so none of these is baked into the object.

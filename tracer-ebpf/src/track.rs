@@ -9,14 +9,17 @@
 
 use core::mem::MaybeUninit;
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE};
 use aya_log_ebpf::debug;
-use tracer_common::{DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_TRACKED, Tuple};
+use tracer_common::{
+    DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_SHED, STAT_TRACKED, Tuple,
+};
 
 use crate::{
     kernel::{BTF, PROBE, ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
-        CT_FLOWS, CURRENT, CtFlow, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW, TRACKED,
-        Track, WINDOW, conf, off,
+        CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW,
+        TRACKED, Track, WINDOW, conf, off,
     },
     mem::{zero, zeroed_in},
     parse::{IPPROTO_TCP, Parsed, parse_ip, tuple_sum},
@@ -86,6 +89,25 @@ fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
     }
 }
 
+/// A new connection while userspace is behind (the ring buffer more than
+/// three quarters full) is not traced: it is counted, and its packets only
+/// counted. Tracing it would cost the node a dozen events that would then
+/// be lost with those of flows already traced; under a flood of new flows
+/// the flows traced stay whole and the rest are shed at the price of one
+/// lookup each.
+#[inline(always)]
+fn shed_if_behind(fs: *mut FlowState) {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if pending > EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 * 3 {
+        unsafe {
+            (*fs).spent = 1 << DIR_REQUEST | 1 << DIR_REPLY;
+            // No untraced-drop events either: the flow was never reported.
+            (*fs).drop_events = u16::MAX;
+        }
+        stat_inc(STAT_SHED);
+    }
+}
+
 /// The current connection of the flow tuple in `p`, created (or started
 /// over) by this request packet when it opens one. `t`: the clock read for
 /// the packet, or 0 when a TCP packet did not need it.
@@ -97,12 +119,14 @@ fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
         if new_connection(fs, p, t) {
             debug!(&(), "new connection on the tuple from port {}", p.t.sport);
             restart(fs, p, stamp());
+            shed_if_behind(fs);
             stat_inc(STAT_FLOWS);
         }
         return Some(fs);
     }
     let mut fresh = MaybeUninit::<FlowState>::uninit();
     restart(fresh.as_mut_ptr(), p, stamp());
+    shed_if_behind(fresh.as_mut_ptr());
     // SAFETY: restart wrote all of it.
     let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
     stat_inc(STAT_FLOWS);

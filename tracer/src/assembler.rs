@@ -7,7 +7,7 @@
 
 use std::{collections::VecDeque, rc::Rc};
 
-use tracer_common::{DIR_REPLY, EV_POD_NS, EV_UNTRACED, Event, Kind, Tuple};
+use tracer_common::{DIR_REPLY, DIR_REQUEST, EV_POD_NS, EV_UNTRACED, Event, Kind, Tuple};
 
 use crate::drops::DropNames;
 
@@ -162,7 +162,13 @@ impl Assembler {
             std::collections::hash_map::Entry::Vacant(v) => {
                 self.order.push_back((key, e.ts));
                 v.insert(Pending {
-                    update: reported,
+                    // A connection begins with a traced request: the kernel
+                    // traces replies, and reports drops past the budget,
+                    // only of connections whose requests it traced. Begun
+                    // otherwise, it was reported and forgotten here (a late
+                    // straggler, more flows than `done` holds ago) or its
+                    // request's events were lost: not a new flow.
+                    update: reported || e.dir != DIR_REQUEST || e.flags & EV_UNTRACED != 0,
                     // A traced packet makes a dozen events or more: fewer
                     // regrowths.
                     events: Vec::with_capacity(16),
@@ -315,6 +321,17 @@ mod tests {
             u.len() == 1 && u[0].update,
             "an update of the flow reported"
         );
+        // Forgotten (more connections reported since than `done` holds),
+        // its late reply is still no new flow.
+        for c in 10..10 + 16_400 {
+            let mut e = ev(Kind::Arrive, 0, 1_000 * MS, 2);
+            e.conn = c;
+            a.push(e);
+            a.ready(3_000 * MS);
+        }
+        a.push(ev(Kind::Arrive, 1, 1_000 * MS, 1));
+        let u = a.ready(3_000 * MS);
+        assert!(u.len() == 1 && u[0].update, "a late reply is an update");
         // The same tuple, a later connection: a new flow, not a straggler.
         let mut e = ev(Kind::Arrive, 0, 1_000 * MS, 1);
         e.conn = 2;

@@ -748,6 +748,12 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
             stats.lost_events,
         );
     }
+    if stats.shed_flows > 0 {
+        eprintln!(
+            "lbpath: {} new connections not traced: lbpath was behind (ring buffer three quarters full)",
+            stats.shed_flows,
+        );
+    }
     Ok(overall.exit_code)
 }
 

@@ -18,7 +18,7 @@ use crate::{
     drops::DropNames,
     events::{Record, ifname},
     kubeproxy::{AddressKind, NodeRules, ServicePort},
-    loader::Tracer,
+    loader::{Stats, Tracer},
     model::{Counters, FlowReport, HopKind, Verdict, VerdictKind},
     netinfo::{NetInfo, rp_filter},
     nfplan::{NfPlan, Occupant, builtin_occupants},
@@ -42,6 +42,12 @@ pub enum Output {
     /// Events the kernel side could not hand over (ring buffer full) since
     /// the last such line, and in all.
     Lost {
+        new: u64,
+        total: u64,
+    },
+    /// New connections not traced because lbpath was behind (the ring
+    /// buffer three quarters full) since the last such line, and in all.
+    Shed {
         new: u64,
         total: u64,
     },
@@ -79,6 +85,9 @@ pub struct Engine {
     pub tally: Tally,
     pub filtered_out: u64,
     losses: LossLog,
+    /// New connections the kernel side left untraced (lbpath was behind).
+    shed: u64,
+    shed_news: News,
     /// What each reported connection was reported as (bounded): a later
     /// drop of it is shown as an update only when it tells something new.
     reported: foldhash::HashMap<FlowKey, Outcome>,
@@ -169,8 +178,30 @@ struct LossLog {
     total: u64,
     /// The total at the oldest mark dropped by the bound.
     floor: u64,
+    news: News,
+}
+
+/// A growing total told at most once a second: (new since told, total).
+#[derive(Default)]
+struct News {
     shown: u64,
     last_shown: Option<Instant>,
+}
+
+impl News {
+    fn of(&mut self, total: u64) -> Option<(u64, u64)> {
+        if total == self.shown
+            || self
+                .last_shown
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        let new = total - self.shown;
+        self.shown = total;
+        self.last_shown = Some(Instant::now());
+        Some((new, total))
+    }
 }
 
 impl LossLog {
@@ -200,20 +231,8 @@ impl LossLog {
 
     /// A line's worth of news, at most once a second.
     fn news(&mut self) -> Option<Output> {
-        if self.total == self.shown
-            || self
-                .last_shown
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return None;
-        }
-        let new = self.total - self.shown;
-        self.shown = self.total;
-        self.last_shown = Some(Instant::now());
-        Some(Output::Lost {
-            new,
-            total: self.total,
-        })
+        let (new, total) = self.news.of(self.total)?;
+        Some(Output::Lost { new, total })
     }
 }
 
@@ -323,6 +342,8 @@ impl Engine {
             bgp: BgpTracker::default(),
             recent: VecDeque::new(),
             losses: LossLog::default(),
+            shed: 0,
+            shed_news: News::default(),
             tally: Tally::default(),
             filtered_out: 0,
             reported: foldhash::HashMap::default(),
@@ -415,9 +436,17 @@ impl Engine {
     /// The kernel side's lost-event total, read every tick: flows traced
     /// while events were lost are reported as incomplete, and a line says
     /// so while it happens.
-    pub fn note_losses(&mut self, total: u64) -> Option<Output> {
-        self.losses.note(monotonic_ns(), total);
-        self.losses.news()
+    /// The kernel side's loss counters now: lines telling what grew.
+    pub fn note_losses(&mut self, stats: &Stats) -> Vec<Output> {
+        self.losses.note(monotonic_ns(), stats.lost_events);
+        self.shed = stats.shed_flows;
+        let shed = self.shed_news.of(self.shed);
+        let shed = shed.map(|(new, total)| Output::Shed { new, total });
+        self.losses.news().into_iter().chain(shed).collect()
+    }
+
+    pub fn flows_shed(&self) -> u64 {
+        self.shed
     }
 
     pub fn events_lost(&self) -> u64 {
@@ -481,6 +510,7 @@ impl Engine {
             bgp,
             bgp_peers_left_out,
             events_lost: self.losses.total,
+            flows_shed: self.shed,
             events_cut: self.assembler.dropped_events,
         }
     }

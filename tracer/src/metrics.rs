@@ -172,6 +172,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &reg,
+        "lbpath_flows_not_traced_total",
+        "New connections counted but not traced because lbpath was behind (ring buffer three quarters full).",
+        s.flows_shed,
+    );
+    counter(
+        &reg,
         "lbpath_events_cut_total",
         "Events left out by the per-flow bound (flows then reported incomplete).",
         s.events_cut,
@@ -324,7 +330,9 @@ mod tests {
             up: true,
         });
         s.events_lost = 7;
+        s.flows_shed = 4;
         let text = render(&s);
+        assert!(text.contains("lbpath_flows_not_traced_total 4\n"), "{text}");
         assert!(
             text.contains(
                 "lbpath_flows_total{lb=\"192.0.2.240\",service=\"default/web:http\",verdict=\"answered_asymmetric\"} 3\n"

@@ -266,7 +266,7 @@ impl Session {
                 _ = tick.tick() => {
                     let mut outs = self.engine.tick(&self.tracer);
                     if let Ok(stats) = self.tracer.stats() {
-                        outs.extend(self.engine.note_losses(stats.lost_events));
+                        outs.extend(self.engine.note_losses(&stats));
                     }
                     if fe.show(self, outs) {
                         break;

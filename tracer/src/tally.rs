@@ -193,6 +193,8 @@ pub struct Snapshot {
     pub events_lost: u64,
     /// Events left out by the per-flow bound.
     pub events_cut: u64,
+    /// New connections not traced because lbpath was behind.
+    pub flows_shed: u64,
 }
 
 #[cfg(test)]

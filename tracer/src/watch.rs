@@ -37,6 +37,18 @@ impl FrontEnd for Printer {
                     );
                     continue;
                 }
+                (Output::Shed { new, total }, false) => {
+                    eprintln!(
+                        "lbpath: {} {new} new connections not traced in the last second ({total} in all): lbpath was behind, the ring buffer three quarters full; they are counted, not traced",
+                        self.style.yellow("!")
+                    );
+                    continue;
+                }
+                (Output::Shed { new, total }, true) => {
+                    serde_json::json!({ "not_traced": { "flows": new, "total": total } })
+                        .to_string()
+                        + "\n"
+                }
                 (Output::Lost { new, total }, true) => {
                     serde_json::json!({ "lost": { "events": new, "total": total } }).to_string()
                         + "\n"
@@ -215,6 +227,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
             serde_json::json!({ "totals": {
                 "flows": per,
                 "flows_not_reported": unreported,
+                "flows_not_traced": stats.shed_flows,
                 "endpoints": endpoints,
                 "endpoints_of_last": kept,
                 "events_lost": lost,
@@ -237,12 +250,16 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         }
         let flows: Vec<String> = per.iter().map(|(k, v)| format!("{v} {k}")).collect();
         eprintln!(
-            "lbpath: {n} flow{}{}; not reported: {unreported}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
+            "lbpath: {n} flow{}{}; not reported: {unreported}{}; events lost (ring buffer full): {lost}; cut (per-flow bound): {cut}",
             if n == 1 { "" } else { "s" },
             if flows.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", flows.join(", "))
+            },
+            match stats.shed_flows {
+                0 => String::new(),
+                s => format!(" ({s} not traced: lbpath was behind)"),
             }
         );
     }

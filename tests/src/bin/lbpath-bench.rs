@@ -426,6 +426,10 @@ fn account(out: &str, client: Ipv4Addr, lb_port: u16) -> Result<Accounting> {
             totals = Some(t.clone());
         }
         let Some(f) = v.get("flow") else { continue };
+        // An update tells more of a flow already counted (a late straggler).
+        if v["update"] == true {
+            continue;
+        }
         let c = f["client"].as_str().unwrap_or("");
         if f["lb"] == lb.as_str() && c.starts_with(&prefix) {
             *per.entry(c.to_string()).or_default() += 1;

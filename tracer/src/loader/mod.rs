@@ -23,7 +23,8 @@ use aya::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_CAPTURE, CFG_EMPTY, CFG_LB_SET, Config, FlowState,
-    LB_KEY_BITS, LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_TRACKED, Tuple,
+    LB_KEY_BITS, LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_SHED, STAT_TRACKED,
+    Tuple,
 };
 
 use ipnet::IpNet;
@@ -416,6 +417,7 @@ impl Tracer {
         Ok(Stats {
             lost_events: sum(STAT_LOST_EVENTS)? + sum(STAT_NESTED)? + packets_lost,
             flows: sum(STAT_FLOWS)?,
+            shed_flows: sum(STAT_SHED)?,
             traced_packets: sum(STAT_TRACKED)?,
         })
     }
@@ -938,6 +940,9 @@ fn attach_tc(ebpf: &mut Ebpf, verified: &mut Verified, ifaces: &[String]) -> Res
 pub struct Stats {
     pub lost_events: u64,
     pub flows: u64,
+    /// Of `flows`, new connections left untraced while the ring buffer was
+    /// three quarters full (counted, not lost).
+    pub shed_flows: u64,
     pub traced_packets: u64,
 }
 
