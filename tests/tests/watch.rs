@@ -887,35 +887,47 @@ fn loss_is_shown_live_and_flows_are_incomplete() {
     );
 }
 
+/// The lab with `lbpath watch --json <extra>` on its node, and a second
+/// client address, for a flood told apart from the client's own traffic.
+fn flood_lab(name: &str, extra: &[&str], env: &[(&str, &str)]) -> (Lab, Running, &'static str) {
+    let lab = Lab::new(name, LabSpec::default()).unwrap();
+    let mut args = vec![LB.to_string(), "--json".to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let w = Running::watch_env(
+        &lab.node(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        env,
+    )
+    .expect("lbpath attaches");
+    let src = "192.0.2.51";
+    in_ns(
+        &lab.client(),
+        &["ip", "addr", "add", &format!("{src}/24"), "dev", "eth0"],
+    )
+    .unwrap();
+    (lab, w, src)
+}
+
+/// The totals line of a stopped watch.
+fn totals(out: &str) -> Value {
+    lbpath_tests::run::json_lines(out)
+        .into_iter()
+        .find(|v| v.get("totals").is_some())
+        .expect("a totals line")
+}
+
 /// A flood of new connections while lbpath is behind: the new ones are
 /// counted and left untraced (shown live and in the totals, never
 /// reported) rather than traced into a loss; once it has caught up,
 /// connections are traced again.
 #[test]
 fn new_connections_are_shed_while_behind_and_traced_again_after() {
-    let lab = Lab::new("shed", LabSpec::default()).unwrap();
-    let args = [LB.to_string(), "--json".to_string()];
-    let w = lbpath_tests::run::Running::watch_env(
-        &lab.node(),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    // No rate cap: only being behind sheds here.
+    let (lab, w, src) = flood_lab(
+        "shed",
+        &["--max-new-flows", "1000000"],
         &[("LBPATH_RING_KIB", "64")],
-    )
-    .expect("lbpath attaches");
-    // The flood from an address of its own: the client's own connection
-    // afterwards is told apart by its address.
-    let flood_src = "192.0.2.51";
-    in_ns(
-        &lab.client(),
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{flood_src}/24"),
-            "dev",
-            "eth0",
-        ],
-    )
-    .unwrap();
+    );
     let _ = in_ns(
         &lab.client(),
         &[
@@ -925,14 +937,16 @@ fn new_connections_are_shed_while_behind_and_traced_again_after() {
             "-q",
             "-S",
             "-a",
-            flood_src,
+            src,
             "-p",
             "80",
             "--flood",
             &LB.to_string(),
         ],
     );
-    let live = netns::wait_for(WAIT, || w.stdout().contains("\"not_traced\"").then_some(()));
+    let live = netns::wait_for(WAIT, || {
+        w.stdout().contains("\"why\":\"behind\"").then_some(())
+    });
     // Then, caught up, one connection from the client's own address.
     std::thread::sleep(Duration::from_secs(2));
     netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
@@ -944,13 +958,11 @@ fn new_connections_are_shed_while_behind_and_traced_again_after() {
     });
     let out = w.stop().unwrap();
     assert!(live.is_some(), "no live not-traced line: {}", out.stderr);
-    let totals = lbpath_tests::run::json_lines(&out.stdout)
-        .into_iter()
-        .find(|v| v.get("totals").is_some())
-        .unwrap();
+    let totals = totals(&out.stdout);
     let t = &totals["totals"];
     let shed = t["flows_not_traced"].as_u64().unwrap();
     assert!(shed > 0, "{totals}");
+    assert_eq!(t["flows_not_traced_over_rate"], 0, "{totals}");
     // Shed flows are never reported: they are part of the unreported ones.
     assert!(
         t["flows_not_reported"].as_u64().unwrap() >= shed,
@@ -963,6 +975,63 @@ fn new_connections_are_shed_while_behind_and_traced_again_after() {
         )
     });
     assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
+}
+
+/// More new connections a second than `--max-new-flows`: a bucket's worth
+/// are traced, the rest counted and not traced; all are accounted for.
+#[test]
+fn new_connections_over_the_rate_are_counted_not_traced() {
+    let (lab, w, src) = flood_lab("rate", &["--max-new-flows", "10"], &[]);
+    // 300 SYNs in 0.75 s, 400 a second.
+    let _ = in_ns(
+        &lab.client(),
+        &[
+            "hping3",
+            "-q",
+            "-S",
+            "-a",
+            src,
+            "-p",
+            "80",
+            "-i",
+            "u2500",
+            "-c",
+            "300",
+            &LB.to_string(),
+        ],
+    );
+    let live = netns::wait_for(WAIT, || {
+        w.stdout().contains("\"why\":\"over_rate\"").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let out = w.stop().unwrap();
+    assert!(live.is_some(), "no live not-traced line: {}", out.stderr);
+    let totals = totals(&out.stdout);
+    let t = &totals["totals"];
+    let reported = out
+        .flows()
+        .iter()
+        .filter(|f| {
+            f["update"] != true
+                && f["flow"]["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with(src))
+        })
+        .count() as u64;
+    let over = t["flows_not_traced_over_rate"].as_u64().unwrap();
+    let unreported = t["flows_not_reported"].as_u64().unwrap();
+    // Each CPU's bucket holds 2 s worth (20) and refills 10 a second.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        reported <= cpus * (20 + 10 * 2),
+        "{reported} traced: {totals}"
+    );
+    assert!(
+        reported >= 10 && over >= 300 - cpus * 40,
+        "{reported} traced, {over} over the rate: {totals}"
+    );
+    // Every SYN that opened a connection is reported or counted, once.
+    assert_eq!(reported + unreported, 300, "{reported} reported: {totals}");
 }
 
 fn rss_mib(pid: u32) -> f64 {

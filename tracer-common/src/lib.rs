@@ -324,7 +324,10 @@ pub const STAT_NESTED: u32 = 3;
 /// New connections not traced because the ring buffer was three quarters
 /// full: counted (in [`STAT_FLOWS`] too) instead of traced into a loss.
 pub const STAT_SHED: u32 = 4;
-pub const STAT_COUNT: u32 = 5;
+/// New connections not traced because more came than
+/// [`Config::new_flows_per_sec`] allows: counted (in [`STAT_FLOWS`] too).
+pub const STAT_OVER_RATE: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 /// Kernel struct offsets, resolved from the running kernel's BTF at load.
 /// Rust eBPF has no CO-RE, so none of these is baked into the object.
@@ -403,6 +406,11 @@ pub struct Config {
     /// A non-TCP flow idle this long (seconds; conntrack's timeout for
     /// unanswered UDP) starts a new connection with its next packet.
     pub conn_idle_secs: u32,
+    /// New connections traced per second at most, on each CPU (bursts of
+    /// twice that); the rest are counted, not traced.
+    pub new_flows_per_sec: u32,
+    /// The kernel's jiffies per second.
+    pub hz: u32,
     pub layout: Layout,
 }
 

@@ -23,6 +23,8 @@ pub static CONFIG: Config = Config {
     nf_last_pos: [0xff; 8],
     flags: 0,
     conn_idle_secs: 0,
+    new_flows_per_sec: 0,
+    hz: 0,
     layout: tracer_common::Layout {
         skb_head: 0,
         skb_data: 0,
@@ -105,6 +107,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// Counters (`STAT_*`), per CPU: no atomics on this target.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Each CPU's allowance of new connections to trace: a token bucket in
+/// 1/HZ tokens, refilled by `new_flows_per_sec` every jiffy.
+#[repr(C)]
+pub struct Bucket {
+    pub units: u64,
+    pub jiffies: u64,
+}
+
+#[map]
+pub static BUCKET: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// The current connection of each flow tuple (client → LB IP): its trace
 /// budget and totals. Packets past the budget cost this one lookup.

@@ -12,14 +12,15 @@ use core::mem::MaybeUninit;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE};
 use aya_log_ebpf::debug;
 use tracer_common::{
-    DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_SHED, STAT_TRACKED, Tuple,
+    DIR_REPLY, DIR_REQUEST, FlowState, NO_HOOK, STAT_FLOWS, STAT_OVER_RATE, STAT_SHED,
+    STAT_TRACKED, Tuple,
 };
 
 use crate::{
     kernel::{BTF, PROBE, ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
-        CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN, T_FOLLOW,
-        TRACKED, Track, WINDOW, conf, off,
+        BUCKET, CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN,
+        T_FOLLOW, TRACKED, Track, WINDOW, conf, off,
     },
     mem::{zero, zeroed_in},
     parse::{IPPROTO_TCP, Parsed, parse_ip, tuple_sum},
@@ -89,23 +90,52 @@ fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
     }
 }
 
-/// A new connection while userspace is behind (the ring buffer more than
-/// three quarters full) is not traced: it is counted, and its packets only
-/// counted. Tracing it would cost the node a dozen events that would then
-/// be lost with those of flows already traced; under a flood of new flows
-/// the flows traced stay whole and the rest are shed at the price of one
-/// lookup each.
-#[inline(always)]
-fn shed_if_behind(fs: *mut FlowState) {
+/// A new connection is not traced, only counted with its packets, when
+/// userspace is behind (the ring buffer more than three quarters full) or
+/// when more new connections come than the configured rate. A traced
+/// connection costs the node two dozen events; under a flood of new ones
+/// the flows traced stay whole (not traced into a loss) and the node pays
+/// one lookup for each of the rest.
+#[inline(never)]
+fn shed_if_over(fs: *mut FlowState) {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if pending > EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 * 3 {
-        unsafe {
-            (*fs).spent = 1 << DIR_REQUEST | 1 << DIR_REPLY;
-            // No untraced-drop events either: the flow was never reported.
-            (*fs).drop_events = u16::MAX;
-        }
-        stat_inc(STAT_SHED);
+    let why = if pending > EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 * 3 {
+        STAT_SHED
+    } else if !take_token() {
+        STAT_OVER_RATE
+    } else {
+        return;
+    };
+    unsafe {
+        (*fs).spent = 1 << DIR_REQUEST | 1 << DIR_REPLY;
+        // No untraced-drop events either: the flow was never reported.
+        (*fs).drop_events = u16::MAX;
     }
+    stat_inc(why);
+}
+
+/// Takes one new connection's token from this CPU's bucket, if it has one.
+/// Counted in 1/HZ tokens: each jiffy adds `new_flows_per_sec`, a
+/// connection takes HZ, and the bucket holds two seconds' worth.
+#[inline(always)]
+fn take_token() -> bool {
+    let Some(b) = BUCKET.get_ptr_mut(0) else {
+        return true;
+    };
+    let (rate, hz) = (conf!(new_flows_per_sec) as u64, conf!(hz) as u64);
+    let now = jiffies();
+    unsafe {
+        // Two seconds fill it: longer gaps need not be multiplied out.
+        let elapsed = now.wrapping_sub((*b).jiffies).min(2 * hz);
+        (*b).jiffies = now;
+        let units = ((*b).units + elapsed * rate).min(2 * rate * hz);
+        if units < hz {
+            (*b).units = units;
+            return false;
+        }
+        (*b).units = units - hz;
+    }
+    true
 }
 
 /// The current connection of the flow tuple in `p`, created (or started
@@ -119,14 +149,14 @@ fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
         if new_connection(fs, p, t) {
             debug!(&(), "new connection on the tuple from port {}", p.t.sport);
             restart(fs, p, stamp());
-            shed_if_behind(fs);
+            shed_if_over(fs);
             stat_inc(STAT_FLOWS);
         }
         return Some(fs);
     }
     let mut fresh = MaybeUninit::<FlowState>::uninit();
     restart(fresh.as_mut_ptr(), p, stamp());
-    shed_if_behind(fresh.as_mut_ptr());
+    shed_if_over(fresh.as_mut_ptr());
     // SAFETY: restart wrote all of it.
     let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
     stat_inc(STAT_FLOWS);

@@ -754,6 +754,12 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
             stats.shed_flows,
         );
     }
+    if stats.over_rate_flows > 0 {
+        eprintln!(
+            "lbpath: {} new connections not traced: more than --max-new-flows a second",
+            stats.over_rate_flows,
+        );
+    }
     Ok(overall.exit_code)
 }
 

@@ -45,9 +45,10 @@ pub enum Output {
         new: u64,
         total: u64,
     },
-    /// New connections not traced because lbpath was behind (the ring
-    /// buffer three quarters full) since the last such line, and in all.
-    Shed {
+    /// New connections counted but not traced, and why, since the last
+    /// such line and in all.
+    NotTraced {
+        why: NotTraced,
         new: u64,
         total: u64,
     },
@@ -85,9 +86,12 @@ pub struct Engine {
     pub tally: Tally,
     pub filtered_out: u64,
     losses: LossLog,
-    /// New connections the kernel side left untraced (lbpath was behind).
+    /// New connections the kernel side left untraced: lbpath was behind,
+    /// or over the trace rate.
     shed: u64,
     shed_news: News,
+    over_rate: u64,
+    over_rate_news: News,
     /// What each reported connection was reported as (bounded): a later
     /// drop of it is shown as an update only when it tells something new.
     reported: foldhash::HashMap<FlowKey, Outcome>,
@@ -179,6 +183,14 @@ struct LossLog {
     /// The total at the oldest mark dropped by the bound.
     floor: u64,
     news: News,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotTraced {
+    /// lbpath was behind: the ring buffer three quarters full.
+    Behind,
+    /// More new connections than `--max-new-flows` a second.
+    OverRate,
 }
 
 /// A growing total told at most once a second: (new since told, total).
@@ -344,6 +356,8 @@ impl Engine {
             losses: LossLog::default(),
             shed: 0,
             shed_news: News::default(),
+            over_rate: 0,
+            over_rate_news: News::default(),
             tally: Tally::default(),
             filtered_out: 0,
             reported: foldhash::HashMap::default(),
@@ -440,13 +454,18 @@ impl Engine {
     pub fn note_losses(&mut self, stats: &Stats) -> Vec<Output> {
         self.losses.note(monotonic_ns(), stats.lost_events);
         self.shed = stats.shed_flows;
-        let shed = self.shed_news.of(self.shed);
-        let shed = shed.map(|(new, total)| Output::Shed { new, total });
-        self.losses.news().into_iter().chain(shed).collect()
-    }
-
-    pub fn flows_shed(&self) -> u64 {
-        self.shed
+        self.over_rate = stats.over_rate_flows;
+        let not_traced = |why, news: Option<(u64, u64)>| {
+            news.map(|(new, total)| Output::NotTraced { why, new, total })
+        };
+        let behind = not_traced(NotTraced::Behind, self.shed_news.of(self.shed));
+        let rate = not_traced(NotTraced::OverRate, self.over_rate_news.of(self.over_rate));
+        self.losses
+            .news()
+            .into_iter()
+            .chain(behind)
+            .chain(rate)
+            .collect()
     }
 
     pub fn events_lost(&self) -> u64 {
@@ -511,6 +530,7 @@ impl Engine {
             bgp_peers_left_out,
             events_lost: self.losses.total,
             flows_shed: self.shed,
+            flows_over_rate: self.over_rate,
             events_cut: self.assembler.dropped_events,
         }
     }

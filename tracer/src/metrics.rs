@@ -170,11 +170,15 @@ pub fn render(s: &Snapshot) -> String {
         "Kernel events lost because the ring buffer was full (flows then reported incomplete).",
         s.events_lost,
     );
-    counter(
+    counters(
         &reg,
         "lbpath_flows_not_traced_total",
-        "New connections counted but not traced because lbpath was behind (ring buffer three quarters full).",
-        s.flows_shed,
+        "New connections counted but not traced: lbpath was behind (ring buffer three quarters full), or more came than --max-new-flows a second.",
+        &["why"],
+        [
+            (vec!["behind"], s.flows_shed),
+            (vec!["over_rate"], s.flows_over_rate),
+        ],
     );
     counter(
         &reg,
@@ -331,8 +335,13 @@ mod tests {
         });
         s.events_lost = 7;
         s.flows_shed = 4;
+        s.flows_over_rate = 5;
         let text = render(&s);
-        assert!(text.contains("lbpath_flows_not_traced_total 4\n"), "{text}");
+        assert!(
+            text.contains("lbpath_flows_not_traced_total{why=\"behind\"} 4\n")
+                && text.contains("lbpath_flows_not_traced_total{why=\"over_rate\"} 5\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "lbpath_flows_total{lb=\"192.0.2.240\",service=\"default/web:http\",verdict=\"answered_asymmetric\"} 3\n"

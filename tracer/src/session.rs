@@ -138,6 +138,7 @@ impl Session {
                 proto: target.proto,
                 trace_packets: common.packets,
                 drop_events: 8,
+                new_flows_per_sec: common.max_new_flows,
                 arp: opts.arp,
                 bgp: opts.bgp,
                 tc_ifaces: net.bgp_ifaces(),

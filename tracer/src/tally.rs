@@ -195,6 +195,8 @@ pub struct Snapshot {
     pub events_cut: u64,
     /// New connections not traced because lbpath was behind.
     pub flows_shed: u64,
+    /// New connections not traced over `--max-new-flows`.
+    pub flows_over_rate: u64,
 }
 
 #[cfg(test)]

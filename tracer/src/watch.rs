@@ -10,7 +10,7 @@ use crate::{
     assembler::Timing,
     cli::WatchArgs,
     diagnose,
-    engine::Output,
+    engine::{NotTraced, Output},
     metrics,
     model::VerdictKind,
     pcap::PcapWriter,
@@ -23,6 +23,8 @@ struct Printer {
     style: Style,
     /// Where `--metrics` reads from; refreshed every tick.
     metrics: Option<metrics::Shared>,
+    /// `--max-new-flows`, for the line saying connections went untraced.
+    max_new_flows: u32,
 }
 
 impl FrontEnd for Printer {
@@ -37,15 +39,28 @@ impl FrontEnd for Printer {
                     );
                     continue;
                 }
-                (Output::Shed { new, total }, false) => {
+                (Output::NotTraced { why, new, total }, false) => {
+                    let why = match why {
+                        NotTraced::Behind => {
+                            "lbpath was behind, the ring buffer three quarters full".to_string()
+                        }
+                        NotTraced::OverRate => format!(
+                            "more than --max-new-flows {} a second on a CPU",
+                            self.max_new_flows
+                        ),
+                    };
                     eprintln!(
-                        "lbpath: {} {new} new connections not traced in the last second ({total} in all): lbpath was behind, the ring buffer three quarters full; they are counted, not traced",
+                        "lbpath: {} {new} new connections not traced in the last second ({total} in all): {why}; they are counted, not traced",
                         self.style.yellow("!")
                     );
                     continue;
                 }
-                (Output::Shed { new, total }, true) => {
-                    serde_json::json!({ "not_traced": { "flows": new, "total": total } })
+                (Output::NotTraced { why, new, total }, true) => {
+                    let why = match why {
+                        NotTraced::Behind => "behind",
+                        NotTraced::OverRate => "over_rate",
+                    };
+                    serde_json::json!({ "not_traced": { "why": why, "flows": new, "total": total } })
                         .to_string()
                         + "\n"
                 }
@@ -184,6 +199,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         json: args.common.json(),
         style: Style::detect(),
         metrics: shared,
+        max_new_flows: args.common.max_new_flows,
     };
     s.run(deadline, &mut printer).await?;
 
@@ -227,7 +243,8 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
             serde_json::json!({ "totals": {
                 "flows": per,
                 "flows_not_reported": unreported,
-                "flows_not_traced": stats.shed_flows,
+                "flows_not_traced": stats.shed_flows + stats.over_rate_flows,
+                "flows_not_traced_over_rate": stats.over_rate_flows,
                 "endpoints": endpoints,
                 "endpoints_of_last": kept,
                 "events_lost": lost,
@@ -257,13 +274,26 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
             } else {
                 format!(" ({})", flows.join(", "))
             },
-            match stats.shed_flows {
-                0 => String::new(),
-                s => format!(" ({s} not traced: lbpath was behind)"),
-            }
+            not_traced_text(&stats)
         );
     }
     Ok(0)
+}
+
+/// The untraced part of the flows not reported, and why (empty if none).
+fn not_traced_text(stats: &crate::loader::Stats) -> String {
+    let mut why = Vec::new();
+    if stats.shed_flows > 0 {
+        why.push(format!("{} while lbpath was behind", stats.shed_flows));
+    }
+    if stats.over_rate_flows > 0 {
+        why.push(format!("{} over --max-new-flows", stats.over_rate_flows));
+    }
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(" (not traced: {})", why.join(", "))
+    }
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use aya::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, CFG_ARP, CFG_BGP, CFG_CAPTURE, CFG_EMPTY, CFG_LB_SET, Config, FlowState,
-    LB_KEY_BITS, LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_SHED, STAT_TRACKED,
-    Tuple,
+    LB_KEY_BITS, LB_SET_MAX, STAT_FLOWS, STAT_LOST_EVENTS, STAT_NESTED, STAT_OVER_RATE, STAT_SHED,
+    STAT_TRACKED, Tuple,
 };
 
 use ipnet::IpNet;
@@ -124,6 +124,8 @@ pub struct LoadOptions {
     pub proto: u8,
     pub trace_packets: u32,
     pub drop_events: u32,
+    /// New connections traced per second and CPU at most.
+    pub new_flows_per_sec: u32,
     pub arp: bool,
     pub bgp: bool,
     /// Interfaces to capture BGP segments on (TC, tcx links).
@@ -418,6 +420,7 @@ impl Tracer {
             lost_events: sum(STAT_LOST_EVENTS)? + sum(STAT_NESTED)? + packets_lost,
             flows: sum(STAT_FLOWS)?,
             shed_flows: sum(STAT_SHED)?,
+            over_rate_flows: sum(STAT_OVER_RATE)?,
             traced_packets: sum(STAT_TRACKED)?,
         })
     }
@@ -533,6 +536,7 @@ fn load_object(
     if opts.capture {
         flags |= CFG_CAPTURE;
     }
+    let hz = kernel_hz();
     let config = Config {
         lb_addr,
         lb_family,
@@ -541,10 +545,12 @@ fn load_object(
         node_netns,
         trace_packets: opts.trace_packets,
         drop_events: opts.drop_events,
-        window_jiffies: 5 * kernel_hz(),
+        window_jiffies: 5 * hz,
         nf_last_pos: opts.plan.last_pos(),
         flags,
         conn_idle_secs: conntrack_udp_timeout_secs(),
+        new_flows_per_sec: opts.new_flows_per_sec,
+        hz: hz as u32,
         layout: kernel.layout,
     };
     // aya-log's level: 0 keeps every log statement out of the verified
@@ -943,6 +949,8 @@ pub struct Stats {
     /// Of `flows`, new connections left untraced while the ring buffer was
     /// three quarters full (counted, not lost).
     pub shed_flows: u64,
+    /// Of `flows`, new connections left untraced over the trace rate.
+    pub over_rate_flows: u64,
     pub traced_packets: u64,
 }
 
