@@ -501,6 +501,8 @@ struct Flood {
     /// The same flood's rate with nothing attached: what this machine's
     /// sender and stack reach by themselves.
     rate_alone: f64,
+    /// With the empty program on the same hooks: what being attached costs.
+    rate_empty: f64,
     acc: Accounting,
     hwm: f64,
 }
@@ -509,10 +511,18 @@ struct Flood {
 /// kernel) at `rate` a second.
 fn flood(b: &Bench, n: u16, rate: u32) -> Result<Flood> {
     let node = b.lab.node();
+    // The same tuples each time must be new connections to conntrack.
+    let fresh = || -> Result<()> {
+        std::thread::sleep(Duration::from_secs(1));
+        in_ns(&node, &["conntrack", "-F"])?;
+        Ok(())
+    };
     let alone = netns::syn_flood(&b.lab.client(), FLOOD_SRC, 1024, n, b.lab.lb_addr(), rate)?;
-    // The same tuples again must be new connections to conntrack.
-    std::thread::sleep(Duration::from_secs(1));
-    in_ns(&node, &["conntrack", "-F"])?;
+    fresh()?;
+    let (empty, _) = Obs::Empty.start(&node)?;
+    let with_empty = netns::syn_flood(&b.lab.client(), FLOOD_SRC, 1024, n, b.lab.lb_addr(), rate)?;
+    empty.stop()?;
+    fresh()?;
     let (r, _) = Obs::Lbpath.start(&node)?;
     // Entries of the flood's flows outlive it (CLOSE, 10 s): the growth is
     // how many reached the node's netfilter.
@@ -528,6 +538,7 @@ fn flood(b: &Bench, n: u16, rate: u32) -> Result<Flood> {
         arrived,
         rate: f64::from(n) / took.as_secs_f64(),
         rate_alone: f64::from(n) / alone.as_secs_f64(),
+        rate_empty: f64::from(n) / with_empty.as_secs_f64(),
         acc: account(&out.stdout, FLOOD_SRC, lab::LB_PORT)?,
         hwm,
     })
@@ -790,10 +801,11 @@ fn print_details(a: &Args, burst: Option<&Burst>, flood: Option<&Flood>, scales:
     }
     if let Some(f) = flood {
         println!(
-            "lbpath, flood: {} new flows sent at {:.0}/s ({:.0}/s with nothing attached), {} reached the node's conntrack: {} reported, {} counted as not reported, {} events lost, {} cut, {} doubled; peak RSS {:.1} MiB",
+            "lbpath, flood: {} new flows sent at {:.0}/s ({:.0}/s with nothing attached, {:.0}/s with the empty program), {} reached the node's conntrack: {} reported, {} counted as not reported, {} events lost, {} cut, {} doubled; peak RSS {:.1} MiB",
             f.sent,
             f.rate,
             f.rate_alone,
+            f.rate_empty,
             f.arrived,
             f.acc.reported,
             f.acc.not_reported,
@@ -907,8 +919,8 @@ fn goals(
             "flood: new flows per second",
             fl.rate >= GOAL_FLOOD_RATE,
             format!(
-                "{:.0} ≥ {GOAL_FLOOD_RATE}; {:.0}/s with nothing attached",
-                fl.rate, fl.rate_alone
+                "{:.0} ≥ {GOAL_FLOOD_RATE}; {:.0}/s with nothing attached, {:.0}/s with the empty program",
+                fl.rate, fl.rate_alone, fl.rate_empty
             ),
         );
         // lbpath counts a flow at its first hook, before conntrack: at least
