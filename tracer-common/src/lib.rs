@@ -406,8 +406,8 @@ pub struct Config {
     /// A non-TCP flow idle this long (seconds; conntrack's timeout for
     /// unanswered UDP) starts a new connection with its next packet.
     pub conn_idle_secs: u32,
-    /// New connections traced per second at most, on each CPU (bursts of
-    /// twice that); the rest are counted, not traced.
+    /// New connections traced per second at most, on each CPU
+    /// (a second's worth at once); the rest are counted, not traced.
     pub new_flows_per_sec: u32,
     /// The kernel's jiffies per second.
     pub hz: u32,

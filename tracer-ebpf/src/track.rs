@@ -116,7 +116,7 @@ fn shed_if_over(fs: *mut FlowState) {
 
 /// Takes one new connection's token from this CPU's bucket, if it has one.
 /// Counted in 1/HZ tokens: each jiffy adds `new_flows_per_sec`, a
-/// connection takes HZ, and the bucket holds two seconds' worth.
+/// connection takes HZ, and the bucket holds one second's worth.
 #[inline(always)]
 fn take_token() -> bool {
     let Some(b) = BUCKET.get_ptr_mut(0) else {
@@ -125,10 +125,10 @@ fn take_token() -> bool {
     let (rate, hz) = (conf!(new_flows_per_sec) as u64, conf!(hz) as u64);
     let now = jiffies();
     unsafe {
-        // Two seconds fill it: longer gaps need not be multiplied out.
-        let elapsed = now.wrapping_sub((*b).jiffies).min(2 * hz);
+        // A second fills it: longer gaps need not be multiplied out.
+        let elapsed = now.wrapping_sub((*b).jiffies).min(hz);
         (*b).jiffies = now;
-        let units = ((*b).units + elapsed * rate).min(2 * rate * hz);
+        let units = ((*b).units + elapsed * rate).min(rate * hz);
         if units < hz {
             (*b).units = units;
             return false;

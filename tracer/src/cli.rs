@@ -37,8 +37,8 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub packets: u32,
-    /// New connections traced per second at most, on each CPU (bursts of
-    /// twice that); more are counted, not traced. Tracing one costs the
+    /// New connections traced per second at most, on each CPU (a second's
+    /// worth at once); more are counted, not traced. Tracing one costs the
     /// node a few dozen events.
     #[arg(long, default_value_t = 2000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
