@@ -294,6 +294,13 @@ fn on_kfree(skb: u64, location: u64, reason: u32) {
 /// reported a few times per flow. Out of line: its own stack frame.
 #[inline(never)]
 fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
+    // Only drops on the node are reported; checked first, with plain loads,
+    // as a pod's drops (its half-open connections' resets) come by the
+    // thousand under a flood of new connections.
+    let dev = skb_dev::<BTF>(skb);
+    if dev != 0 && dev_netns::<BTF>(dev) != conf!(node_netns) {
+        return;
+    }
     let l3 = skb_network::<BTF>(skb);
     // Read into zeroed buffers, not returned as Options: the compiler then
     // spilled a register one path never wrote, and 5.10's verifier rejects
@@ -338,9 +345,6 @@ const BY_CT: u8 = 2;
 #[inline(never)]
 fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, nfct: u64) {
     let dev = skb_dev::<BTF>(skb);
-    if dev != 0 && dev_netns::<BTF>(dev) != conf!(node_netns) {
-        return;
-    }
     let Some(f) = Frame::enter() else {
         return;
     };
