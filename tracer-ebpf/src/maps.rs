@@ -137,6 +137,14 @@ pub static CT_FLOWS: LruHashMap<u64, CtFlow> = LruHashMap::with_max_entries(1638
 #[map]
 pub static REPLIES: LruHashMap<Tuple, FlowRef> = LruHashMap::with_max_entries(16384, 0);
 
+/// [0]: packets in TRACKED not yet freed, an upper bound (an entry the LRU
+/// evicts, or whose free went unseen, stays counted). While it is 0 no hook
+/// looks a packet up there: under a flood of new connections, most of them
+/// not traced, the window below stays open but the packets in flight are
+/// none of ours most of the time.
+#[map]
+pub static IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// [0]: jiffies of the last traced packet. Hooks that only follow packets
 /// skip all lookups when it is older than `window_jiffies`: unrelated traffic
 /// pays one array read.

@@ -19,8 +19,8 @@ use tracer_common::{
 use crate::{
     kernel::{BTF, PROBE, ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
-        BUCKET, CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowRef, PASSED, REPLIES, T_CT_SEEN,
-        T_FOLLOW, TRACKED, Track, WINDOW, conf, off,
+        BUCKET, CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowRef, IN_FLIGHT, PASSED, REPLIES,
+        T_CT_SEEN, T_FOLLOW, TRACKED, Track, WINDOW, conf, off,
     },
     mem::{zero, zeroed_in},
     parse::{IPPROTO_TCP, Parsed, parse_ip, tuple_sum},
@@ -219,6 +219,9 @@ fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mu
     if TRACKED.insert(&skb, &s.tr, 0).is_err() {
         return NOT_STARTED;
     }
+    if let Some(n) = IN_FLIGHT.get_ptr_mut(0) {
+        add(n, 1);
+    }
     stat_inc(STAT_TRACKED);
     touch_window();
     debug!(
@@ -403,12 +406,20 @@ pub fn count_drop(flow: &Tuple, conn: u64) {
 
 #[inline(always)]
 pub fn tracked(skb: u64) -> Option<*mut Track> {
+    if IN_FLIGHT.get(0).is_some_and(|n| *n == 0) {
+        return None;
+    }
     TRACKED.get_ptr_mut(&skb)
 }
 
 #[inline(always)]
 pub fn untrack(skb: u64) {
-    let _ = TRACKED.remove(&skb);
+    // Only an entry removed here was counted in: never below the truth.
+    if TRACKED.remove(&skb).is_ok()
+        && let Some(n) = IN_FLIGHT.get_ptr_mut(0)
+    {
+        add(n, u64::MAX);
+    }
 }
 
 /// A tracked packet older than this is a leftover of a free we did not see.
