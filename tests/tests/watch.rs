@@ -908,6 +908,20 @@ fn flood_lab(name: &str, extra: &[&str], env: &[(&str, &str)]) -> (Lab, Running,
     (lab, w, src)
 }
 
+/// SYNs to the LB IP's port 80 from `src`, sent as `how` says, for at most
+/// `secs` seconds.
+fn hping_syns(lab: &Lab, src: &str, secs: u32, how: &[&str]) {
+    let secs = secs.to_string();
+    let lb = LB.to_string();
+    let mut cmd = vec![
+        "timeout", &secs, "hping3", "-q", "-S", "-a", src, "-p", "80",
+    ];
+    cmd.extend_from_slice(how);
+    cmd.push(&lb);
+    // hping3 exits non-zero when timeout stops it.
+    let _ = in_ns(&lab.client(), &cmd);
+}
+
 /// The totals line of a stopped watch.
 fn totals(out: &str) -> Value {
     lbpath_tests::run::json_lines(out)
@@ -928,22 +942,7 @@ fn new_connections_are_shed_while_behind_and_traced_again_after() {
         &["--max-new-flows", "1000000"],
         &[("LBPATH_RING_KIB", "64")],
     );
-    let _ = in_ns(
-        &lab.client(),
-        &[
-            "timeout",
-            "3",
-            "hping3",
-            "-q",
-            "-S",
-            "-a",
-            src,
-            "-p",
-            "80",
-            "--flood",
-            &LB.to_string(),
-        ],
-    );
+    hping_syns(&lab, src, 3, &["--flood"]);
     let live = netns::wait_for(WAIT, || {
         w.stdout().contains("\"why\":\"behind\"").then_some(())
     });
@@ -983,23 +982,7 @@ fn new_connections_are_shed_while_behind_and_traced_again_after() {
 fn new_connections_over_the_rate_are_counted_not_traced() {
     let (lab, w, src) = flood_lab("rate", &["--max-new-flows", "10"], &[]);
     // 300 SYNs in 0.75 s, 400 a second.
-    let _ = in_ns(
-        &lab.client(),
-        &[
-            "hping3",
-            "-q",
-            "-S",
-            "-a",
-            src,
-            "-p",
-            "80",
-            "-i",
-            "u2500",
-            "-c",
-            "300",
-            &LB.to_string(),
-        ],
-    );
+    hping_syns(&lab, src, 10, &["-i", "u2500", "-c", "300"]);
     let live = netns::wait_for(WAIT, || {
         w.stdout().contains("\"why\":\"over_rate\"").then_some(())
     });

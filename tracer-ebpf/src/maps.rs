@@ -131,7 +131,7 @@ pub static TRACKED: LruHashMap<u64, Track> = LruHashMap::with_max_entries(16384,
 /// Conntrack entry (`struct nf_conn` address) → flow: finds replies and
 /// packets the kernel re-allocated.
 #[map]
-pub static CT_FLOWS: LruHashMap<u64, CtFlow> = LruHashMap::with_max_entries(16384, 0);
+pub static CT_FLOWS: LruHashMap<u64, FlowRef> = LruHashMap::with_max_entries(16384, 0);
 
 /// Tuple a reply will carry when it reaches the node → flow.
 #[map]
@@ -210,8 +210,10 @@ pub static NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 pub struct FlowRef {
     pub flow: Tuple,
     pub conn: u64,
-    /// 1 once this connection's reply budget was found spent: later replies
-    /// cost this one lookup.
+    /// REPLIES: 1 once this connection's reply budget was found spent, so
+    /// later replies cost this one lookup. CT_FLOWS: a bit per direction
+    /// (1 << dir), that direction's budget spent, so its packets need no
+    /// parsing at all.
     pub spent: u8,
     pub _pad: [u8; 7],
 }
@@ -257,17 +259,6 @@ pub struct Track {
 pub struct NfSeen {
     pub skb: u64,
     pub nfct: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CtFlow {
-    pub flow: Tuple,
-    pub conn: u64,
-    /// Bit per direction (1 << dir): that direction's trace budget is spent,
-    /// so its packets need no parsing at all.
-    pub spent: u8,
-    pub _pad: [u8; 7],
 }
 
 #[repr(C)]

@@ -20,7 +20,7 @@ use tracer_common::{Kind, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTI
 use crate::{
     emit::emit,
     kernel::*,
-    maps::{CtFlow, NF_SEEN, Track, conf, empty, off},
+    maps::{FlowRef, NF_SEEN, Track, conf, empty, off},
     parse::*,
     scratch::{Frame, Scratch},
     track::*,
@@ -145,7 +145,7 @@ fn again_at(at: &Point, tr: *mut Track, l3: u64) -> bool {
 
 /// A packet whose conntrack entry belongs to a traced flow.
 #[inline(never)]
-fn by_conntrack(at: &Point, l3: u64, cf: *mut CtFlow, dir: u8) -> bool {
+fn by_conntrack(at: &Point, l3: u64, cf: *mut FlowRef, dir: u8) -> bool {
     let Some(f) = Frame::enter() else {
         return true;
     };

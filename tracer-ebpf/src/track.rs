@@ -19,8 +19,8 @@ use tracer_common::{
 use crate::{
     kernel::{BTF, PROBE, ctinfo_is_related, jiffies, now, rd, skb_head, skb_len, stat_inc},
     maps::{
-        BUCKET, CT_FLOWS, CURRENT, CtFlow, EVENTS, FLOWS, FlowRef, IN_FLIGHT, PASSED, REPLIES,
-        T_CT_SEEN, T_FOLLOW, TRACKED, Track, WINDOW, conf, off,
+        BUCKET, CT_FLOWS, CURRENT, EVENTS, FLOWS, FlowRef, IN_FLIGHT, PASSED, REPLIES, T_CT_SEEN,
+        T_FOLLOW, TRACKED, Track, WINDOW, conf, off,
     },
     mem::{zero, zeroed_in},
     parse::{IPPROTO_TCP, Parsed, parse_ip, tuple_sum},
@@ -346,7 +346,7 @@ pub fn unpass(skb: u64) {
 /// not its packets), directions whose budget is spent, and entries whose
 /// `struct nf_conn` was freed and reused for another connection since.
 #[inline(always)]
-pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
+pub fn ct_flow(nfct: u64) -> Option<(*mut FlowRef, u8)> {
     let ct = nfct & !7;
     if ct == 0 {
         return None;
@@ -368,7 +368,7 @@ pub fn ct_flow(nfct: u64) -> Option<(*mut CtFlow, u8)> {
 /// direction is the flow's first tuple: compare the client's port and
 /// address (IPv4 part; enough to tell a reused `nf_conn` apart).
 #[inline(never)]
-fn same_conntrack(ct: u64, cf: *const CtFlow) -> bool {
+fn same_conntrack(ct: u64, cf: *const FlowRef) -> bool {
     let t = ct + off!(ct_tuple_orig);
     let sport = u16::from_be(rd::<u16>(t + off!(tuple_src_u)).unwrap_or(0));
     let saddr = rd::<[u8; 4]>(t + off!(tuple_src_u3)).unwrap_or([0; 4]);
@@ -380,7 +380,7 @@ fn same_conntrack(ct: u64, cf: *const CtFlow) -> bool {
 /// flow (a reply first seen at netfilter, or a packet the kernel copied):
 /// trace it if its connection is current and the budget allows.
 #[inline(never)]
-pub fn ct_seen(skb: u64, cf: *mut CtFlow, dir: u8, s: &mut Scratch) -> bool {
+pub fn ct_seen(skb: u64, cf: *mut FlowRef, dir: u8, s: &mut Scratch) -> bool {
     let flow = unsafe { &(*cf).flow };
     let Some(fs) = current(flow, unsafe { (*cf).conn }) else {
         return false;
@@ -495,13 +495,20 @@ pub fn set_current(skb: u64, t: &Tuple, j: u64) {
 pub fn expect_reply(tr: *const Track, p: &Parsed) {
     let rev = p.t.reversed();
     let mut m = MaybeUninit::uninit();
-    // SAFETY: plain data.
-    let r: &mut FlowRef = unsafe { zeroed_in(&mut m) };
+    let _ = REPLIES.insert(&rev, flow_ref(tr, &mut m), 0);
+}
+
+/// `tr`'s flow and connection, as REPLIES and CT_FLOWS keep them: built in
+/// `m`, zeroed first (nothing spent, padding clean).
+#[inline(always)]
+fn flow_ref(tr: *const Track, m: &mut MaybeUninit<FlowRef>) -> &mut FlowRef {
+    // SAFETY: plain data; `tr` points to live map memory.
     unsafe {
+        let r = zeroed_in(m);
         r.flow = (*tr).flow;
         r.conn = (*tr).conn;
+        r
     }
-    let _ = REPLIES.insert(&rev, r, 0);
 }
 
 /// Records the packet's conntrack entry as belonging to its flow, once.
@@ -512,13 +519,7 @@ pub fn remember_ct(tr: *mut Track, nfct: u64) {
         return;
     }
     let mut m = MaybeUninit::uninit();
-    // SAFETY: plain data.
-    let v: &mut CtFlow = unsafe { zeroed_in(&mut m) };
-    unsafe {
-        v.flow = (*tr).flow;
-        v.conn = (*tr).conn;
-    }
-    let _ = CT_FLOWS.insert(&ct, v, 0);
+    let _ = CT_FLOWS.insert(&ct, flow_ref(tr, &mut m), 0);
     unsafe { (*tr).flags |= T_CT_SEEN };
 }
 
