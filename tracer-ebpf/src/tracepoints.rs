@@ -375,6 +375,11 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
             let Some(cf) = CT_FLOWS.get_ptr(&(nfct & !7)) else {
                 return;
             };
+            // A freed entry's memory goes to the next new connection, in
+            // any namespace: only while its first tuple is still the flow's.
+            if !same_conntrack(nfct & !7, cf) {
+                return;
+            }
             // SAFETY: map memory and scratch never overlap.
             unsafe { core::ptr::copy_nonoverlapping(&raw const (*cf).flow, flow, 1) };
             s.tr.conn = unsafe { (*cf).conn };

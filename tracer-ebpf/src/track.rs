@@ -368,7 +368,7 @@ pub fn ct_flow(nfct: u64) -> Option<(*mut FlowRef, u8)> {
 /// direction is the flow's first tuple: compare the client's port and
 /// address (IPv4 part; enough to tell a reused `nf_conn` apart).
 #[inline(never)]
-fn same_conntrack(ct: u64, cf: *const FlowRef) -> bool {
+pub fn same_conntrack(ct: u64, cf: *const FlowRef) -> bool {
     let t = ct + off!(ct_tuple_orig);
     let sport = u16::from_be(rd::<u16>(t + off!(tuple_src_u)).unwrap_or(0));
     let saddr = rd::<[u8; 4]>(t + off!(tuple_src_u3)).unwrap_or([0; 4]);
