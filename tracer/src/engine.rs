@@ -447,10 +447,9 @@ impl Engine {
         out
     }
 
-    /// The kernel side's lost-event total, read every tick: flows traced
-    /// while events were lost are reported as incomplete, and a line says
-    /// so while it happens.
-    /// The kernel side's loss counters now: lines telling what grew.
+    /// The kernel side's counters, read every tick: flows traced while
+    /// events were lost are reported as incomplete, and a line says so while
+    /// it happens, as for new connections counted but not traced.
     pub fn note_losses(&mut self, stats: &Stats) -> Vec<Output> {
         self.losses.note(monotonic_ns(), stats.lost_events);
         self.shed = stats.shed_flows;
