@@ -2,7 +2,10 @@
 //! ring-buffer memory (nothing big on the BPF stack); a full ring buffer is
 //! counted, never silent.
 
-use aya_ebpf::helpers::generated::bpf_probe_read_kernel as gen_read;
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_probe_read_kernel as gen_read,
+};
 use aya_log_ebpf::debug;
 use tracer_common::{
     AF_INET, CAP_BYTES, CAP_ETHERNET, CAP_NONE, CAP_RAW_IP, CFG_CAPTURE, Capture, EV_POD_NS, Event,
@@ -11,7 +14,7 @@ use tracer_common::{
 
 use crate::{
     kernel::*,
-    maps::{EVENTS, Track, conf, off},
+    maps::{EVENTS, Track, WOKE, conf, off},
     mem::zero,
     parse::v4,
     scratch::Scratch,
@@ -68,7 +71,7 @@ pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
             fill(&mut (*p).ev, kind, skb, tr, s);
             capture(&mut (*p).cap, kind, skb);
         }
-        e.submit(0);
+        e.submit(wake());
         return;
     }
     let Some(mut e) = EVENTS.reserve::<Event>(0) else {
@@ -76,7 +79,25 @@ pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
         return;
     };
     fill(unsafe { &mut *e.as_mut_ptr() }, kind, skb, tr, s);
-    e.submit(0);
+    e.submit(wake());
+}
+
+/// Submit flags: wake the reader at most once a jiffy on each CPU. A
+/// wakeup is an irq_work, a self-IPI (a VM exit under a hypervisor): paid
+/// per record it cost a flood of traced flows more than the programs did.
+/// Userspace drains the ring on a short timer as well, so a record left
+/// without a wakeup waits for that, not for the next record.
+#[inline(always)]
+pub fn wake() -> u64 {
+    let j = jiffies();
+    match WOKE.get_ptr_mut(0) {
+        Some(w) if unsafe { *w } == j => BPF_RB_NO_WAKEUP as u64,
+        Some(w) => {
+            unsafe { *w = j };
+            BPF_RB_FORCE_WAKEUP as u64
+        }
+        None => 0,
+    }
 }
 
 #[inline(always)]

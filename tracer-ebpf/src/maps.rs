@@ -104,6 +104,10 @@ pub static LB_SET: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(tracer_comm
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// The jiffy in which each CPU last woke the reader (see `emit::wake`).
+#[map]
+pub static WOKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counters (`STAT_*`), per CPU: no atomics on this target.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

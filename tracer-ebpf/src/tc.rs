@@ -132,6 +132,6 @@ fn capture(ctx: &TcContext, dir: u8) -> Option<()> {
         }
         (*ev).caplen = caplen as u16;
     }
-    e.submit(0);
+    e.submit(crate::emit::wake());
     Some(())
 }

@@ -56,5 +56,5 @@ pub fn arp(skb: u64, mac: u64, arp: u64, dir: u8) {
         (*ev).eth_dst = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
         (*ev).eth_src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
     }
-    e.submit(0);
+    e.submit(crate::emit::wake());
 }

@@ -258,12 +258,22 @@ impl Session {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut refresh = tokio::time::interval(Duration::from_secs(2));
+        // The programs wake this loop at most once a jiffy per CPU (a
+        // wakeup is an IPI): records written after one are taken here.
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.engine.wants_rules {
                 self.rules.ask();
             }
             tokio::select! {
                 outs = self.next_events() => if fe.show(self, outs?) { break },
+                _ = drain.tick() => {
+                    let outs = self.drain();
+                    if fe.show(self, outs) {
+                        break;
+                    }
+                }
                 _ = tick.tick() => {
                     let mut outs = self.engine.tick(&self.tracer);
                     if let Ok(stats) = self.tracer.stats() {
@@ -298,6 +308,9 @@ impl Session {
         Ok((self.tracer.stats()?, self.engine.dropped_events()))
     }
 }
+
+/// How often the ring buffer is read without a wakeup.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Gives freed heap pages back to the kernel. glibc keeps them otherwise
 /// (only the top of the heap is trimmed by itself), and a DaemonSet's RSS
