@@ -551,7 +551,9 @@ pub fn lbp_fib(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_fib(table: u32, fl: u64, nhc: u64, err: i32) {
     let j = jiffies();
-    if !window_open(j) {
+    // Only a traced packet's lookups are reported: with none on its way,
+    // the header reads below are not worth their cost.
+    if !window_open(j) || none_in_flight() {
         return;
     }
     let Some(cur) = CURRENT.get(0) else {

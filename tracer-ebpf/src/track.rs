@@ -404,9 +404,15 @@ pub fn count_drop(flow: &Tuple, conn: u64) {
     }
 }
 
+/// No traced packet is on its way (see `IN_FLIGHT`): nothing to look up.
+#[inline(always)]
+pub fn none_in_flight() -> bool {
+    IN_FLIGHT.get(0).is_some_and(|n| *n == 0)
+}
+
 #[inline(always)]
 pub fn tracked(skb: u64) -> Option<*mut Track> {
-    if IN_FLIGHT.get(0).is_some_and(|n| *n == 0) {
+    if none_in_flight() {
         return None;
     }
     TRACKED.get_ptr_mut(&skb)
