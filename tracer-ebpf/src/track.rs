@@ -96,15 +96,16 @@ fn restart(fs: *mut FlowState, p: &Parsed, t: u64) {
 /// connection costs the node two dozen events; under a flood of new ones
 /// the flows traced stay whole (not traced into a loss) and the node pays
 /// one lookup for each of the rest.
+/// Returns whether it is traced.
 #[inline(never)]
-fn shed_if_over(fs: *mut FlowState) {
+fn shed_if_over(fs: *mut FlowState) -> bool {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let why = if pending > EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 * 3 {
         STAT_SHED
     } else if !take_token() {
         STAT_OVER_RATE
     } else {
-        return;
+        return true;
     };
     unsafe {
         (*fs).spent = 1 << DIR_REQUEST | 1 << DIR_REPLY;
@@ -112,6 +113,7 @@ fn shed_if_over(fs: *mut FlowState) {
         (*fs).drop_events = u16::MAX;
     }
     stat_inc(why);
+    false
 }
 
 /// Takes one new connection's token from this CPU's bucket, if it has one.
@@ -139,10 +141,12 @@ fn take_token() -> bool {
 }
 
 /// The current connection of the flow tuple in `p`, created (or started
-/// over) by this request packet when it opens one. `t`: the clock read for
-/// the packet, or 0 when a TCP packet did not need it.
+/// over) by this request packet (`skb`) when it opens one. `t`: the clock
+/// read for the packet, or 0 when a TCP packet did not need it. None when
+/// the packet is settled here: it opened a connection not traced, and was
+/// counted for it.
 #[inline(never)]
-fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
+fn flow_for_request(skb: u64, p: &Parsed, t: u64) -> Option<*mut FlowState> {
     // A connection's identity is a time: read the clock if not done yet.
     let stamp = || if t != 0 { t } else { now() };
     if let Some(fs) = FLOWS.get_ptr_mut(&p.t) {
@@ -155,11 +159,21 @@ fn flow_for_request(p: &Parsed, t: u64) -> Option<*mut FlowState> {
         return Some(fs);
     }
     let mut fresh = MaybeUninit::<FlowState>::uninit();
-    restart(fresh.as_mut_ptr(), p, stamp());
-    shed_if_over(fresh.as_mut_ptr());
-    // SAFETY: restart wrote all of it.
-    let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
+    let fs = fresh.as_mut_ptr();
+    restart(fs, p, stamp());
     stat_inc(STAT_FLOWS);
+    if !shed_if_over(fs) {
+        // The bulk of a flood: counted in the entry as it is made, not
+        // looked up again.
+        unsafe {
+            (*fs).req_pkts = 1;
+            (*fs).req_bytes = skb_len::<BTF>(skb) as u64;
+        }
+        // SAFETY: restart wrote all of it.
+        let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
+        return None;
+    }
+    let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
     FLOWS.get_ptr_mut(&p.t)
 }
 
@@ -243,8 +257,8 @@ pub fn request_seen(skb: u64, s: &mut Scratch) -> u8 {
     // TCP tells its connections apart by their SYNs; other protocols by
     // idle time, which takes the clock.
     let t = if s.p.t.proto == IPPROTO_TCP { 0 } else { now() };
-    let Some(fs) = flow_for_request(&s.p, t) else {
-        return NOT_STARTED;
+    let Some(fs) = flow_for_request(skb, &s.p, t) else {
+        return SPENT;
     };
     unsafe {
         add(&raw mut (*fs).req_pkts, 1);
