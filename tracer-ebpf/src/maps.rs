@@ -239,7 +239,7 @@ pub struct Track {
     pub flow: Tuple,
     /// The flow's connection ([`FlowState::conn`]).
     pub conn: u64,
-    /// First seen (ns).
+    /// First seen (jiffies: read at every hook, and the clock costs a call).
     pub ts: u64,
     /// `skb->head` when last verified.
     pub head: u64,

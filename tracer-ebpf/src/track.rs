@@ -223,7 +223,7 @@ fn start_track(skb: u64, fs: *mut FlowState, flow: *const Tuple, dir: u8, s: *mu
     // where an overlapping one is a byte-loop call.
     unsafe { core::ptr::copy_nonoverlapping(flow, &raw mut tr.flow, 1) };
     tr.conn = unsafe { (*fs).conn };
-    tr.ts = now();
+    tr.ts = jiffies();
     tr.head = skb_head::<PROBE>(skb);
     tr.sig = s.p.sig;
     tr.netns = conf!(node_netns);
@@ -443,7 +443,7 @@ pub fn untrack(skb: u64) {
 }
 
 /// A tracked packet older than this is a leftover of a free we did not see.
-const MAX_TRACK_AGE_NS: u64 = 10_000_000_000;
+const MAX_TRACK_AGE_SECS: u64 = 10;
 
 /// Is `tr` still about this very packet? Drops the entry when not. The
 /// kernel recycles an skb together with its data buffer, so neither the
@@ -454,7 +454,7 @@ const MAX_TRACK_AGE_NS: u64 = 10_000_000_000;
 fn verify(skb: u64, tr: *mut Track, p: &Parsed) -> bool {
     let head = skb_head::<PROBE>(skb);
     unsafe {
-        if now().wrapping_sub((*tr).ts) < MAX_TRACK_AGE_NS {
+        if jiffies().wrapping_sub((*tr).ts) < MAX_TRACK_AGE_SECS * conf!(hz) as u64 {
             if p.ok != 0 {
                 if p.sig == (*tr).sig {
                     // Same packet, perhaps in a new buffer (pskb_expand_head).
