@@ -123,7 +123,14 @@ fn first_sight<const REPLY: bool>(skb: u64, dev: u64, l3: u64, proto: u16, repea
     } else {
         request_seen(skb, s)
     };
-    if outcome == SPENT {
+    // A packet arriving on the node that REPLIES does not expect is decided
+    // here too: a traced request's reply carries the reverse of the tuple
+    // that request left the node with (after its NAT), so netfilter's
+    // conntrack lookups would not find it either; they stay for packets
+    // never received (the node's own answers) and copies the kernel makes.
+    // Under a flood of untraced connections this spares every SYN-ACK a
+    // lookup at each netfilter hook and a second look on the bridge.
+    if outcome == SPENT || (REPLY && outcome == NOT_STARTED) {
         // The rest of its way on this CPU costs one compare per hook.
         pass(skb, !REPLY, &s.p);
     } else if outcome == STARTED
