@@ -24,7 +24,7 @@ use tracer_common::{DIR_REPLY, DIR_REQUEST, EV_UNTRACED, Kind, Tuple};
 use crate::{
     emit::emit,
     kernel::*,
-    maps::{CT_FLOWS, CURRENT, FLOWS, POD_IFS, T_COUNTED, conf, empty, off},
+    maps::{CT_FLOWS, CURRENT, FLOWS, FlowRef, POD_IFS, T_COUNTED, conf, empty, off},
     mem::{zero, zeroed_in},
     parse::*,
     scratch::{Frame, Scratch},
@@ -330,14 +330,21 @@ fn untraced_drop(skb: u64, location: u64, reason: u32, proto: u16) {
     // One call per case, not a flag (see on_receive).
     let family = family_of(proto);
     if is_lb(daddr, family) {
-        untraced_drop_as::<TO_LB>(skb, location, proto_reason, 0);
+        untraced_drop_as::<TO_LB>(skb, location, proto_reason, 0, core::ptr::null());
     } else if is_lb(saddr, family) {
-        untraced_drop_as::<FROM_LB>(skb, location, proto_reason, 0);
+        untraced_drop_as::<FROM_LB>(skb, location, proto_reason, 0, core::ptr::null());
     } else {
         let nfct = skb_nfct::<BTF>(skb);
         let ct = nfct & !7;
-        if ct != 0 && !ctinfo_is_related(nfct & 7) && CT_FLOWS.get_ptr(&ct).is_some() {
-            untraced_drop_as::<BY_CT>(skb, location, proto_reason, nfct);
+        if ct == 0 || ctinfo_is_related(nfct & 7) {
+            return;
+        }
+        // A freed entry's memory goes to the next new connection, in any
+        // namespace: only while its first tuple is still the flow's.
+        if let Some(cf) = CT_FLOWS.get_ptr(&ct)
+            && same_conntrack(ct, cf)
+        {
+            untraced_drop_as::<BY_CT>(skb, location, proto_reason, nfct, cf);
         }
     }
 }
@@ -348,9 +355,15 @@ const BY_CT: u8 = 2;
 
 /// The untraced drop of a packet of a flow found as `HOW` says: its flow
 /// and direction go into `s.tr` (its own tuple, the reverse of an
-/// answer's, or its conntrack entry's flow from `nfct`).
+/// answer's, or `cf`, the flow of its conntrack entry `nfct`).
 #[inline(never)]
-fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, nfct: u64) {
+fn untraced_drop_as<const HOW: u8>(
+    skb: u64,
+    location: u64,
+    proto_reason: u64,
+    nfct: u64,
+    cf: *const FlowRef,
+) {
     let dev = skb_dev::<BTF>(skb);
     let Some(f) = Frame::enter() else {
         return;
@@ -370,21 +383,11 @@ fn untraced_drop_as<const HOW: u8>(skb: u64, location: u64, proto_reason: u64, n
             s.tr.dir = DIR_REQUEST;
         }
         FROM_LB => {
-            flow.saddr = t.daddr;
-            flow.daddr = t.saddr;
-            flow.sport = t.dport;
-            flow.dport = t.sport;
-            flow.proto = t.proto;
-            flow.family = t.family;
+            *flow = t.reversed();
             s.tr.dir = DIR_REPLY;
         }
         _ => {
-            let Some(cf) = CT_FLOWS.get_ptr(&(nfct & !7)) else {
-                return;
-            };
-            // A freed entry's memory goes to the next new connection, in
-            // any namespace: only while its first tuple is still the flow's.
-            if !same_conntrack(nfct & !7, cf) {
+            if cf.is_null() {
                 return;
             }
             // SAFETY: map memory and scratch never overlap.
