@@ -53,6 +53,7 @@ fn on_receive(skb: u64) {
     // packet, or the passed one arriving again one device up, or in another
     // namespace.
     let repeat = take_passed(skb);
+    end_current_unless(skb);
     let now = jiffies();
     let proto = skb_protocol::<BTF>(skb);
     // On receive the MAC header is already pulled: data is the L3 header.
@@ -594,6 +595,10 @@ fn on_fib(table: u32, fl: u64, nhc: u64, err: i32) {
     } else {
         0
     };
+    // A route found in another namespace is another packet's.
+    if dev != 0 && dev_netns::<PROBE>(dev) != unsafe { (*tr).netns } {
+        return;
+    }
     s.p.ok = 0;
     s.x.reset(dev);
     s.x.fl = fl;

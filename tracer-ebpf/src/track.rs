@@ -497,6 +497,21 @@ pub fn in_scope(tr: *const Track, netns: u32) -> bool {
     netns == conf!(node_netns) || unsafe { (*tr).flags } & T_FOLLOW != 0
 }
 
+/// Another packet arriving on this CPU: the routing of the one remembered
+/// (see [`set_current`]) is over, and lookups from now on are not its own
+/// (the same addresses may be routed at once for other connections, or in
+/// another namespace).
+#[inline(always)]
+pub fn end_current_unless(skb: u64) {
+    if let Some(c) = CURRENT.get_ptr_mut(0) {
+        unsafe {
+            if (*c).skb != 0 && (*c).skb != skb {
+                (*c).skb = 0;
+            }
+        }
+    }
+}
+
 /// Remembers the packet this CPU works on, for routing lookups.
 #[inline(always)]
 pub fn set_current(skb: u64, t: &Tuple, j: u64) {
