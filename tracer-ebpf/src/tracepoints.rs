@@ -356,7 +356,8 @@ const BY_CT: u8 = 2;
 
 /// The untraced drop of a packet of a flow found as `HOW` says: its flow
 /// and direction go into `s.tr` (its own tuple, the reverse of an
-/// answer's, or `cf`, the flow of its conntrack entry `nfct`).
+/// answer's, or `cf`, the flow of its conntrack entry `nfct`; `cf` is
+/// null unless `HOW` is BY_CT).
 #[inline(never)]
 fn untraced_drop_as<const HOW: u8>(
     skb: u64,
@@ -388,10 +389,8 @@ fn untraced_drop_as<const HOW: u8>(
             s.tr.dir = DIR_REPLY;
         }
         _ => {
-            if cf.is_null() {
-                return;
-            }
-            // SAFETY: map memory and scratch never overlap.
+            // SAFETY: BY_CT's caller passes the entry it just found (never
+            // null); map memory and scratch never overlap.
             unsafe { core::ptr::copy_nonoverlapping(&raw const (*cf).flow, flow, 1) };
             s.tr.conn = unsafe { (*cf).conn };
             // enum ip_conntrack_info: IS_REPLY = 3 and up are the reply direction.

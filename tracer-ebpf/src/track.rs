@@ -162,19 +162,22 @@ fn flow_for_request(skb: u64, p: &Parsed, t: u64) -> Option<*mut FlowState> {
     let fs = fresh.as_mut_ptr();
     restart(fs, p, stamp());
     stat_inc(STAT_FLOWS);
-    if !shed_if_over(fs) {
+    let traced = shed_if_over(fs);
+    if !traced {
         // The bulk of a flood: counted in the entry as it is made, not
         // looked up again.
         unsafe {
             (*fs).req_pkts = 1;
             (*fs).req_bytes = skb_len::<BTF>(skb) as u64;
         }
-        // SAFETY: restart wrote all of it.
-        let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
-        return None;
     }
+    // SAFETY: restart wrote all of it.
     let _ = FLOWS.insert(&p.t, unsafe { fresh.assume_init_ref() }, 0);
-    FLOWS.get_ptr_mut(&p.t)
+    if traced {
+        FLOWS.get_ptr_mut(&p.t)
+    } else {
+        None
+    }
 }
 
 /// The flow's state if `conn` is still its current connection.
