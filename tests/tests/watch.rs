@@ -126,6 +126,55 @@ fn healthy_nftables_mode() {
     healthy(KubeProxy::Nftables, "endpoint-");
 }
 
+/// On a node whose rules take seconds to read (thousands of Services), the
+/// hooks go in first: a connection made while the rules are still being
+/// read is reported in full, with its Service, once they are.
+#[test]
+fn connection_during_a_slow_rules_read_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new("early", LabSpec::default()).unwrap();
+    // iptables-nft-save, slowed down as a big ruleset slows it.
+    let shims = lab.dir("shims").unwrap();
+    let real_path = format!(
+        "{}:/usr/sbin:/sbin",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shim = shims.join("iptables-nft-save");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\nsleep 4\nPATH='{real_path}' exec iptables-nft-save \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &lab.node()])
+        .arg(lbpath_tests::run::lbpath_bin())
+        .args(["watch", &LB.to_string(), "--json", "-v"])
+        .env("PATH", format!("{}:{real_path}", shims.display()))
+        .env("NO_COLOR", "1");
+    let (w, hooks) = Running::spawn_until(cmd, "hooks in place", Duration::from_secs(30)).unwrap();
+    let body = netns::http_get(&lab.client(), lab.lb_addr(), T).unwrap();
+    assert!(body.contains("hello from pod"), "{body}");
+    assert!(
+        !w.stderr().contains("lbpath: watching"),
+        "the rules were read before the request (hooks in place after {hooks:?}): {}",
+        w.stderr()
+    );
+    let flow = w.wait_flow(WAIT, |_| true).expect("the flow is reported");
+    let out = w.stop().unwrap();
+    println!("flow: {flow}");
+    assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
+    assert_eq!(flow["service"]["name"], "default/web:http");
+    assert_eq!(hops(&flow, "arrived")[0]["tcp_flags"], "SYN");
+    let (hooks_at, watching_at) = (
+        out.stderr.find("hooks in place").unwrap(),
+        out.stderr
+            .find("lbpath: watching")
+            .expect("watching once the rules are read"),
+    );
+    assert!(hooks_at < watching_at, "{}", out.stderr);
+}
+
 #[test]
 fn text_output_reads_at_a_glance() {
     let lab = Lab::new("txt", LabSpec::default()).unwrap();

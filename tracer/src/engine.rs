@@ -17,7 +17,7 @@ use crate::{
     assembler::{Assembler, Done, FlowKey, Timing, monotonic_ns},
     drops::DropNames,
     events::{Record, ifname},
-    kubeproxy::{AddressKind, NodeRules, ServicePort},
+    kubeproxy::{AddressKind, BaseChain, NodeRules, ServicePort},
     loader::{Stats, Tracer},
     model::{Counters, FlowReport, HopKind, Verdict, VerdictKind},
     netinfo::{NetInfo, rp_filter},
@@ -260,23 +260,21 @@ const MAX_ARP: usize = 10_000;
 /// Netfilter occupants: the node's base chains (nftables, iptables-nft,
 /// legacy tables), plus the kernel's built-in registrations where no chain
 /// already sits at that hook and priority.
-pub fn occupants(rules: &NodeRules) -> Vec<Occupant> {
+pub fn occupants<'a>(chains: impl IntoIterator<Item = &'a BaseChain>) -> Vec<Occupant> {
     let mut occ = Vec::new();
-    for rs in &rules.rulesets {
-        for c in &rs.base_chains {
-            let Some(hook) = hook_number(&c.hook) else {
-                continue;
-            };
-            if !matches!(c.family.as_str(), "ip" | "inet" | "ip6") {
-                continue;
-            }
-            occ.push(Occupant {
-                hook,
-                priority: c.priority,
-                name: format!("{} {} chain {}", c.family, c.table, c.chain),
-                chain: Some((format!("{} {}", c.family, c.table), c.chain.clone())),
-            });
+    for c in chains {
+        let Some(hook) = hook_number(&c.hook) else {
+            continue;
+        };
+        if !matches!(c.family.as_str(), "ip" | "inet" | "ip6") {
+            continue;
         }
+        occ.push(Occupant {
+            hook,
+            priority: c.priority,
+            name: format!("{} {} chain {}", c.family, c.table, c.chain),
+            chain: Some((format!("{} {}", c.family, c.table), c.chain.clone())),
+        });
     }
     for b in builtin_occupants() {
         if !occ
@@ -322,6 +320,9 @@ pub struct Node {
     pub netns: u32,
     /// Whether netfilter hooks are observed directly.
     pub netfilter_links: bool,
+    /// When every hook was in place (CLOCK_MONOTONIC ns; the rules may
+    /// have been read after).
+    pub attached_ns: u64,
 }
 
 impl Engine {
@@ -333,6 +334,7 @@ impl Engine {
             rules,
             netns: node_netns,
             netfilter_links,
+            attached_ns,
         } = node;
         targets.refresh(&rules);
         let services = services_for(&rules, &targets);
@@ -362,8 +364,7 @@ impl Engine {
             filtered_out: 0,
             reported: foldhash::HashMap::default(),
             reported_order: VecDeque::new(),
-            // Built once loading returned: every hook is in place.
-            attached_ns: monotonic_ns(),
+            attached_ns,
             ct_base: crate::conntrack::CtFigures::read(),
             pcap: None,
         }

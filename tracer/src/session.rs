@@ -16,7 +16,7 @@ use tokio::{
 
 use crate::{
     UsageError,
-    assembler::Timing,
+    assembler::{Timing, monotonic_ns},
     btf::{BtfError, KernelBtf, KernelFacts},
     cli::{self, CommonArgs},
     drops::DropNames,
@@ -74,7 +74,8 @@ fn kernel_facts() -> Result<KernelFacts> {
 
 impl Session {
     /// Everything up to attached programs: input checks, kernel layout, the
-    /// node's interfaces and rules, loading.
+    /// node's interfaces and rules, loading. The hooks go in before the
+    /// rules are read in full, and their records wait for them.
     pub async fn start(common: &CommonArgs, opts: SessionOptions) -> Result<Session> {
         let tl = Timeline::new();
         let target = cli::target(common)?;
@@ -91,11 +92,23 @@ impl Session {
             let tl = tl.clone();
             tokio::task::spawn_blocking(move || loader::prepare(&tl))
         };
-        let rules = async {
+        // The rules are read meanwhile: on a node with thousands of
+        // Services that takes seconds, and the hooks need only the base
+        // chains (where to place the netfilter points), read on their own.
+        let mut rules = {
+            let tl = tl.clone();
+            tokio::spawn(async move {
+                let began = std::time::Instant::now();
+                let r = kubeproxy::read_node().await;
+                tl.done("rules read", began);
+                r
+            })
+        };
+        let chains = async {
             let began = std::time::Instant::now();
-            let r = kubeproxy::read_node().await;
-            tl.done("rules read", began);
-            r
+            let c = kubeproxy::read_base_chains().await;
+            tl.done("base chains read", began);
+            c
         };
         let net = async {
             let began = std::time::Instant::now();
@@ -103,7 +116,7 @@ impl Session {
             tl.done("interfaces and routes", began);
             n
         };
-        let (rules, net) = tokio::join!(rules, net);
+        let (chains, net) = tokio::join!(chains, net);
         let kernel = facts
             .await
             .map_err(|e| anyhow!("reading the kernel BTF: {e}"))??;
@@ -119,20 +132,19 @@ impl Session {
             ))));
         }
         let prepared = prepared?;
-        for p in &rules.problems {
-            tracing::warn!("rules: {p}");
-        }
-        if let Some(why) = rules.degraded_reason() {
-            tracing::warn!(
-                "the node's rules could not all be read: {why}; Service names and \"no rule\" verdicts may be missing"
-            );
-        }
-        let plan = NfPlan::new(occupants(&rules));
-        // What the rule watcher compares the next read with: the drop
-        // rules, not a second copy of the whole ruleset.
-        let baseline = rules::filter_rules(&rules);
+        let rules_failed = |e| anyhow!("reading the node's rules: {e}");
+        let (plan, read_first) = match chains {
+            Some(chains) => (NfPlan::new(occupants(&chains)), None),
+            // No nft to ask alone: the full read tells.
+            None => {
+                let r = (&mut rules).await.map_err(rules_failed)?;
+                let chains = r.rulesets.iter().flat_map(|rs| &rs.base_chains);
+                (NfPlan::new(occupants(chains)), Some(r))
+            }
+        };
         let mut tracer = Tracer::load(
             &LoadOptions {
+                // With --all, the addresses come with the rules (below).
                 targets: Targets::new(target.nets.clone(), target.all),
                 port: target.port,
                 proto: target.proto,
@@ -152,18 +164,51 @@ impl Session {
             &tl,
         )?;
         tracer.set_pod_ifs(&net.pod_ifaces())?;
-        let mut targets = Targets::new(target.nets, target.all);
-        targets.refresh(&rules);
-        tracer.set_targets(&targets)?;
+        // Every hook is in place: flows that begin from now on are seen whole.
+        let attached_ns = monotonic_ns();
         for n in &tracer.notices {
             eprintln!("lbpath: notice: {n}");
         }
         tracing::info!("attached: {}", tracer.attached.join("; "));
+        let hooks_at = tl.elapsed();
         tracing::info!(
             "hooks in place {:.1} ms after the start:{}",
-            tl.elapsed().as_secs_f64() * 1000.0,
+            hooks_at.as_secs_f64() * 1000.0,
             tl.report()
         );
+        // Packets from now on wait in the ring buffer for the rules.
+        let rules = match read_first {
+            Some(r) => r,
+            None => {
+                let r = rules.await.map_err(rules_failed)?;
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                // Unless the list above has it.
+                if let Some(s) = tl.steps().into_iter().find(|s| s.name == "rules read")
+                    && s.began + s.took > hooks_at
+                {
+                    tracing::info!(
+                        "rules read {:.1} ms after the start (took {:.1} ms)",
+                        ms(s.began + s.took),
+                        ms(s.took)
+                    );
+                }
+                r
+            }
+        };
+        for p in &rules.problems {
+            tracing::warn!("rules: {p}");
+        }
+        if let Some(why) = rules.degraded_reason() {
+            tracing::warn!(
+                "the node's rules could not all be read: {why}; Service names and \"no rule\" verdicts may be missing"
+            );
+        }
+        // What the rule watcher compares the next read with: the drop
+        // rules, not a second copy of the whole ruleset.
+        let baseline = rules::filter_rules(&rules);
+        let mut targets = Targets::new(target.nets, target.all);
+        targets.refresh(&rules);
+        tracer.set_targets(&targets)?;
         let ring = tracer.take_events()?;
         // SAFETY: the ring buffer owns its fd for as long as AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }
@@ -178,6 +223,7 @@ impl Session {
                 rules,
                 netns: tracer.node_netns,
                 netfilter_links: tracer.caps.netfilter_links,
+                attached_ns,
             },
             Filters {
                 client: target.client,

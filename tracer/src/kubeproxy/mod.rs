@@ -575,14 +575,17 @@ fn sanitize(rules: &mut NodeRules) {
                 s(c);
             }
         }
-        for c in &mut rs.base_chains {
-            for f in [&mut c.family, &mut c.table, &mut c.chain, &mut c.hook] {
-                s(f);
-            }
-            if let Some(p) = &mut c.policy {
-                s(p);
-            }
-        }
+        rs.base_chains.iter_mut().for_each(sanitize_chain);
+    }
+}
+
+fn sanitize_chain(c: &mut BaseChain) {
+    use crate::escape::sanitize as s;
+    for f in [&mut c.family, &mut c.table, &mut c.chain, &mut c.hook] {
+        s(f);
+    }
+    if let Some(p) = &mut c.policy {
+        s(p);
     }
 }
 
@@ -768,6 +771,22 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
+}
+
+/// The base chains of the caller's network namespace, alone: `nft -j list
+/// chains` answers at once where the whole ruleset takes seconds (thousands
+/// of Services), so the hooks, placed around these chains, need not wait
+/// for the rest. They are the ones [`read_node`] keeps (nft's view). None
+/// when nft is missing or its answer unusable: only the full read tells.
+pub async fn read_base_chains() -> Option<Vec<BaseChain>> {
+    let nft = find_tool("nft")?;
+    let read = run_tool_reading(&nft, &["-j", "list", "chains"], TOOL_LIMIT, read_nft_json);
+    let Ok(Ok(rs)) = read.await else {
+        return None;
+    };
+    let mut chains = rs.map(|r| r.base_chains).unwrap_or_default();
+    chains.iter_mut().for_each(sanitize_chain);
+    Some(chains)
 }
 
 /// Runs a read-only tool with a time limit (a wedged tool must not hang
@@ -1261,5 +1280,43 @@ mod tests {
         for p in &rules.problems {
             assert!(!p.contains('\n'), "{p}");
         }
+    }
+
+    /// `nft -j list chains` as nft 1.0.6 prints it: the base chains the
+    /// hooks are placed around, read before (and as) the full ruleset.
+    #[test]
+    fn base_chains_alone_from_nft_list_chains() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"chain": {"family": "ip", "table": "kube-proxy", "name": "filter-prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -110, "policy": "accept"}}, {"chain": {"family": "ip", "table": "kube-proxy", "name": "services", "handle": 2}}, {"chain": {"family": "inet", "table": "fw", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}, {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING", "handle": 1, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}]}"#;
+        let rs = parse_nft_json(json).unwrap();
+        let got: Vec<_> = rs
+            .base_chains
+            .iter()
+            .map(|c| {
+                (
+                    c.table.as_str(),
+                    c.chain.as_str(),
+                    c.hook.as_str(),
+                    c.priority,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("kube-proxy", "filter-prerouting", "prerouting", -110),
+                ("fw", "input", "input", 0),
+                ("nat", "PREROUTING", "prerouting", -100),
+            ]
+        );
+        assert!(rs.services.is_empty());
+        // The same occupants as the full read gives: iptables-nft's nat
+        // chain stands in for the kernel's DNAT registration.
+        let occ = crate::engine::occupants(&rs.base_chains);
+        let at = |hook, prio| {
+            occ.iter()
+                .filter(|o| o.hook == hook && o.priority == prio)
+                .count()
+        };
+        assert_eq!((at(0, -110), at(1, 0), at(0, -100)), (1, 1, 1), "{occ:?}");
     }
 }
