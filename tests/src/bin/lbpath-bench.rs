@@ -857,8 +857,9 @@ fn print_details(a: &Args, burst: Option<&Burst>, flood: Option<&Flood>, scales:
         );
     }
     for s in scales {
+        let hooks = hooks_in_place(&s.breakdown).map_or("?".into(), |t| format!("{t:.0} ms"));
         println!(
-            "lbpath, {} Services ({}): attach {}, RSS {:.1} MiB after a re-read (peak {:.1})",
+            "lbpath, {} Services ({}): hooks in place after {hooks}, watching (rules read) after {}, RSS {:.1} MiB after a re-read (peak {:.1})",
             a.scale,
             s.mode,
             ms(s.attach.as_secs_f64()),
@@ -872,6 +873,12 @@ fn print_details(a: &Args, burst: Option<&Burst>, flood: Option<&Flood>, scales:
             a.scale, s.mode, s.breakdown
         );
     }
+}
+
+/// The "hooks in place N ms after the start" figure of lbpath's `-v` log.
+fn hooks_in_place(log: &str) -> Option<f64> {
+    let rest = &log[log.find("hooks in place ")? + "hooks in place ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 fn goals(
