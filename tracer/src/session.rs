@@ -170,26 +170,22 @@ impl Session {
             eprintln!("lbpath: notice: {n}");
         }
         tracing::info!("attached: {}", tracer.attached.join("; "));
-        let hooks_at = tl.elapsed();
         tracing::info!(
             "hooks in place {:.1} ms after the start:{}",
-            hooks_at.as_secs_f64() * 1000.0,
+            tl.elapsed().as_secs_f64() * 1000.0,
             tl.report()
         );
+        // Else the list above has it.
+        let read_after_hooks = !rules.is_finished();
         // Packets from now on wait in the ring buffer for the rules.
         let rules = match read_first {
             Some(r) => r,
             None => {
                 let r = rules.await.map_err(rules_failed)?;
-                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-                // Unless the list above has it.
-                if let Some(s) = tl.steps().into_iter().find(|s| s.name == "rules read")
-                    && s.began + s.took > hooks_at
-                {
+                if read_after_hooks {
                     tracing::info!(
-                        "rules read {:.1} ms after the start (took {:.1} ms)",
-                        ms(s.began + s.took),
-                        ms(s.took)
+                        "rules read {:.1} ms after the start",
+                        tl.elapsed().as_secs_f64() * 1000.0
                     );
                 }
                 r
@@ -206,16 +202,14 @@ impl Session {
         // What the rule watcher compares the next read with: the drop
         // rules, not a second copy of the whole ruleset.
         let baseline = rules::filter_rules(&rules);
-        let mut targets = Targets::new(target.nets, target.all);
-        targets.refresh(&rules);
-        tracer.set_targets(&targets)?;
         let ring = tracer.take_events()?;
         // SAFETY: the ring buffer owns its fd for as long as AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
         let reasons = tracer.caps.drop_reasons.then_some(kernel.drop_reasons);
+        // The engine takes the watched addresses from the rules (--all).
         let engine = Engine::new(
-            targets,
+            Targets::new(target.nets, target.all),
             Node {
                 net,
                 plan,
@@ -231,6 +225,7 @@ impl Session {
             },
             opts.timing,
         );
+        tracer.set_targets(&engine.targets)?;
         // Loading parsed the kernel's BTF and the object (megabytes, freed
         // by now): so RSS is what the session keeps.
         release_free_memory();
