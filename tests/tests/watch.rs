@@ -1025,11 +1025,16 @@ fn new_connections_are_shed_while_behind_and_traced_again_after() {
     assert_eq!(verdict(&flow), "answered", "{}", summary(&flow));
 }
 
-/// More new connections a second than `--max-new-flows`: a bucket's worth
-/// are traced, the rest counted and not traced; all are accounted for.
+/// More new connections a second than `--max-new-flows`: a burst's worth
+/// (`--flow-burst`) are traced, then the rate's; the rest are counted and
+/// not traced; all are accounted for.
 #[test]
 fn new_connections_over_the_rate_are_counted_not_traced() {
-    let (lab, w, src) = flood_lab("rate", &["--max-new-flows", "10"], &[]);
+    let (lab, w, src) = flood_lab(
+        "rate",
+        &["--max-new-flows", "10", "--flow-burst", "40"],
+        &[],
+    );
     // 300 SYNs in 0.75 s, 400 a second.
     hping_syns(&lab, src, 10, &["-i", "u2500", "-c", "300"]);
     let live = netns::wait_for(WAIT, || {
@@ -1052,14 +1057,17 @@ fn new_connections_over_the_rate_are_counted_not_traced() {
         .count() as u64;
     let over = t["flows_not_traced_over_rate"].as_u64().unwrap();
     let unreported = t["flows_not_reported"].as_u64().unwrap();
-    // Each CPU's bucket holds a second's worth (10) and refills 10 a second.
+    // Each CPU's bucket starts with the burst (40) and refills 10 a second,
+    // for at most 3 s here.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     assert!(
-        reported <= cpus * (10 + 10 * 2),
+        reported <= cpus * (40 + 10 * 3),
         "{reported} traced: {totals}"
     );
+    // The CPU that took the most SYNs (at least 300 / cpus) had its whole
+    // burst: more than a second's worth of the rate.
     assert!(
-        reported >= 10 && over >= 300 - cpus * 30,
+        reported >= 40.min(300 / cpus) && over >= 300 - cpus * 70,
         "{reported} traced, {over} over the rate: {totals}"
     );
     // Every SYN that opened a connection is reported or counted, once.

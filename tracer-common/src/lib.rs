@@ -406,11 +406,17 @@ pub struct Config {
     /// A non-TCP flow idle this long (seconds; conntrack's timeout for
     /// unanswered UDP) starts a new connection with its next packet.
     pub conn_idle_secs: u32,
-    /// New connections traced per second at most, on each CPU
-    /// (a second's worth at once); the rest are counted, not traced.
+    /// New connections traced per second at most, on each CPU, once a
+    /// burst of [`Config::new_flows_burst`] is spent; the rest are counted,
+    /// not traced.
     pub new_flows_per_sec: u32,
     /// The kernel's jiffies per second.
     pub hz: u32,
+    /// New connections traced at once, on each CPU, before the rate applies.
+    pub new_flows_burst: u32,
+    /// Jiffies that refill an empty bucket at `new_flows_per_sec`: the
+    /// longest gap worth counting (it bounds the refill arithmetic).
+    pub refill_jiffies: u32,
     pub layout: Layout,
 }
 

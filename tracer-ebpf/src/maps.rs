@@ -25,6 +25,8 @@ pub static CONFIG: Config = Config {
     conn_idle_secs: 0,
     new_flows_per_sec: 0,
     hz: 0,
+    new_flows_burst: 0,
+    refill_jiffies: 0,
     layout: tracer_common::Layout {
         skb_head: 0,
         skb_data: 0,
@@ -113,7 +115,8 @@ pub static WOKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
 /// Each CPU's allowance of new connections to trace: a token bucket in
-/// 1/HZ tokens, refilled by `new_flows_per_sec` every jiffy.
+/// 1/HZ tokens, refilled by `new_flows_per_sec` every jiffy, holding
+/// `new_flows_burst` tokens.
 #[repr(C)]
 pub struct Bucket {
     pub units: u64,

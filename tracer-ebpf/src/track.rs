@@ -118,19 +118,23 @@ fn shed_if_over(fs: *mut FlowState) -> bool {
 
 /// Takes one new connection's token from this CPU's bucket, if it has one.
 /// Counted in 1/HZ tokens: each jiffy adds `new_flows_per_sec`, a
-/// connection takes HZ, and the bucket holds one second's worth.
+/// connection takes HZ, and the bucket holds `new_flows_burst` connections
+/// (full at the start: the first gap counts as long).
 #[inline(always)]
 fn take_token() -> bool {
     let Some(b) = BUCKET.get_ptr_mut(0) else {
         return true;
     };
     let (rate, hz) = (conf!(new_flows_per_sec) as u64, conf!(hz) as u64);
+    let cap = conf!(new_flows_burst) as u64 * hz;
     let now = jiffies();
     unsafe {
-        // A second fills it: longer gaps need not be multiplied out.
-        let elapsed = now.wrapping_sub((*b).jiffies).min(hz);
+        // Longer gaps than a full refill need not be multiplied out.
+        let elapsed = now
+            .wrapping_sub((*b).jiffies)
+            .min(conf!(refill_jiffies) as u64);
         (*b).jiffies = now;
-        let units = ((*b).units + elapsed * rate).min(rate * hz);
+        let units = ((*b).units + elapsed * rate).min(cap);
         if units < hz {
             (*b).units = units;
             return false;

@@ -37,12 +37,17 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub packets: u32,
-    /// New connections traced per second at most, on each CPU (a second's
-    /// worth at once); more are counted, not traced. Tracing one costs the
-    /// node a few dozen events.
-    #[arg(long, default_value_t = 2000, value_name = "N",
+    /// New connections traced per second at most, on each CPU, once the
+    /// burst (--flow-burst) is spent; more are counted, not traced. Tracing
+    /// one costs the node a few dozen events.
+    #[arg(long, default_value_t = 200, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_new_flows: u32,
+    /// New connections traced at once, on each CPU, before --max-new-flows
+    /// applies: a burst this size is traced whole.
+    #[arg(long, default_value_t = 2000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub flow_burst: u32,
     /// JSON output (the same as `-o json`).
     #[arg(long)]
     pub json: bool,

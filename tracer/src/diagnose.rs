@@ -756,7 +756,7 @@ pub async fn run(args: &DiagnoseArgs) -> Result<u8> {
     }
     if stats.over_rate_flows > 0 {
         eprintln!(
-            "lbpath: {} new connections not traced: more than --max-new-flows a second",
+            "lbpath: {} new connections not traced: more than --max-new-flows a second, after --flow-burst",
             stats.over_rate_flows,
         );
     }

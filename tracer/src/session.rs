@@ -151,6 +151,7 @@ impl Session {
                 trace_packets: common.packets,
                 drop_events: 8,
                 new_flows_per_sec: common.max_new_flows,
+                new_flows_burst: common.flow_burst,
                 arp: opts.arp,
                 bgp: opts.bgp,
                 tc_ifaces: net.bgp_ifaces(),

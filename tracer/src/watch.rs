@@ -23,8 +23,10 @@ struct Printer {
     style: Style,
     /// Where `--metrics` reads from; refreshed every tick.
     metrics: Option<metrics::Shared>,
-    /// `--max-new-flows`, for the line saying connections went untraced.
+    /// `--max-new-flows` and `--flow-burst`, for the line saying
+    /// connections went untraced.
     max_new_flows: u32,
+    flow_burst: u32,
 }
 
 impl FrontEnd for Printer {
@@ -45,8 +47,8 @@ impl FrontEnd for Printer {
                             "lbpath was behind, the ring buffer three quarters full".to_string()
                         }
                         NotTraced::OverRate => format!(
-                            "more than --max-new-flows {} a second on a CPU",
-                            self.max_new_flows
+                            "more than --max-new-flows {} a second on a CPU, after a burst of {}",
+                            self.max_new_flows, self.flow_burst
                         ),
                     };
                     eprintln!(
@@ -200,6 +202,7 @@ pub async fn run(args: &WatchArgs) -> Result<u8> {
         style: Style::detect(),
         metrics: shared,
         max_new_flows: args.common.max_new_flows,
+        flow_burst: args.common.flow_burst,
     };
     s.run(deadline, &mut printer).await?;
 

@@ -124,8 +124,10 @@ pub struct LoadOptions {
     pub proto: u8,
     pub trace_packets: u32,
     pub drop_events: u32,
-    /// New connections traced per second and CPU at most.
+    /// New connections traced per second and CPU at most, after a burst
+    /// of `new_flows_burst`.
     pub new_flows_per_sec: u32,
+    pub new_flows_burst: u32,
     pub arp: bool,
     pub bgp: bool,
     /// Interfaces to capture BGP segments on (TC, tcx links).
@@ -225,6 +227,14 @@ pub fn kernel_hz() -> u64 {
         config = std::fs::read_to_string(format!("/boot/config-{release}")).unwrap_or_default();
     }
     hz_from_config(&config).unwrap_or(1000)
+}
+
+/// Jiffies that fill an empty bucket of `burst` connections at `rate` a
+/// second (rounded up, at least one): the programs count a longer gap as
+/// this long.
+fn refill_jiffies(burst: u32, rate: u32, hz: u64) -> u32 {
+    let j = (u64::from(burst) * hz).div_ceil(u64::from(rate.max(1)));
+    u32::try_from(j.max(1)).unwrap_or(u32::MAX)
 }
 
 /// How long conntrack keeps an idle, unanswered UDP entry: a flow idle
@@ -551,6 +561,8 @@ fn load_object(
         conn_idle_secs: conntrack_udp_timeout_secs(),
         new_flows_per_sec: opts.new_flows_per_sec,
         hz: hz as u32,
+        new_flows_burst: opts.new_flows_burst,
+        refill_jiffies: refill_jiffies(opts.new_flows_burst, opts.new_flows_per_sec, hz),
         layout: kernel.layout,
     };
     // aya-log's level: 0 keeps every log statement out of the verified
@@ -969,6 +981,17 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_refill_gap_fills_the_bucket_and_no_more() {
+        // 2000 at 200 a second: ten seconds; rounded up.
+        assert_eq!(refill_jiffies(2000, 200, 250), 2500);
+        assert_eq!(refill_jiffies(10, 3, 100), 334);
+        // A rate above the burst still waits a jiffy.
+        assert_eq!(refill_jiffies(1, 1_000_000, 100), 1);
+        // The largest inputs still fit the field.
+        assert_eq!(refill_jiffies(1_000_000, 1, 1000), 1_000_000_000);
+    }
 
     #[test]
     fn verifier_logs_are_cut_to_their_end() {
