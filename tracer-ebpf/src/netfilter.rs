@@ -6,8 +6,12 @@
 //! 100 ...). A packet seen at point i and never at point i+1 was stopped by
 //! what runs between them; a tuple that differs between two points was
 //! rewritten there (DNAT, SNAT). To keep the ring buffer quiet, a point only
-//! reports the hook's first and last point and changes (NAT, conntrack
-//! state); every point records where the packet was last seen, for drops.
+//! reports the hook's first point, changes (NAT, conntrack state), and the
+//! last point of PREROUTING and OUTPUT (conntrack attached no entry: INVALID)
+//! and INPUT (the node's own stack has the packet); every point records
+//! where the packet was last seen, for drops. FORWARD's and POSTROUTING's
+//! last points are implied by what follows: the next hook, the transmit, or
+//! a drop that names the point it was last seen at.
 //!
 //! aya has no netfilter program type: these sit in "classifier" sections so
 //! aya parses the object, and `tracer/src/loader/netfilter.rs` loads them.
@@ -182,8 +186,8 @@ fn local_request(at: &Point, l3: u64) {
 }
 
 /// A traced packet (headers in `s.p`) at this point: note where it was
-/// last seen, and report the hook's first and last points and changes (NAT,
-/// conntrack state).
+/// last seen, and report the hook's first point, changes (NAT, conntrack
+/// state) and the last points that tell something.
 #[inline(never)]
 fn observe(at: &Point, tr: *mut Track, s: &mut Scratch) {
     let (skb, hook, pos) = (at.skb, at.hook, at.pos);
@@ -191,16 +195,18 @@ fn observe(at: &Point, tr: *mut Track, s: &mut Scratch) {
     let ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
     let parsed = s.p.ok != 0;
     let sum = if parsed { tuple_sum(&s.p.t) } else { 0 };
+    // The last points that tell something: past PREROUTING's and OUTPUT's,
+    // conntrack has attached its entry or none (INVALID); past INPUT's, the
+    // node's own stack has the packet.
     let last = conf!(nf_last_pos);
-    let last = if (hook as usize) < last.len() {
-        last[hook as usize]
-    } else {
-        0xff
+    let at_told_last = match hook {
+        NF_INET_PRE_ROUTING | NF_INET_LOCAL_IN | NF_INET_LOCAL_OUT => pos == last[hook as usize],
+        _ => false,
     };
     let report = unsafe {
         (*tr).netns = conf!(node_netns);
         let report = pos == 0
-            || pos == last
+            || at_told_last
             || (*tr).last_hook != hook
             || sum != (*tr).last_sum
             || ct != (*tr).last_ct;
