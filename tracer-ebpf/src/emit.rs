@@ -161,8 +161,17 @@ fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     if kind == Kind::Nf as u8 {
         let nfct = x.nfct;
         ev.ct = if nfct != 0 { (nfct & 7) as u8 + 1 } else { 0 };
-        ev.in_ifindex = dev_ifindex(x.dev_in);
-        ev.out_ifindex = dev_ifindex(x.dev_out);
+        // One of them is the event's device, read above.
+        ev.in_ifindex = if x.dev_in == dev {
+            ev.ifindex
+        } else {
+            dev_ifindex(x.dev_in)
+        };
+        ev.out_ifindex = if x.dev_out == dev {
+            ev.ifindex
+        } else {
+            dev_ifindex(x.dev_out)
+        };
         let ct = nfct & !7;
         if ct != 0 && (nfct & 7) != 7 {
             ct_tuple(ct + off!(ct_tuple_reply), ev.pkt.family, &mut ev.ct_reply);

@@ -85,7 +85,8 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     let l3 = skb_network::<BTF>(skb);
     let at = Point {
         skb,
-        state,
+        dev_in: field::<u64, BTF>(state, off!(state_in)).unwrap_or(0),
+        dev_out: field::<u64, BTF>(state, off!(state_out)).unwrap_or(0),
         hook,
         pos,
     };
@@ -124,10 +125,12 @@ fn on_hook(ctx: *mut c_void, pos: u8) {
     }
 }
 
-/// Where a program runs: the packet, the hook's state, hook and point.
+/// Where a program runs: the packet, the hook's devices (read here, where
+/// the hook's state is a typed pointer: plain loads), hook and point.
 struct Point {
     skb: u64,
-    state: u64,
+    dev_in: u64,
+    dev_out: u64,
     hook: u8,
     pos: u8,
 }
@@ -224,8 +227,7 @@ fn observe(at: &Point, tr: *mut Track, s: &mut Scratch) {
     if !report {
         return;
     }
-    let dev_in = rd::<u64>(at.state + off!(state_in)).unwrap_or(0);
-    let dev_out = rd::<u64>(at.state + off!(state_out)).unwrap_or(0);
+    let (dev_in, dev_out) = (at.dev_in, at.dev_out);
     s.x.reset(if dev_out != 0 { dev_out } else { dev_in });
     s.x.nfct = nfct;
     s.x.dev_in = dev_in;
