@@ -59,6 +59,8 @@ impl Extra {
 /// with the packet's headers and details from `s`; with [`CFG_CAPTURE`]
 /// (`watch --write`) the record also carries the packet's first bytes.
 /// The flag is frozen configuration: the verifier walks one branch only.
+/// Arrivals and transmits take their namespace from `tr`, which their
+/// program has just set to the device's.
 #[inline(never)]
 pub fn emit(kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     if conf!(flags) & CFG_CAPTURE != 0 {
@@ -128,9 +130,14 @@ fn fill(ev: &mut Event, kind: u8, skb: u64, tr: *const Track, s: &Scratch) {
     ev.reason = x.reason;
     ev.location = x.location;
     ev.flags = x.flags;
+    // Arrivals and transmits noted the device's namespace in the track
+    // just before (read there with plain loads).
     ev.netns = if kind == Kind::Nf as u8 {
         node
-    } else if kind == Kind::Fib as u8 && dev == 0 {
+    } else if kind == Kind::Arrive as u8
+        || kind == Kind::Xmit as u8
+        || (kind == Kind::Fib as u8 && dev == 0)
+    {
         unsafe { (*tr).netns }
     } else {
         dev_netns::<PROBE>(dev)
