@@ -465,6 +465,9 @@ fn settle(r: &Running, want: usize, limit: Duration) {
 
 struct Burst {
     conns: usize,
+    /// Connections on a client port an earlier one of the burst had used
+    /// (closed without TIME_WAIT on the client): flows of their own.
+    reused: usize,
     failed: usize,
     took: Duration,
     acc: Accounting,
@@ -484,11 +487,23 @@ fn burst(b: &Bench, n: usize) -> Result<Burst> {
     let rss = proc_mib(r.pid(), "VmRSS").unwrap_or(f64::NAN);
     let hwm = proc_mib(r.pid(), "VmHWM").unwrap_or(f64::NAN);
     let out = r.stop()?;
+    let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+    let acc = account(&out.stdout, lab::CLIENT, lab::LB_PORT)?;
+    if acc.doubled > 0 {
+        // Kept to tell a doubled report from a reused port.
+        let keep = std::env::temp_dir().join("lbpath-bench-burst.jsonl");
+        std::fs::write(&keep, &out.stdout)?;
+        eprintln!(
+            "bench: the burst's doubled flows: lbpath's output kept in {}",
+            keep.display()
+        );
+    }
     Ok(Burst {
         conns: ports.len(),
+        reused: ports.len() - distinct.len(),
         failed,
         took,
-        acc: account(&out.stdout, lab::CLIENT, lab::LB_PORT)?,
+        acc,
         rss,
         hwm,
     })
@@ -825,9 +840,10 @@ fn print_details(a: &Args, burst: Option<&Burst>, flood: Option<&Flood>, scales:
     println!();
     if let Some(b) = burst {
         println!(
-            "lbpath, {} short connections in {:.2} s ({} failed): {} flows reported, {} not reported, {} events lost, {} cut, {} doubled; RSS {:.1} MiB after (peak {:.1})",
+            "lbpath, {} short connections in {:.2} s ({} failed, {} on a client port reused): {} flows reported, {} not reported, {} events lost, {} cut, {} doubled; RSS {:.1} MiB after (peak {:.1})",
             b.conns,
             b.took.as_secs_f64(),
+            b.reused,
             b.failed,
             b.acc.reported,
             b.acc.not_reported,
