@@ -407,7 +407,8 @@ impl Drop for Stats {
 /// What lbpath reported for a burst or a flood.
 #[derive(Debug, Default)]
 struct Accounting {
-    /// Flows of the test's client reported at least once.
+    /// Connections of the test's client reported (at most one flow per
+    /// connection on a client port).
     reported: usize,
     /// Reports beyond one per connection on the same client port.
     doubled: usize,
@@ -860,8 +861,8 @@ fn print_details(a: &Args, burst: Option<&Burst>, flood: Option<&Flood>, scales:
             "lbpath, {} short connections in {:.2} s ({} failed, {} on a client port reused): {} flows reported, {} not reported, {} events lost, {} cut, {} doubled; RSS {:.1} MiB after (peak {:.1})",
             b.conns,
             b.took.as_secs_f64(),
-            b.reused,
             b.failed,
+            b.reused,
             b.acc.reported,
             b.acc.not_reported,
             b.acc.events_lost,
